@@ -1,0 +1,337 @@
+"""``convert``: source model → artifact → validated bundle, written atomically."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedl import runtime
+from edgedl.bundle import (
+    MANIFEST_FILE,
+    Bundle,
+    Manifest,
+    pack_bundle,
+    sha256_file,
+    write_bundle,
+)
+from edgedl.devices import DeviceProfile, get_device
+from edgedl.errors import DataError, UsageError, ValidationFailed
+from edgedl.profile import Profile
+
+from .artifact import describe
+from .data import Dataset, load_dataset
+from .sources import SourceModel, detect_kind, load_source
+from .targets import BuildContext, Target, get_target
+from .validate import measure_latency, validate
+
+_TOOLS = (
+    "edgedl",
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "onnxconverter-common",
+    "ai-edge-litert",
+)
+REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``edgedl convert`` takes besides the model path."""
+
+    target: str | None = None
+    device: str | None = None
+    calibration: Path | None = None
+    validation: Path | None = None
+    name: str | None = None
+    version: str = "1"
+    output: Path | None = None
+    io: str | None = None
+    labels: Path | None = None
+    max_accuracy_drop: float = 1.0
+    calibration_samples: int = 500
+    threads: int | None = None
+    force: bool = False
+    tar: bool = False
+    show_progress: bool = False
+
+
+@dataclass
+class ConvertResult:
+    """A written bundle (or, when the quality gate failed, only its report)."""
+
+    report: dict[str, Any]
+    report_path: Path
+    bundle: Bundle | None = None
+    tar_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Progress:
+    """Progress bars on a terminal; nothing at all otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+
+    @contextmanager
+    def step(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self._progress is None:
+            yield lambda n: None
+            return
+        with self._progress:
+            task = self._progress.add_task(description, total=total)
+            yield lambda n: self._progress.advance(task, n)
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {}
+    for tool in _TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _default_name(model: Path) -> str:
+    stem = model.name if model.is_dir() else model.stem
+    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "model"
+
+
+def _resolve_target(options: ConvertOptions) -> tuple[Target, DeviceProfile | None, str]:
+    profile = get_device(options.device) if options.device else None
+    name = options.target or (profile.default_target if profile else None)
+    if name is None:
+        raise UsageError("give --target TARGET or --device DEVICE (see 'edgedl targets')")
+    target = get_target(name)
+    io = options.io or (profile.io_dtype if profile and target.name == "tflite-int8" else None)
+    if io is not None and target.name != "tflite-int8":
+        raise UsageError(f"--io applies to tflite-int8 only, not {target.name}")
+    if io not in (None, "int8", "uint8"):
+        raise UsageError(f"--io must be int8 or uint8, not {io!r}")
+    return target, profile, io or "int8"
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read labels file {path}: {exc}") from exc
+    if not labels:
+        raise DataError(f"labels file {path} is empty")
+    return labels
+
+
+def _load_data(
+    source: SourceModel, options: ConvertOptions, target: Target
+) -> tuple[Dataset | None, Dataset | None, list[str]]:
+    warnings: list[str] = []
+    if (options.calibration or options.validation) and len(source.inputs) != 1:
+        raise UsageError("calibration/validation data is supported for single-input models only")
+    sample_shape = source.inputs[0].sample_shape if source.inputs else ()
+    calibration = None
+    if target.needs_calibration and options.calibration is None:
+        raise UsageError(
+            f"{target.name} needs --calibration DATA: a few hundred real, representative inputs "
+            "(random data ruins int8 accuracy)"
+        )
+    if options.calibration is not None:
+        calibration = load_dataset(options.calibration, sample_shape, "calibration")
+        warnings += calibration.warnings
+    validation = None
+    if options.validation is not None:
+        validation = load_dataset(options.validation, sample_shape, "validation")
+    elif calibration is not None:
+        validation = calibration
+        warnings.append(
+            "no --validation data: validated on the calibration data, which flatters the result"
+        )
+    else:
+        warnings.append("no --validation data: accuracy and output error were not measured")
+    return calibration, validation, warnings
+
+
+def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
+    """Convert ``model`` as ``options`` say and write the bundle; return its report.
+
+    Raises :class:`~edgedl.errors.EdgeDLError` subclasses for every user mistake, and
+    :class:`~edgedl.errors.ValidationFailed` (with ``.result``) when the accuracy drop
+    exceeds ``options.max_accuracy_drop``: then only the report is written, beside where
+    the bundle would have gone, so a failed artifact never looks deployable.
+    """
+    started = time.perf_counter()
+    model_path = Path(model)
+    target, device, io_dtype = _resolve_target(options)
+    kind = detect_kind(model_path)
+    if not target.accepts(kind):
+        raise UsageError(
+            f"{target.name} needs a Keras or SavedModel source; {model_path.name} is ONNX "
+            "(use an onnx-* target)"
+        )
+    name = options.name or _default_name(model_path)
+    output = (options.output or Path.cwd() / f"{name}-{options.version}-{target.name}").resolve()
+    if output.exists() and not options.force:
+        raise UsageError(f"{output} already exists (use --force to replace it)")
+    threads = (
+        options.threads if options.threads is not None else (device.threads if device else None)
+    )
+    progress = _Progress(options.show_progress)
+
+    with tempfile.TemporaryDirectory(prefix="edgedl-convert-") as tmp:
+        workdir = Path(tmp)
+        source = load_source(model_path, workdir)
+        calibration, validation, warnings = _load_data(source, options, target)
+        n_cal = min(len(calibration), options.calibration_samples) if calibration else 0
+        with progress.step("calibrating", n_cal) as advance:
+            ctx = BuildContext(
+                source=source,
+                calibration=calibration,
+                workdir=workdir,
+                io_dtype=io_dtype,
+                calibration_samples=options.calibration_samples,
+                advance=advance,
+            )
+            built = target.build(ctx)
+        warnings += built.warnings
+        info = describe(built.model_path, target.family)
+        labels = (
+            _read_labels(options.labels)
+            if options.labels
+            else (
+                (validation.class_names if validation else None)
+                or (calibration.class_names if calibration else None)
+            )
+        )
+        model_file = f"model{built.model_path.suffix}"
+        manifest = Manifest(
+            name=name,
+            version=options.version,
+            target=target.name,
+            runtime=target.runtime,
+            model_file=model_file,
+            sha256=sha256_file(built.model_path),
+            size_bytes=built.model_path.stat().st_size,
+            inputs=info.inputs,
+            outputs=info.outputs,
+            labels=labels,
+            device=device.name if device else None,
+        )
+        # Validate through the agent's own loader, on the bundle as it will be shipped.
+        candidate = workdir / "candidate"
+        candidate.mkdir()
+        shutil.copyfile(built.model_path, candidate / model_file)
+        (candidate / MANIFEST_FILE).write_text(manifest.model_dump_json(), encoding="utf-8")
+        runner = runtime.load(
+            candidate,
+            threads=threads,
+            providers=device.execution_providers if device else None,
+        )
+        report = _base_report(manifest, target, source, device, threads, built.calibration)
+        report["warnings"] = warnings
+        if validation is not None:
+            with progress.step("validating", len(validation)) as advance:
+                checked = validate(source, runner, validation, advance=advance)
+            report.update(checked.report)
+            warnings += checked.warnings
+            manifest.profile = Profile.from_reference(
+                {source.inputs[0].name: validation.x}, checked.artifact_outputs
+            ).to_dict()
+            report["validation"] = {
+                "samples": len(validation),
+                "source": validation.source,
+                "labels": validation.y is not None,
+            }
+            if labels and (cls := _class_count(checked.artifact_outputs)) and cls != len(labels):
+                raise DataError(f"{len(labels)} labels given but the model outputs {cls} classes")
+        else:
+            zeros = {
+                s.name: np.zeros([1, *[max(d, 1) for d in s.sample_shape]], np.float32)
+                for s in runner.inputs
+            }
+            report["latency_ms"] = measure_latency(runner.run, zeros).to_dict()
+        report["latency_ms"]["threads"] = threads
+        report["float_ops"] = info.float_ops
+        report["ops_total"] = info.ops_total
+        report["conversion_seconds"] = round(time.perf_counter() - started, 3)
+        drop = report.get("accuracy_drop_pts")
+        report["max_accuracy_drop_pts"] = options.max_accuracy_drop
+        report["passed"] = drop is None or drop <= options.max_accuracy_drop
+        if not report["passed"]:
+            report_path = output.with_name(output.name + ".report.json")
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            raise ValidationFailed(
+                f"accuracy drop {drop:.2f} pts exceeds --max-accuracy-drop "
+                f"{options.max_accuracy_drop:g}; no bundle written, report at {report_path}",
+                result=ConvertResult(report=report, report_path=report_path, warnings=warnings),
+            )
+        bundle = write_bundle(output, built.model_path, manifest, report, overwrite=options.force)
+    tar_path = pack_bundle(bundle.path, bundle.path.with_suffix(".tar")) if options.tar else None
+    return ConvertResult(
+        report=report,
+        report_path=bundle.path / "report.json",
+        bundle=bundle,
+        tar_path=tar_path,
+        warnings=warnings,
+    )
+
+
+def _class_count(outputs: dict[str, Any]) -> int | None:
+    for arr in outputs.values():
+        if arr.ndim == 2 and arr.shape[1] >= 2:
+            return int(arr.shape[1])
+    return None
+
+
+def _base_report(
+    manifest: Manifest,
+    target: Target,
+    source: SourceModel,
+    device: DeviceProfile | None,
+    threads: int | None,
+    calibration: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "name": manifest.name,
+        "version": manifest.version,
+        "target": target.name,
+        "runtime": target.runtime,
+        "device": device.name if device else None,
+        "source": {"path": str(source.path), "kind": source.kind},
+        "tools": _tool_versions(),
+        "calibration": calibration,
+        "inputs": [s.model_dump() for s in manifest.inputs],
+        "outputs_spec": [s.model_dump() for s in manifest.outputs],
+        "source_size_bytes": source.size_bytes,
+        "artifact_size_bytes": manifest.size_bytes,
+        "size_ratio": round(manifest.size_bytes / source.size_bytes, 4)
+        if source.size_bytes
+        else None,
+        "sha256": manifest.sha256,
+        "threads": threads,
+    }

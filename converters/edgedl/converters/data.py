@@ -1,0 +1,239 @@
+"""Calibration and validation data: one loader for every file format.
+
+``load_dataset`` reads ``.npy`` (inputs only), ``.npz`` (key ``x``, optional ``y`` labels and
+``labels`` class names) or a folder of images or WAV files (class sub-folders become labels)
+and checks it against the model's input: numbers only, the right per-sample shape, no NaN or
+Inf (the error names the offending sample). Every format ends as one :class:`Dataset`, so a
+converter never cares where its samples came from.
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+AUDIO_SUFFIXES = {".wav"}
+MIN_CALIBRATION_SAMPLES = 100
+
+
+@dataclass
+class Dataset:
+    """Samples for one model input (float32, batch first) with optional integer labels."""
+
+    x: NDArray[np.float32]
+    y: NDArray[np.int64] | None
+    source: str
+    sample_names: list[str] | None = None
+    class_names: list[str] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def sample_name(self, i: int) -> str:
+        """How to name sample ``i`` in a message: its file name, or its index."""
+        return self.sample_names[i] if self.sample_names else f"#{i}"
+
+    def batches(self, batch_size: int) -> Iterator[NDArray[np.float32]]:
+        """The samples in order, ``batch_size`` at a time."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size]
+
+    def head(self, n: int) -> Dataset:
+        """The first ``n`` samples."""
+        return Dataset(
+            x=self.x[:n],
+            y=None if self.y is None else self.y[:n],
+            source=self.source,
+            sample_names=None if self.sample_names is None else self.sample_names[:n],
+            class_names=self.class_names,
+            warnings=list(self.warnings),
+        )
+
+
+def load_dataset(
+    path: str | Path, sample_shape: Sequence[int], role: str = "calibration"
+) -> Dataset:
+    """Load and check data for an input whose per-sample shape is ``sample_shape`` (-1: any).
+
+    ``role`` ("calibration" or "validation") only words the messages. Raises
+    :class:`DataError` for anything a converter must not be fed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{role} data not found: {p}")
+    if p.is_dir():
+        ds = _load_folder(p, sample_shape, role)
+    elif p.suffix == ".npy":
+        ds = Dataset(x=_numeric(_np_load(p, role), p, role), y=None, source=str(p))
+    elif p.suffix == ".npz":
+        ds = _load_npz(p, role)
+    else:
+        raise DataError(
+            f"{role} data {p}: unsupported format {p.suffix or '(none)'} "
+            "(expected .npy, .npz, or a folder of images or .wav files)"
+        )
+    ds.x = _fit_shape(ds.x, sample_shape, p, role)
+    _check_finite(ds, role)
+    if ds.y is not None and ds.y.shape[0] != len(ds):
+        raise DataError(f"{role} data {p}: {len(ds)} samples but {ds.y.shape[0]} labels")
+    if len(ds) == 0:
+        raise DataError(f"{role} data {p} holds no samples")
+    if role == "calibration" and len(ds) < MIN_CALIBRATION_SAMPLES:
+        ds.warnings.append(
+            f"only {len(ds)} calibration samples (fewer than {MIN_CALIBRATION_SAMPLES}): "
+            "quantization ranges may not be representative"
+        )
+    return ds
+
+
+def _np_load(p: Path, role: str) -> Any:
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{role} data {p}: cannot read ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _numeric(arr: Any, p: Path, role: str, key: str | None = None) -> NDArray[np.float32]:
+    a = np.asarray(arr)
+    where = f"{p}[{key!r}]" if key else str(p)
+    if a.dtype.kind not in "fiub":
+        raise DataError(f"{role} data {where}: expected numbers, found dtype {a.dtype}")
+    if a.ndim == 0:
+        raise DataError(f"{role} data {where}: expected an array of samples, found a scalar")
+    return a.astype(np.float32, copy=False)
+
+
+def _load_npz(p: Path, role: str) -> Dataset:
+    with _np_load(p, role) as npz:
+        keys = set(npz.files)
+        if "x" not in keys:
+            raise DataError(
+                f"{role} data {p}: no array 'x' (found: {', '.join(sorted(keys)) or 'none'}); "
+                "save inputs as x= and optional labels as y="
+            )
+        x = _numeric(npz["x"], p, role, "x")
+        y = None
+        if "y" in keys:
+            y_raw = np.asarray(npz["y"])
+            if y_raw.dtype.kind not in "iu" or y_raw.ndim != 1:
+                raise DataError(f"{role} data {p}['y']: labels must be a 1-D integer array")
+            y = y_raw.astype(np.int64)
+        names = [str(s) for s in npz["labels"]] if "labels" in keys else None
+    return Dataset(x=x, y=y, source=str(p), class_names=names)
+
+
+def _load_folder(p: Path, sample_shape: Sequence[int], role: str) -> Dataset:
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    audio = [f for f in files if f.suffix.lower() in AUDIO_SUFFIXES]
+    if images and audio:
+        raise DataError(f"{role} data {p}: mixes images and WAV files; use one kind per folder")
+    chosen = images or audio
+    if not chosen:
+        raise DataError(f"{role} data {p}: no images or .wav files found")
+    # Class sub-folders (folder/cat/1.png) give labels, as in Keras' image_dataset_from_directory.
+    parents = sorted({f.parent.relative_to(p).as_posix() for f in chosen})
+    labelled = all(par != "." and "/" not in par for par in parents) and len(parents) > 1
+    loader = _load_image if images else _load_wav
+    samples = [loader(f, sample_shape, role) for f in chosen]
+    x = np.stack(samples).astype(np.float32)
+    y = None
+    class_names = None
+    if labelled:
+        class_names = parents
+        index = {name: i for i, name in enumerate(class_names)}
+        y = np.array([index[f.parent.relative_to(p).as_posix()] for f in chosen], dtype=np.int64)
+    return Dataset(
+        x=x,
+        y=y,
+        source=str(p),
+        sample_names=[f.relative_to(p).as_posix() for f in chosen],
+        class_names=class_names,
+    )
+
+
+def _load_image(f: Path, sample_shape: Sequence[int], role: str) -> NDArray[np.float32]:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(sample_shape) != 3 or sample_shape[0] == -1 or sample_shape[1] == -1:
+        raise DataError(
+            f"{role} data: images need a model input of shape [batch, height, width, channels], "
+            f"this model takes {list(sample_shape)} per sample"
+        )
+    h, w, c = sample_shape
+    try:
+        with Image.open(f) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{role} sample {f.name}: cannot read image ({_first_line(exc)})") from exc
+    return arr.reshape(h, w, c if c in (1, 3) else 1)
+
+
+def _load_wav(f: Path, sample_shape: Sequence[int], role: str) -> NDArray[np.float32]:
+    try:
+        with wave.open(str(f), "rb") as w:
+            width, channels = w.getsampwidth(), w.getnchannels()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError, OSError) as exc:
+        raise DataError(f"{role} sample {f.name}: cannot read WAV ({_first_line(exc)})") from exc
+    if width != 2:
+        raise DataError(f"{role} sample {f.name}: only 16-bit PCM WAV is supported")
+    pcm = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    pcm = pcm.reshape(-1, channels).mean(axis=1)
+    if any(d == -1 for d in sample_shape):
+        raise DataError(
+            f"{role} data: WAV samples need a fixed input length, not {list(sample_shape)}"
+        )
+    n = int(np.prod(sample_shape))
+    pcm = np.pad(pcm[:n], (0, max(0, n - pcm.size)))
+    return pcm.reshape(tuple(sample_shape))
+
+
+def _fit_shape(
+    x: NDArray[np.float32], sample_shape: Sequence[int], p: Path, role: str
+) -> NDArray[np.float32]:
+    want = tuple(sample_shape)
+    got = x.shape[1:]
+    if _matches(got, want):
+        return x
+    # A missing trailing channel axis of 1 (digits as (N, 8, 8) for an (8, 8, 1) input) is
+    # unambiguous; anything else is the user's to fix.
+    if want and want[-1] == 1 and _matches((*got, 1), want):
+        return x[..., None]
+    raise DataError(
+        f"{role} data {p}: samples have shape {list(got)}, the model input expects "
+        f"{['?' if d == -1 else d for d in want]}"
+    )
+
+
+def _matches(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    return len(got) == len(want) and all(w in (-1, g) for g, w in zip(got, want, strict=True))
+
+
+def _check_finite(ds: Dataset, role: str) -> None:
+    flat = ds.x.reshape(len(ds), -1)
+    bad_rows = ~np.all(np.isfinite(flat), axis=1)
+    if bad_rows.any():
+        i = int(np.argmax(bad_rows))
+        kind = "NaN" if np.isnan(flat[i]).any() else "Inf"
+        more = int(bad_rows.sum()) - 1
+        raise DataError(
+            f"{role} sample {ds.sample_name(i)} of {ds.source} contains {kind}"
+            + (f" (and {more} more samples contain NaN/Inf)" if more else "")
+        )

@@ -1,0 +1,92 @@
+"""Render a conversion report as a terminal table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    """Print one conversion's report: sizes, errors, agreement, accuracy, latency, float ops."""
+    title = f"{report['name']} {report['version']} → {report['target']}"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    lat = report.get("latency_ms", {})
+    rows = [
+        ("source size", _fmt(report.get("source_size_bytes"), ",", " B")),
+        ("artifact size", _fmt(report.get("artifact_size_bytes"), ",", " B")),
+        ("size ratio", _fmt(report.get("size_ratio"), ".3f")),
+        ("top-1 agreement", _fmt(report.get("top1_agreement"), ".2%")),
+        ("source accuracy", _fmt(report.get("reference_accuracy"), ".2f", " %")),
+        ("artifact accuracy", _fmt(report.get("artifact_accuracy"), ".2f", " %")),
+        ("accuracy drop", _fmt(report.get("accuracy_drop_pts"), ".2f", " pts")),
+        ("SQNR (worst output)", _fmt(report.get("sqnr_db"), ".1f", " dB")),
+        ("latency p50 / p95", f"{_fmt(lat.get('p50'), '.3f')} / {_fmt(lat.get('p95'), '.3f')} ms"),
+    ]
+    for name, out in (report.get("outputs") or {}).items():
+        rows.append(
+            (
+                f"output {name}",
+                f"max |err| {_fmt(out['max_abs_error'], '.4g')}, "
+                f"mean |err| {_fmt(out['mean_abs_error'], '.4g')}",
+            )
+        )
+    float_ops = report.get("float_ops") or []
+    rows.append(
+        (
+            "ops left in float",
+            ", ".join(f"{o['op']}×{o['count']}" for o in float_ops) or "none",
+        )
+    )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def render_comparison(reports: Sequence[dict[str, Any]], console: Console) -> None:
+    """One row per target: the table ``make demo`` and the benchmark print."""
+    table = Table(title="Targets compared")
+    for col in (
+        "target",
+        "size (B)",
+        "vs fp32",
+        "accuracy %",
+        "drop pts",
+        "top-1 agree",
+        "SQNR dB",
+        "p50 ms",
+        "p95 ms",
+    ):
+        table.add_column(col, justify="right" if col != "target" else "left")
+    fp32 = {
+        r["target"].split("-")[0]: r["artifact_size_bytes"]
+        for r in reports
+        if r["target"].endswith("fp32")
+    }
+    for r in reports:
+        base = fp32.get(r["target"].split("-")[0])
+        lat = r.get("latency_ms", {})
+        table.add_row(
+            r["target"],
+            f"{r['artifact_size_bytes']:,}",
+            _fmt(r["artifact_size_bytes"] / base if base else None, ".0%"),
+            _fmt(r.get("artifact_accuracy"), ".2f"),
+            _fmt(r.get("accuracy_drop_pts"), "+.2f"),
+            _fmt(r.get("top1_agreement"), ".2%"),
+            _fmt(r.get("sqnr_db"), ".1f"),
+            _fmt(lat.get("p50"), ".3f"),
+            _fmt(lat.get("p95"), ".3f"),
+        )
+    console.print(table)

@@ -1,0 +1,227 @@
+"""ONNX targets: export with tf2onnx, quantize with ONNX Runtime, fp16 with onnxconverter-common."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedl.errors import ConversionError
+
+from ._tf import import_tensorflow
+from .targets import BuildContext, BuildResult, register
+
+OPSET = 17
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def export_fp32(ctx: BuildContext) -> Path:
+    """The source as a float32 ONNX file (exported once per conversion, then reused)."""
+    out = ctx.workdir / "model.fp32.onnx"
+    if out.exists():
+        return out
+    if ctx.source.kind == "onnx":
+        shutil.copyfile(ctx.source.path, out)
+        return out
+    assert ctx.source.saved_model_dir is not None
+    tf = import_tensorflow()
+    import tf2onnx
+
+    loaded = tf.saved_model.load(str(ctx.source.saved_model_dir))
+    sig = loaded.signatures["serving_default"]
+    in_sig: dict[str, Any] = sig.structured_input_signature[1]
+    names = list(in_sig)
+    specs = [tf.TensorSpec(in_sig[n].shape, in_sig[n].dtype, name=n) for n in names]
+
+    @tf.function(input_signature=specs)  # type: ignore[untyped-decorator]
+    def serve(*args: Any) -> Any:
+        return sig(**dict(zip(names, args, strict=True)))
+
+    try:
+        model, _ = tf2onnx.convert.from_function(serve, input_signature=specs, opset=OPSET)
+    except Exception as exc:
+        raise ConversionError(f"tf2onnx could not export the model: {_first_line(exc)}") from exc
+    import onnx
+
+    onnx.save(compact_names(model), str(out))
+    return out
+
+
+def compact_names(model: Any) -> Any:
+    """Rename internal tensors and nodes to short names, in place; graph I/O keeps its names.
+
+    tf2onnx names tensors after TF's variable paths ("StatefulPartitionedCall/…/ReadVariableOp:0"),
+    and a QDQ model repeats each name in several scale and zero-point tensors: in a small model
+    the names alone outweigh the int8 weights.
+    """
+    graph = model.graph
+    keep = {v.name for v in [*graph.input, *graph.output]}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = f"t{len(mapping)}"
+        return mapping[name]
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for vi in graph.value_info:
+        vi.name = short(vi.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{i}"
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    graph.doc_string = ""
+    return model
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over a Dataset, batching when the model allows."""
+
+    def __init__(self, ctx: BuildContext, input_name: str, batch: int) -> None:
+        assert ctx.calibration is not None
+        self._x = ctx.calibration.x[: ctx.calibration_samples]
+        self._name = input_name
+        self._batch = batch
+        self._pos = 0
+        self._ctx = ctx
+
+    def get_next(self) -> dict[str, np.ndarray[Any, Any]] | None:
+        if self._pos >= len(self._x):
+            return None
+        chunk = self._x[self._pos : self._pos + self._batch]
+        self._pos += len(chunk)
+        self._ctx.advance(len(chunk))
+        return {self._name: chunk}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def _has_dynamic_batch(model_path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return bool(dims) and not dims[0].HasField("dim_value")
+
+
+def _preprocess(src: Path, dst: Path, warnings: list[str]) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+        return dst
+    except Exception as exc:
+        warnings.append(f"quant_pre_process failed ({_first_line(exc)}); quantized without it")
+        return src
+
+
+@register("onnx-fp32", "onnx", "ONNX, float32 (no quantization; the baseline)")
+def onnx_fp32(ctx: BuildContext) -> BuildResult:
+    """The exported (or given) float32 ONNX model."""
+    return BuildResult(model_path=export_fp32(ctx))
+
+
+@register(
+    "onnx-int8",
+    "onnx",
+    "ONNX, static QDQ int8 (S8S8), per-channel weights",
+    needs_calibration=True,
+)
+def onnx_int8(ctx: BuildContext) -> BuildResult:
+    """Static QDQ quantization: int8 activations and per-channel int8 weights, float I/O."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    assert ctx.calibration is not None
+    fp32 = export_fp32(ctx)
+    warnings: list[str] = []
+    pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", warnings)
+    out = ctx.workdir / "model.int8.onnx"
+    reader = _Reader(ctx, ctx.source.inputs[0].name, 32 if _has_dynamic_batch(pre) else 1)
+    try:
+        quantize_static(
+            str(pre),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    except Exception as exc:
+        raise ConversionError(f"ONNX static quantization failed: {_first_line(exc)}") from exc
+    calibration = {
+        "method": "minmax (onnxruntime)",
+        "format": "QDQ",
+        "activation_type": "int8",
+        "weight_type": "int8",
+        "samples": min(len(ctx.calibration), ctx.calibration_samples),
+        "per_channel": True,
+        "source": ctx.calibration.source,
+    }
+    return BuildResult(model_path=out, calibration=calibration, warnings=warnings)
+
+
+@register("onnx-dynamic", "onnx", "ONNX, dynamic int8 (MatMul/Gemm weights only)")
+def onnx_dynamic(ctx: BuildContext) -> BuildResult:
+    """Dynamic quantization: int8 MatMul/Gemm weights, activations quantized at run time."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = export_fp32(ctx)
+    warnings: list[str] = []
+    pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", warnings)
+    out = ctx.workdir / "model.dynamic.onnx"
+    try:
+        # ConvInteger has no int8-weight CPU kernel, so Conv stays float: dynamic
+        # quantization is for MatMul-heavy models (MLPs, transformers, RNNs).
+        quantize_dynamic(
+            str(pre), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        )
+    except Exception as exc:
+        raise ConversionError(f"ONNX dynamic quantization failed: {_first_line(exc)}") from exc
+    ops = {n.op_type for n in onnx.load(str(fp32)).graph.node}
+    if "Conv" in ops:
+        warnings.append(
+            "onnx-dynamic quantizes only MatMul/Gemm weights; this model's Conv layers stay "
+            "float32, so a CNN barely shrinks or speeds up: prefer onnx-int8"
+        )
+    return BuildResult(model_path=out, warnings=warnings)
+
+
+@register("onnx-fp16", "onnx", "ONNX, float16 weights and compute, float32 I/O (GPUs, Jetson)")
+def onnx_fp16(ctx: BuildContext) -> BuildResult:
+    """Float16 everywhere inside, float32 at the inputs and outputs (``keep_io_types``)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxconverter_common import float16
+
+    fp32 = export_fp32(ctx)
+    model = onnx.load(str(fp32))
+    warnings: list[str] = []
+    overflow = sum(
+        int(np.sum(np.abs(numpy_helper.to_array(t)) > _FP16_MAX))
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+    )
+    if overflow:
+        warnings.append(f"{overflow} weight values exceed the float16 range and were clipped")
+    try:
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    except Exception as exc:
+        raise ConversionError(f"float16 conversion failed: {_first_line(exc)}") from exc
+    out = ctx.workdir / "model.fp16.onnx"
+    onnx.save(converted, str(out))
+    return BuildResult(model_path=out, warnings=warnings)

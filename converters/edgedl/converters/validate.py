@@ -1,0 +1,162 @@
+"""Compare a converted artifact with its source model on validation data.
+
+Measures what users check before shipping a quantized model: per-output error and SQNR,
+top-1 agreement with the source, accuracy of both when labels are given, and latency of
+single-sample inference on this host through the same runtime loader the agent uses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.runtime import Runner
+
+from .data import Dataset
+from .sources import SourceModel
+
+Arrays = Mapping[str, NDArray[Any]]
+
+
+def sqnr_db(reference: NDArray[Any], artifact: NDArray[Any]) -> float | None:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref−art)²).
+
+    None when the artifact matches exactly (infinite SQNR) or the reference is all zero.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum(np.square(ref - np.asarray(artifact, dtype=np.float64))))
+    signal = float(np.sum(np.square(ref)))
+    if noise == 0.0 or signal == 0.0 or not math.isfinite(noise):
+        return None
+    return round(10.0 * math.log10(signal / noise), 3)
+
+
+def output_errors(reference: Arrays, artifact: Arrays) -> dict[str, dict[str, Any]]:
+    """Per output: max and mean absolute error, SQNR, and how many values are NaN/Inf."""
+    result = {}
+    for name, ref in reference.items():
+        art = np.asarray(artifact[name], dtype=np.float64)
+        nonfinite = int(np.sum(~np.isfinite(art)))
+        diff = np.abs(np.asarray(ref, dtype=np.float64) - art)
+        finite = diff[np.isfinite(diff)]
+        result[name] = {
+            "max_abs_error": float(finite.max()) if finite.size else None,
+            "mean_abs_error": float(finite.mean()) if finite.size else None,
+            "sqnr_db": sqnr_db(ref, art) if not nonfinite else None,
+            "nonfinite_values": nonfinite,
+        }
+    return result
+
+
+def classification_output(outputs: Arrays) -> str | None:
+    """The first output that looks like class scores (2-D, two or more columns)."""
+    for name, arr in outputs.items():
+        if arr.ndim == 2 and arr.shape[1] >= 2:
+            return name
+    return None
+
+
+@dataclass
+class LatencyStats:
+    """Single-sample latency on this host."""
+
+    p50: float
+    p95: float
+    mean: float
+    runs: int
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p50": round(self.p50, 4),
+            "p95": round(self.p95, 4),
+            "mean": round(self.mean, 4),
+            "runs": self.runs,
+            "threads": self.threads,
+        }
+
+
+def measure_latency(
+    run: Callable[[dict[str, NDArray[Any]]], Any],
+    samples: Mapping[str, NDArray[Any]],
+    runs: int = 100,
+    warmup: int = 5,
+) -> LatencyStats:
+    """Time ``run`` on one sample at a time (cycling through ``samples``), after a warm-up."""
+    n = next(iter(samples.values())).shape[0]
+    times = []
+    for i in range(warmup + runs):
+        one = {k: v[i % n : i % n + 1] for k, v in samples.items()}
+        start = time.perf_counter()
+        run(one)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+    arr = np.asarray(times)
+    return LatencyStats(
+        p50=float(np.percentile(arr, 50)),
+        p95=float(np.percentile(arr, 95)),
+        mean=float(arr.mean()),
+        runs=runs,
+    )
+
+
+@dataclass
+class Validation:
+    """The outcome of validating an artifact against its source."""
+
+    report: dict[str, Any]
+    artifact_outputs: dict[str, NDArray[np.float32]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate(
+    source: SourceModel,
+    runner: Runner,
+    data: Dataset,
+    advance: Callable[[int], None] = lambda n: None,
+    batch_size: int = 64,
+    latency_runs: int = 100,
+) -> Validation:
+    """Run source and artifact on ``data`` and measure how far apart they are."""
+    name = source.inputs[0].name
+    ref_parts: list[dict[str, NDArray[np.float32]]] = []
+    art_parts: list[dict[str, NDArray[np.float32]]] = []
+    for batch in data.batches(batch_size):
+        ref_parts.append(source.predict({name: batch}))
+        art_parts.append(runner.run({name: batch}))
+        advance(len(batch))
+    ref = {k: np.concatenate([p[k] for p in ref_parts]) for k in ref_parts[0]}
+    art = {k: np.concatenate([p[k] for p in art_parts]) for k in art_parts[0]}
+    report: dict[str, Any] = {"outputs": output_errors(ref, art)}
+    warnings = []
+    sqnrs = [v["sqnr_db"] for v in report["outputs"].values() if v["sqnr_db"] is not None]
+    report["sqnr_db"] = min(sqnrs) if sqnrs else None
+    nonfinite = sum(v["nonfinite_values"] for v in report["outputs"].values())
+    if nonfinite:
+        warnings.append(
+            f"{nonfinite} output values are NaN/Inf in the artifact (overflow, e.g. in float16)"
+        )
+    cls = classification_output(ref)
+    report["top1_agreement"] = None
+    report["reference_accuracy"] = None
+    report["artifact_accuracy"] = None
+    report["accuracy_drop_pts"] = None
+    if cls is not None:
+        ref_top1 = ref[cls].argmax(axis=1)
+        art_top1 = np.nan_to_num(art[cls], nan=-np.inf).argmax(axis=1)
+        report["top1_agreement"] = round(float(np.mean(ref_top1 == art_top1)), 6)
+        if data.y is not None:
+            ref_acc = float(np.mean(ref_top1 == data.y)) * 100.0
+            art_acc = float(np.mean(art_top1 == data.y)) * 100.0
+            report["reference_accuracy"] = round(ref_acc, 4)
+            report["artifact_accuracy"] = round(art_acc, 4)
+            report["accuracy_drop_pts"] = round(ref_acc - art_acc, 4)
+    latency = measure_latency(runner.run, {name: data.x}, runs=latency_runs)
+    report["latency_ms"] = latency.to_dict()
+    return Validation(report=report, artifact_outputs=art, warnings=warnings)

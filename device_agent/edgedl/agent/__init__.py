@@ -1,0 +1,1 @@
+"""The edgedl device agent (see docs/architecture.md; being built in issue #3)."""

@@ -1,0 +1,62 @@
+"""Every error a user can cause derives from :class:`EdgeDLError`.
+
+The CLI prints an ``EdgeDLError`` as one line and exits non-zero; anything else is a bug
+in edgedl and gets a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgeDLError(Exception):
+    """Base of every error edgedl raises on purpose. Its message is meant for the user."""
+
+    exit_code = 1
+
+
+class UsageError(EdgeDLError):
+    """A command was asked for something it cannot do (unknown target, bad option combination)."""
+
+    exit_code = 2
+
+
+class ConfigError(EdgeDLError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class DataError(EdgeDLError):
+    """Calibration, validation or inference data is missing, malformed or not representative."""
+
+
+class ModelError(EdgeDLError):
+    """A source model cannot be read (missing, corrupt, unsupported format)."""
+
+
+class ConversionError(EdgeDLError):
+    """A model could not be converted to the requested target."""
+
+
+class ValidationFailed(EdgeDLError):
+    """A converted artifact did not meet its quality gate (e.g. ``--max-accuracy-drop``).
+
+    ``result`` carries what was measured (for the converter: its ``ConvertResult``).
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class BundleError(EdgeDLError):
+    """A bundle is missing, malformed, or its model file does not match its manifest."""
+
+
+class RuntimeUnavailableError(EdgeDLError):
+    """No installed inference runtime can run a bundle."""
+
+
+class TelemetryError(EdgeDLError):
+    """A telemetry message or connection is invalid."""
