@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="edgedl-digits-"))
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=130)
     console.print(f"[bold]1/2[/] training the digits CNN on scikit-learn's digits → {out}")
     sample = train_digits(out, epochs=args.epochs)
     console.print(f"    Keras test accuracy: {sample.test_accuracy:.2%}")

@@ -8,6 +8,7 @@ float data), and carries the reference profile of the data the model was validat
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -15,7 +16,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -212,7 +212,7 @@ class Bundle:
 
 def _extract_tar(path: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="edgedl-bundle-"))
-    weakref.finalize(target, shutil.rmtree, target, True)
+    atexit.register(shutil.rmtree, target, True)
     try:
         with tarfile.open(path) as tar:
             tar.extractall(target, filter="data")

@@ -43,10 +43,13 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
-def _import_backend(backend: str) -> Any:
+def import_backend(backend: str) -> Any:
+    """The module of a backend (``Interpreter`` for TFLite ones); ImportError when missing."""
     module = {**TFLITE_BACKENDS, **ONNX_BACKENDS}[backend]
     if backend == "tensorflow":
         quiet_tensorflow()
+        # tf.lite is an attribute of the lazily built API, not the tensorflow.lite package.
+        return importlib.import_module("tensorflow").lite
     return importlib.import_module(module)
 
 
@@ -63,7 +66,7 @@ def available_backends(runtime: str | None = None) -> list[str]:
     found = []
     for name in names:
         try:
-            _import_backend(name)
+            import_backend(name)
         except Exception:  # a broken wheel (e.g. NumPy ABI mismatch) raises more than ImportError
             continue
         found.append(name)
@@ -174,7 +177,7 @@ class TFLiteRunner(Runner):
     def __init__(self, manifest: Manifest, model_path: str, backend: str, threads: int) -> None:
         super().__init__(manifest)
         self.backend = backend
-        module = _import_backend(backend)
+        module = import_backend(backend)
         self._interp = module.Interpreter(
             model_path=model_path, num_threads=threads if threads > 0 else None
         )
@@ -248,7 +251,7 @@ class OnnxRunner(Runner):
         providers: Sequence[str] | None,
     ) -> None:
         super().__init__(manifest)
-        ort = _import_backend("onnxruntime")
+        ort = import_backend("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(threads, 0)
         options.log_severity_level = 3
@@ -309,7 +312,7 @@ def load(
     errors: list[str] = []
     for name in order:
         try:
-            _import_backend(name)
+            import_backend(name)
         except Exception as exc:
             errors.append(
                 f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

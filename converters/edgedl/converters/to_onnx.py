@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,14 +117,14 @@ def _has_dynamic_batch(model_path: Path) -> bool:
     return bool(dims) and not dims[0].HasField("dim_value")
 
 
-def _preprocess(src: Path, dst: Path, warnings: list[str]) -> Path:
+def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
         quant_pre_process(str(src), str(dst))
         return dst
     except Exception as exc:
-        warnings.append(f"quant_pre_process failed ({_first_line(exc)}); quantized without it")
+        notes.append(f"quant_pre_process failed ({_first_line(exc)}); quantized without it")
         return src
 
 
@@ -145,8 +146,8 @@ def onnx_int8(ctx: BuildContext) -> BuildResult:
 
     assert ctx.calibration is not None
     fp32 = export_fp32(ctx)
-    warnings: list[str] = []
-    pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", warnings)
+    notes: list[str] = []
+    pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", notes)
     out = ctx.workdir / "model.int8.onnx"
     reader = _Reader(ctx, ctx.source.inputs[0].name, 32 if _has_dynamic_batch(pre) else 1)
     try:
@@ -171,7 +172,7 @@ def onnx_int8(ctx: BuildContext) -> BuildResult:
         "per_channel": True,
         "source": ctx.calibration.source,
     }
-    return BuildResult(model_path=out, calibration=calibration, warnings=warnings)
+    return BuildResult(model_path=out, calibration=calibration, warnings=notes)
 
 
 @register("onnx-dynamic", "onnx", "ONNX, dynamic int8 (MatMul/Gemm weights only)")
@@ -181,8 +182,8 @@ def onnx_dynamic(ctx: BuildContext) -> BuildResult:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = export_fp32(ctx)
-    warnings: list[str] = []
-    pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", warnings)
+    notes: list[str] = []
+    pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", notes)
     out = ctx.workdir / "model.dynamic.onnx"
     try:
         # ConvInteger has no int8-weight CPU kernel, so Conv stays float: dynamic
@@ -194,11 +195,11 @@ def onnx_dynamic(ctx: BuildContext) -> BuildResult:
         raise ConversionError(f"ONNX dynamic quantization failed: {_first_line(exc)}") from exc
     ops = {n.op_type for n in onnx.load(str(fp32)).graph.node}
     if "Conv" in ops:
-        warnings.append(
+        notes.append(
             "onnx-dynamic quantizes only MatMul/Gemm weights; this model's Conv layers stay "
             "float32, so a CNN barely shrinks or speeds up: prefer onnx-int8"
         )
-    return BuildResult(model_path=out, warnings=warnings)
+    return BuildResult(model_path=out, warnings=notes)
 
 
 @register("onnx-fp16", "onnx", "ONNX, float16 weights and compute, float32 I/O (GPUs, Jetson)")
@@ -210,18 +211,26 @@ def onnx_fp16(ctx: BuildContext) -> BuildResult:
 
     fp32 = export_fp32(ctx)
     model = onnx.load(str(fp32))
-    warnings: list[str] = []
+    notes: list[str] = []
     overflow = sum(
         int(np.sum(np.abs(numpy_helper.to_array(t)) > _FP16_MAX))
         for t in model.graph.initializer
         if t.data_type == onnx.TensorProto.FLOAT
     )
     if overflow:
-        warnings.append(f"{overflow} weight values exceed the float16 range and were clipped")
+        notes.append(f"{overflow} weight values exceed the float16 range and were clipped")
     try:
-        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            converted = float16.convert_float_to_float16(model, keep_io_types=True)
     except Exception as exc:
         raise ConversionError(f"float16 conversion failed: {_first_line(exc)}") from exc
+    truncated = sum("truncated" in str(w.message) for w in caught)
+    if truncated:
+        notes.append(
+            f"{truncated} weight values were too small for float16 and were rounded to its "
+            "smallest normal value"
+        )
     out = ctx.workdir / "model.fp16.onnx"
     onnx.save(converted, str(out))
-    return BuildResult(model_path=out, warnings=warnings)
+    return BuildResult(model_path=out, warnings=notes)

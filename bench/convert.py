@@ -1,0 +1,156 @@
+"""Benchmark ``edgedl convert``: time, size, accuracy and latency per target.
+
+Models:
+  digits       the digits CNN (examples/digits), trained on scikit-learn's digits; accuracy on
+               its held-out split.
+  mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
+               pretrained weights can be downloaded here, so it has random weights and no
+               accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
+               has no softmax here) against the Keras model. Its
+               calibration and validation images are 224x224 crops (random position, scale
+               and flip) of the two real photographs scikit-learn ships
+               (sklearn.datasets.load_sample_images), scaled to [-1, 1] as MobileNetV2 expects.
+
+Usage: python bench/convert.py [--models digits,mobilenetv2] [--out bench/results/convert.json]
+Prints a markdown table and writes JSON (with the machine it ran on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgedl.converters import TARGETS, ConvertOptions, convert
+from edgedl.converters._tf import import_tensorflow
+from edgedl.converters.samples import train_digits
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform()}  # fmt: skip
+
+
+def mobilenet_sources(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path, Path]:
+    import_tensorflow()
+    import keras
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(0)
+    photos = [img.astype(np.float32) for img in load_sample_images().images]
+
+    def crops(n: int) -> np.ndarray:
+        out = np.empty((n, 224, 224, 3), np.float32)
+        for i in range(n):
+            img = photos[i % len(photos)]
+            side = int(rng.integers(224, min(img.shape[:2]) + 1))
+            y = int(rng.integers(0, img.shape[0] - side + 1))
+            x = int(rng.integers(0, img.shape[1] - side + 1))
+            patch = keras.ops.image.resize(img[y : y + side, x : x + side], (224, 224))
+            patch = np.asarray(patch)
+            out[i] = patch[:, ::-1] if rng.random() < 0.5 else patch
+        return out / 127.5 - 1.0
+
+    keras.utils.set_random_seed(0)
+    # Logits, not softmax: with random weights the softmax is almost uniform (every value near
+    # 1/1000), which int8 output quantization rounds to zero and SQNR cannot describe.
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(224, 224, 3), classifier_activation=None
+    )
+    path = work / "mobilenetv2.keras"
+    model.save(path)
+    np.savez(work / "mnv2_cal.npz", x=crops(n_cal))
+    np.savez(work / "mnv2_val.npz", x=crops(n_val))
+    return path, work / "mnv2_cal.npz", work / "mnv2_val.npz"
+
+
+def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
+        work = Path(tmp)
+        sources: dict[str, tuple[Path, Path, Path, Path | None]] = {}
+        if "digits" in models:
+            d = train_digits(work / "digits")
+            sources["digits"] = (d.model, d.train, d.test, d.labels)
+        if "mobilenetv2" in models:
+            m, c, v = mobilenet_sources(work, cal_samples, 64)
+            sources["mobilenetv2"] = (m, c, v, None)
+        for model_name, (model, cal, val, labels) in sources.items():
+            fp32_size: dict[str, int] = {}
+            for target in TARGETS:
+                started = time.perf_counter()
+                result = convert(model, ConvertOptions(
+                    target=target, calibration=cal, validation=val, labels=labels,
+                    output=work / "bundles" / model_name / target,
+                    calibration_samples=cal_samples, max_accuracy_drop=100.0,
+                ))  # fmt: skip
+                seconds = time.perf_counter() - started
+                r = result.report
+                family = target.split("-")[0]
+                if target.endswith("fp32"):
+                    fp32_size[family] = int(r["artifact_size_bytes"])
+                rows.append({
+                    "model": model_name, "target": target,
+                    "convert_seconds": round(seconds, 2),
+                    "size_bytes": r["artifact_size_bytes"],
+                    "size_vs_fp32": round(r["artifact_size_bytes"] / fp32_size[family], 4)
+                    if family in fp32_size else None,
+                    "accuracy_drop_pts": r["accuracy_drop_pts"],
+                    "top1_agreement": r["top1_agreement"],
+                    "sqnr_db": r["sqnr_db"],
+                    "latency_p50_ms": r["latency_ms"]["p50"],
+                    "latency_p95_ms": r["latency_ms"]["p95"],
+                })  # fmt: skip
+                print(f"  {model_name:<12} {target:<22} {seconds:6.1f} s", flush=True)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    def f(v: object, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "| model | target | convert s | size (B) | vs fp32 | acc. drop pts | top-1 agree "
+        "| SQNR dB | p50 ms | p95 ms |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['target']} | {f(r['convert_seconds'], '.1f')} "
+            f"| {f(r['size_bytes'], ',')} | {f(r['size_vs_fp32'], '.0%')} "
+            f"| {f(r['accuracy_drop_pts'], '+.2f')} | {f(r['top1_agreement'], '.1%')} "
+            f"| {f(r['sqnr_db'], '.1f')} | {f(r['latency_p50_ms'], '.3f')} "
+            f"| {f(r['latency_p95_ms'], '.3f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Benchmark edgedl convert per target.")
+    parser.add_argument("--models", default="digits,mobilenetv2")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/convert.json"))
+    parser.add_argument("--calibration-samples", type=int, default=200)
+    args = parser.parse_args()
+    rows = run(args.models.split(","), args.out, args.calibration_samples)
+    print(markdown(rows))
+    print(f"\nJSON written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
