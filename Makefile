@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint test demo bench clean
+# Debian packages the tests use: a broker, speech for the keyword example, a browser for the
+# dashboard. Installed only when missing (CI runs as root on Debian).
+DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium
+
+.PHONY: help venv sysdeps lint test demo bench clean
 
 help:
 	@echo "make demo   train the digits example, convert it to every target, print the table"
@@ -16,9 +20,20 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	# Silero VAD's ONNX model without torch (the package's only runtime need here is the file).
+	$(BIN)/python -m pip install --quiet --no-deps 'silero-vad>=5'
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+sysdeps:
+	@missing=""; for pair in $(DEBIAN_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -26,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

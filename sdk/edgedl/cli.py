@@ -33,6 +33,16 @@ _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "convert",
         "List the conversion targets.",
     ),
+    "agent": (
+        "edgedl.agent.cli:agent",
+        "agent",
+        "Serve bundles on a device: inference API, pipelines, rollout, telemetry.",
+    ),
+    "collector": (
+        "edgedl.collector.cli:collector",
+        "collector",
+        "Receive device telemetry: storage, drift, alerts, dashboard.",
+    ),
 }
 
 _debug = {"on": bool(os.environ.get("EDGEDL_DEBUG"))}
@@ -196,6 +206,12 @@ _EXTRA_MODULES = {
     "ai_edge_litert": "agent",
     "paho": "agent",
     "sqlalchemy": "collector",
+    "starlette": "agent",
+    "uvicorn": "agent",
+    "prometheus_client": "agent",
+    "psutil": "agent",
+    "webrtcvad": "agent",
+    "psycopg": "collector",
 }
 
 

@@ -1,0 +1,17 @@
+"""``edgedl agent``: the on-device service and the commands that talk to it.
+
+Each subcommand lives in the module that owns its job and is registered here, so the group
+stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def agent() -> None:
+    """Serve bundles on a device: inference API, pipelines, versions, telemetry."""
+
+
+__all__ = ["agent"]
