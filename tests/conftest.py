@@ -67,3 +67,36 @@ def digits_bundles(digits, tmp_path_factory: pytest.TempPathFactory):  # type: i
         )
         for name in TARGETS
     }
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(digits, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A factory: ``digits_bundle("tflite-int8", version="2")`` -> path of that bundle.
+
+    Bundles are built once per (target, version) per test session from the one trained
+    digits model, so agent and collector tests pay for TensorFlow only once.
+    """
+    from edgedl.converters import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("digits-bundles")
+    built: dict[tuple[str, str], Path] = {}
+
+    def make(target: str = "tflite-int8", version: str = "1") -> Path:
+        key = (target, version)
+        if key not in built:
+            result = convert(
+                digits.model,
+                ConvertOptions(
+                    target=target,
+                    version=version,
+                    calibration=digits.train,
+                    validation=digits.test,
+                    labels=digits.labels,
+                    output=out / f"{target}-v{version}",
+                ),
+            )
+            assert result.bundle is not None
+            built[key] = result.bundle.path
+        return built[key]
+
+    return make

@@ -1,0 +1,1 @@
+"""Streaming pipelines: vad -> window -> features -> model -> postprocess (issue #3)."""

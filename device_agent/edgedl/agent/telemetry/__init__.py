@@ -1,0 +1,1 @@
+"""Telemetry windows over MQTT with a durable spool (issue #4)."""
