@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -100,7 +101,7 @@ class Manifest(BaseModel):
     @field_validator("name", "version")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not _NAME_RE.fullmatch(v):
             raise ValueError(
                 f"{v!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -237,7 +238,9 @@ def atomic_directory(output: Path, overwrite: bool = False) -> Iterator[Path]:
     if output.exists() and not overwrite:
         raise BundleError(f"{output} already exists (use --force to replace it)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    # A plain mkdir (not mkdtemp, which is always 0700) so the bundle follows the umask.
+    staging = output.parent / f".{output.name}.tmp-{secrets.token_hex(6)}"
+    staging.mkdir()
     try:
         yield staging
         for child in staging.iterdir():

@@ -285,14 +285,15 @@ class Profile:
 
     def merge(self, other: Profile) -> Profile:
         """The profile of both together (statistics present in only one are kept)."""
-        hists = dict(self.histograms)
+        # Keys present on one side only are copied, so the result never aliases an operand.
+        hists = {k: h.merge(h.empty_like()) for k, h in self.histograms.items()}
         for key, hist in other.histograms.items():
-            hists[key] = hists[key].merge(hist) if key in hists else hist
-        counts = dict(self.class_counts)
+            hists[key] = hists[key].merge(hist) if key in hists else hist.merge(hist.empty_like())
+        counts = {k: c.copy() for k, c in self.class_counts.items()}
         for key, c in other.class_counts.items():
             if key in counts and counts[key].shape != c.shape:
                 raise DataError(f"cannot merge class counts of {key}: different class numbers")
-            counts[key] = counts[key] + c if key in counts else c
+            counts[key] = counts[key] + c if key in counts else c.copy()
         return Profile(histograms=hists, class_counts=counts, samples=self.samples + other.samples)
 
     def to_dict(self) -> dict[str, Any]:

@@ -198,11 +198,6 @@ def test_few_calibration_samples_warn(tmp_path):
     assert load_dataset(tmp_path / "enough.npy", (4,)).warnings == []
 
 
-@pytest.mark.xfail(
-    reason="bug: _check_finite reshapes to (0, -1) before the 'holds no samples' check, "
-    "so an empty array raises numpy's ValueError instead of DataError",
-    strict=True,
-)
 def test_empty_array_is_a_data_error(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((0, 4), np.float32))
     with pytest.raises(DataError, match="holds no samples"):
@@ -279,12 +274,6 @@ def test_corrupt_png_names_the_file(tmp_path):
     assert "cannot read image" in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="bug: _load_image converts to RGB for any channel count other than 1 and then "
-    "reshapes to (h, w, 1) when it is not 1 or 3, so a 4-channel input raises numpy's "
-    "ValueError instead of a DataError",
-    strict=True,
-)
 def test_images_for_a_four_channel_input(tmp_path):
     images, labels = _digit_images(per_class=1, classes=2)
     _write_png_folder(tmp_path, images, labels)

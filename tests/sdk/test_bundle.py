@@ -152,11 +152,6 @@ def test_tensor_spec_forbids_unknown_keys():
         TensorSpec.model_validate({"name": "x", "shape": [1], "dtype": "int8", "layout": "NHWC"})
 
 
-@pytest.mark.xfail(
-    reason="bug: the name/version pattern ends in '$', which re.match lets match before a "
-    "trailing newline, so 'digits\\n' passes validation (use re.fullmatch or '\\Z')",
-    strict=True,
-)
 @pytest.mark.parametrize("field", ["name", "version"])
 def test_manifest_rejects_trailing_newline(field):
     with pytest.raises(ValidationError):
@@ -380,12 +375,6 @@ def test_atomic_directory_creates_missing_parents(tmp_path):
     assert (out / "f").is_file()
 
 
-@pytest.mark.xfail(
-    reason="bug: the staging directory comes from tempfile.mkdtemp (mode 0700) and is "
-    "renamed into place, so a bundle directory is private to its owner instead of "
-    "following the umask like a normal mkdir",
-    strict=True,
-)
 def test_atomic_directory_output_has_normal_permissions(tmp_path):
     ref = tmp_path / "ref"
     ref.mkdir()

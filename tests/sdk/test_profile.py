@@ -385,12 +385,6 @@ def test_merge_rejects_different_edges_and_class_numbers():
         a.merge(c)
 
 
-@pytest.mark.xfail(
-    reason="bug: Profile.merge shares Histogram objects and class-count arrays with its "
-    "operands for keys present in only one of them, so observe() on the merged profile "
-    "mutates the operand",
-    strict=True,
-)
 def test_observe_on_merged_profile_does_not_mutate_operands():
     inputs, outputs = _batch(13, n=20)
     window = Profile.from_reference(inputs, outputs)

@@ -83,11 +83,11 @@ def load_dataset(
             "(expected .npy, .npz, or a folder of images or .wav files)"
         )
     ds.x = _fit_shape(ds.x, sample_shape, p, role)
+    if len(ds) == 0:
+        raise DataError(f"{role} data {p} holds no samples")
     _check_finite(ds, role)
     if ds.y is not None and ds.y.shape[0] != len(ds):
         raise DataError(f"{role} data {p}: {len(ds)} samples but {ds.y.shape[0]} labels")
-    if len(ds) == 0:
-        raise DataError(f"{role} data {p} holds no samples")
     if role == "calibration" and len(ds) < MIN_CALIBRATION_SAMPLES:
         ds.warnings.append(
             f"only {len(ds)} calibration samples (fewer than {MIN_CALIBRATION_SAMPLES}): "
@@ -176,13 +176,18 @@ def _load_image(f: Path, sample_shape: Sequence[int], role: str) -> NDArray[np.f
             f"this model takes {list(sample_shape)} per sample"
         )
     h, w, c = sample_shape
+    if c not in (1, 3):
+        raise DataError(
+            f"{role} data: images give 1 (grey) or 3 (RGB) channels, this model takes {c}; "
+            "pass the data as a .npy or .npz file instead"
+        )
     try:
         with Image.open(f) as img:
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{role} sample {f.name}: cannot read image ({_first_line(exc)})") from exc
-    return arr.reshape(h, w, c if c in (1, 3) else 1)
+    return arr.reshape(h, w, c)
 
 
 def _load_wav(f: Path, sample_shape: Sequence[int], role: str) -> NDArray[np.float32]:
