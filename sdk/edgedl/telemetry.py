@@ -1,0 +1,499 @@
+"""The telemetry contract between the agent and the collector (design contract 3.3).
+
+Every window (N seconds or M inferences) a device publishes one :class:`TelemetryWindow` on
+:func:`telemetry_topic`; at connect it publishes a retained :class:`DeviceStatus` on
+:func:`status_topic` and leaves a last will saying it went offline. Topics are built only by
+the functions here, never by string concatenation elsewhere.
+
+Histograms in a window are :meth:`edgedl.profile.Histogram.to_dict` dicts. Latency and batch
+size use the fixed edges :data:`LATENCY_EDGES_MS` and :data:`BATCH_SIZE_EDGES`; the input and
+output histograms use the edges of the bundle manifest's reference profile. So every device's
+histograms sum into fleet histograms with :meth:`~edgedl.profile.Histogram.merge`.
+
+Wire format: JSON, compressed with zstd (default) or gzip, or plain. The decoder detects the
+compression from the payload's first bytes, so MQTT 3.1.1 (no content-type property) works
+too; over MQTT 5 the content type also goes in the message's content-type property.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import zlib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import DataError, TelemetryError
+from .profile import PROFILE_SCHEMA_VERSION, Histogram, Profile
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "edgedl/v1"
+
+#: Latency bin edges in milliseconds: 5 per decade, log-spaced from 0.1 ms to 10 s.
+LATENCY_EDGES_MS: tuple[float, ...] = tuple(float(f"{v:.4g}") for v in np.logspace(-1.0, 4.0, 26))
+#: Batch size bin edges: powers of two from 1 to 256.
+BATCH_SIZE_EDGES: tuple[float, ...] = tuple(float(2**i) for i in range(9))
+
+Compression = Literal["zstd", "gzip", "none"]
+CONTENT_TYPES: dict[str, str] = {
+    "none": "application/json",
+    "zstd": "application/json+zstd",
+    "gzip": "application/json+gzip",
+}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: Largest message accepted on the wire (compressed), and largest decompressed JSON.
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_DECODED_BYTES = 1024 * 1024
+
+MAX_MODELS = 16
+MAX_EDGES = 256
+MAX_HISTOGRAMS = 512
+MAX_CLASSES = 4096
+MAX_PIPELINE_FIGURES = 2048
+MAX_SAMPLES = 64
+MAX_NAME = 128
+_MAX_INT = 2**63 - 1
+
+SHARED_TELEMETRY_SUBSCRIPTION = "$share/{group}/" + TOPIC_ROOT + "/+/+/telemetry"
+STATUS_SUBSCRIPTION = TOPIC_ROOT + "/+/+/status"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+_M = TypeVar("_M", bound=BaseModel)
+
+NonNegInt = Annotated[int, Field(ge=0, le=_MAX_INT)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+
+
+def validate_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a valid fleet or device id, else raise :class:`TelemetryError`.
+
+    Ids are 1-128 letters, digits, ``.``, ``_`` or ``-``: never ``/``, ``+`` or ``#``, which
+    would change the meaning of an MQTT topic.
+    """
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise TelemetryError(
+            f"invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+def _id(value: str) -> str:
+    try:
+        return validate_id(value)
+    except TelemetryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+DeviceId = Annotated[str, AfterValidator(_id)]
+
+
+# ---------------------------------------------------------------------------- topics
+
+
+def telemetry_topic(fleet: str, device: str) -> str:
+    """``edgedl/v1/{fleet}/{device}/telemetry``: one :class:`TelemetryWindow` per message."""
+    return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/{validate_id(device, 'device')}/telemetry"
+
+
+def status_topic(fleet: str, device: str) -> str:
+    """``edgedl/v1/{fleet}/{device}/status``: retained :class:`DeviceStatus`, also the last will."""
+    return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/{validate_id(device, 'device')}/status"
+
+
+def events_topic(fleet: str, device: str) -> str:
+    """``edgedl/v1/{fleet}/{device}/events``: pipeline detections and other device events."""
+    return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/{validate_id(device, 'device')}/events"
+
+
+def alerts_topic(fleet: str) -> str:
+    """``edgedl/v1/{fleet}/alerts``: alerts the collector raises and resolves."""
+    return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/alerts"
+
+
+def shared_telemetry_subscription(group: str) -> str:
+    """The MQTT 5 shared subscription by which collectors of ``group`` split the telemetry."""
+    return SHARED_TELEMETRY_SUBSCRIPTION.format(group=validate_id(group, "group"))
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """``(fleet, device, kind)`` of a device topic; :class:`TelemetryError` for any other."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_ROOT:
+        raise TelemetryError(f"not an edgedl device topic: {topic[:200]!r}")
+    _, _, fleet, device, kind = parts
+    return validate_id(fleet, "fleet"), validate_id(device, "device"), kind
+
+
+# ---------------------------------------------------------------------------- payloads
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class HistogramData(_Strict):
+    """A histogram as :meth:`Histogram.to_dict` writes it, with its shape checked."""
+
+    edges: list[float] = Field(min_length=2, max_length=MAX_EDGES)
+    counts: list[NonNegInt] = Field(min_length=3, max_length=MAX_EDGES + 1)
+    count: NonNegInt = 0
+    sum: float = 0.0
+    sum_sq: float = 0.0
+    missing: NonNegInt = 0
+
+    @model_validator(mode="after")
+    def _shape(self) -> HistogramData:
+        if len(self.counts) != len(self.edges) + 1:
+            raise ValueError(f"{len(self.counts)} counts do not fit {len(self.edges)} edges")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must be increasing")
+        return self
+
+    def to_histogram(self) -> Histogram:
+        """The :class:`Histogram` this dict describes."""
+        return Histogram.from_dict(self.model_dump())
+
+
+def _fixed_edges(edges: tuple[float, ...], what: str) -> Any:
+    def check(h: HistogramData) -> HistogramData:
+        # Exactly equal, so that device histograms merge into fleet histograms.
+        if tuple(h.edges) != edges:
+            raise ValueError(f"{what} histogram must use the fixed edges of edgedl.telemetry")
+        return h
+
+    return AfterValidator(check)
+
+
+LatencyHistogram = Annotated[HistogramData, _fixed_edges(LATENCY_EDGES_MS, "latency")]
+BatchSizeHistogram = Annotated[HistogramData, _fixed_edges(BATCH_SIZE_EDGES, "batch size")]
+
+
+class ProfileData(_Strict):
+    """A profile as :meth:`Profile.to_dict` writes it: histograms on the reference edges."""
+
+    schema_version: int = PROFILE_SCHEMA_VERSION
+    samples: NonNegInt = 0
+    histograms: dict[Name, HistogramData] = Field(default_factory=dict)
+    class_counts: dict[Name, list[NonNegInt]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ProfileData:
+        if self.schema_version != PROFILE_SCHEMA_VERSION:
+            raise ValueError(f"unsupported profile schema_version {self.schema_version}")
+        if len(self.histograms) > MAX_HISTOGRAMS or len(self.class_counts) > MAX_HISTOGRAMS:
+            raise ValueError(f"at most {MAX_HISTOGRAMS} histograms and class counts")
+        if any(len(c) > MAX_CLASSES for c in self.class_counts.values()):
+            raise ValueError(f"at most {MAX_CLASSES} classes")
+        return self
+
+    def to_profile(self) -> Profile:
+        """The :class:`Profile` this dict describes."""
+        try:
+            return Profile.from_dict(self.model_dump())
+        except DataError as exc:
+            raise TelemetryError(str(exc)) from exc
+
+
+class Counts(_Strict):
+    """What a model did in the window."""
+
+    requests: NonNegInt = 0
+    inferences: NonNegInt = 0
+    errors: NonNegInt = 0
+    rejected: NonNegInt = 0
+    latency_violations: NonNegInt = 0
+
+
+class ShadowWindow(_Strict):
+    """A candidate version run in shadow next to the served one: how often they agreed."""
+
+    candidate_version: Name
+    compared: NonNegInt = 0
+    agreed: NonNegInt = 0
+    latency_ms: LatencyHistogram | None = None
+
+
+class ModelWindow(_Strict):
+    """One served model version's figures in a window."""
+
+    name: Name
+    version: Name
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    counts: Counts = Field(default_factory=Counts)
+    latency_ms: LatencyHistogram
+    batch_size: BatchSizeHistogram
+    profile: ProfileData | None = None
+    shadow: ShadowWindow | None = None
+
+
+class SystemFigures(_Strict):
+    """The device's load in the window (temperature only where the device exposes it)."""
+
+    cpu_percent: float = Field(default=0.0, ge=0.0, le=100_000.0)
+    memory_rss_bytes: NonNegInt = 0
+    memory_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    temperature_c: float | None = Field(default=None, ge=-273.15, le=1000.0)
+
+
+class SpoolFigures(_Strict):
+    """The device's spool: windows waiting, and windows discarded past its bound since the last."""
+
+    pending: NonNegInt = 0
+    dropped: NonNegInt = 0
+
+
+def _check_figures(value: Any, depth: int, budget: list[int]) -> None:
+    """Nested dicts of finite numbers, bounded in depth, key length and size."""
+    if depth > 4:
+        raise ValueError("pipelines nest too deep (at most pipeline/stage/figure/field)")
+    if not isinstance(value, dict):
+        raise ValueError("pipelines must be nested objects of numbers")
+    for key, item in value.items():
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"pipelines carry more than {MAX_PIPELINE_FIGURES} figures")
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_NAME:
+            raise ValueError("pipeline figure names must be 1-128 characters")
+        if isinstance(item, dict):
+            _check_figures(item, depth + 1, budget)
+        elif isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise ValueError(f"pipeline figure {key!r} must be a number")
+        elif not math.isfinite(item) or abs(item) > 1e300:
+            raise ValueError(f"pipeline figure {key!r} must be finite")
+
+
+def _pipelines(value: dict[str, Any]) -> dict[str, Any]:
+    _check_figures(value, 1, [MAX_PIPELINE_FIGURES])
+    return value
+
+
+Pipelines = Annotated[dict[str, Any], AfterValidator(_pipelines)]
+
+
+class TelemetryWindow(_Strict):
+    """One device's telemetry over one window: the payload of :func:`telemetry_topic`.
+
+    ``seq`` increases by one per window per device and is kept across agent restarts; the
+    collector stores each ``(device, seq)`` once.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    fleet: DeviceId
+    device: DeviceId
+    seq: NonNegInt
+    window_start: float
+    window_end: float
+    agent_version: Annotated[str, Field(max_length=64)] = ""
+    models: list[ModelWindow] = Field(default_factory=list, max_length=MAX_MODELS)
+    system: SystemFigures = Field(default_factory=SystemFigures)
+    pipelines: Pipelines = Field(default_factory=dict)
+    spool: SpoolFigures = Field(default_factory=SpoolFigures)
+    samples: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_SAMPLES)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {v} (this edgedl reads {SCHEMA_VERSION})")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> TelemetryWindow:
+        if self.window_end < self.window_start:
+            raise ValueError("window_end is before window_start")
+        return self
+
+    @property
+    def inferences(self) -> int:
+        """Inferences in the window over all models."""
+        return sum(m.counts.inferences for m in self.models)
+
+
+class ModelRef(_Strict):
+    """A model version a device serves."""
+
+    name: Name
+    version: Name
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DeviceStatus(_Strict):
+    """Retained on :func:`status_topic`: online at connect, offline as the last will."""
+
+    schema_version: int = SCHEMA_VERSION
+    fleet: DeviceId
+    device: DeviceId
+    online: bool
+    agent_version: Annotated[str, Field(max_length=64)] = ""
+    models: list[ModelRef] = Field(default_factory=list, max_length=MAX_MODELS)
+    rollout: dict[str, Any] | None = None
+    since: float
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def encode_window(window: TelemetryWindow, compression: Compression = "zstd") -> tuple[bytes, str]:
+    """``(payload, content_type)`` of a window: compact JSON, compressed as asked."""
+    raw = window.model_dump_json(exclude_none=True).encode("utf-8")
+    return compress(raw, compression), CONTENT_TYPES[compression]
+
+
+def compress(raw: bytes, compression: Compression) -> bytes:
+    """Compress JSON bytes with ``compression``."""
+    if compression == "zstd":
+        import zstandard
+
+        return bytes(zstandard.ZstdCompressor(level=3).compress(raw))
+    if compression == "gzip":
+        co = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return co.compress(raw) + co.flush()
+    if compression == "none":
+        return raw
+    raise TelemetryError(f"unknown compression {compression!r} (zstd, gzip or none)")
+
+
+def decompress(payload: bytes, max_bytes: int = MAX_DECODED_BYTES) -> bytes:
+    """The JSON bytes of a payload, its compression detected from its first bytes.
+
+    Raises :class:`TelemetryError` when the encoding is unknown, the data is corrupt, or it
+    would decompress to more than ``max_bytes`` (a decompression bomb).
+    """
+    if payload.startswith(ZSTD_MAGIC):
+        import zstandard
+
+        try:
+            # A stream reader never trusts the frame header's declared size.
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
+            raw = reader.read(max_bytes + 1)
+        except zstandard.ZstdError as exc:
+            raise TelemetryError(f"corrupt zstd payload: {exc}") from exc
+    elif payload.startswith(GZIP_MAGIC):
+        try:
+            raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload, max_bytes + 1)
+        except zlib.error as exc:
+            raise TelemetryError(f"corrupt gzip payload: {exc}") from exc
+    elif payload.lstrip()[:1] == b"{":
+        raw = payload
+    else:
+        raise TelemetryError("unknown payload encoding (expected zstd, gzip or a JSON object)")
+    if len(raw) > max_bytes:
+        raise TelemetryError(f"payload decompresses to more than {max_bytes} bytes")
+    return raw
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}"
+
+
+def decode_window(
+    payload: bytes,
+    max_bytes: int = MAX_DECODED_BYTES,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> TelemetryWindow:
+    """Read a telemetry message; :class:`TelemetryError` says why one is refused."""
+    return _decode(TelemetryWindow, payload, max_bytes, max_payload_bytes)
+
+
+def decode_status(payload: bytes, max_bytes: int = 64 * 1024) -> DeviceStatus:
+    """Read a status message; :class:`TelemetryError` says why one is refused."""
+    return _decode(DeviceStatus, payload, max_bytes, max_bytes)
+
+
+def encode_status(status: DeviceStatus) -> bytes:
+    """Plain JSON of a status message (small, retained, read by people too)."""
+    return status.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+def _decode(
+    model: type[_M],
+    payload: bytes,
+    max_bytes: int,
+    max_payload_bytes: int,
+) -> _M:
+    if len(payload) > max_payload_bytes:
+        raise TelemetryError(
+            f"payload of {len(payload)} bytes is over the limit of {max_payload_bytes}"
+        )
+    raw = decompress(payload, max_bytes)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise TelemetryError(f"not valid JSON: {exc.errors()[0]['msg']}") from exc
+        raise TelemetryError(_first_error(exc)) from exc
+    except (ValueError, RecursionError) as exc:
+        raise TelemetryError(f"unreadable payload: {exc}") from exc
+
+
+def window_histograms(model: ModelWindow) -> Mapping[str, Histogram]:
+    """The latency and batch size histograms of a model window as :class:`Histogram`."""
+    return {
+        "latency_ms": model.latency_ms.to_histogram(),
+        "batch_size": model.batch_size.to_histogram(),
+    }
+
+
+def latency_histogram() -> Histogram:
+    """An empty histogram on :data:`LATENCY_EDGES_MS`."""
+    return Histogram.empty(np.asarray(LATENCY_EDGES_MS))
+
+
+def batch_size_histogram() -> Histogram:
+    """An empty histogram on :data:`BATCH_SIZE_EDGES`."""
+    return Histogram.empty(np.asarray(BATCH_SIZE_EDGES))
+
+
+__all__ = [
+    "BATCH_SIZE_EDGES",
+    "CONTENT_TYPES",
+    "LATENCY_EDGES_MS",
+    "MAX_DECODED_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMA_VERSION",
+    "SHARED_TELEMETRY_SUBSCRIPTION",
+    "STATUS_SUBSCRIPTION",
+    "Counts",
+    "DeviceStatus",
+    "HistogramData",
+    "ModelRef",
+    "ModelWindow",
+    "ProfileData",
+    "ShadowWindow",
+    "SpoolFigures",
+    "SystemFigures",
+    "TelemetryWindow",
+    "alerts_topic",
+    "batch_size_histogram",
+    "compress",
+    "decode_status",
+    "decode_window",
+    "decompress",
+    "encode_status",
+    "encode_window",
+    "events_topic",
+    "latency_histogram",
+    "parse_topic",
+    "shared_telemetry_subscription",
+    "status_topic",
+    "telemetry_topic",
+    "validate_id",
+]
