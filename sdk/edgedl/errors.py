@@ -60,3 +60,25 @@ class RuntimeUnavailableError(EdgeDLError):
 
 class TelemetryError(EdgeDLError):
     """A telemetry message or connection is invalid."""
+
+
+class ServingError(EdgeDLError):
+    """A request to a served model failed; ``status`` is the HTTP status it maps to.
+
+    The agent raises subclasses (queue full: 429, shutting down: 503, deadline: 504, bad
+    input: 400, unknown model: 404, inference failure: 500); the Python client of the agent's
+    API raises it with the status and message the agent answered.
+    """
+
+    status = 500
+    kind = "error"  # how metrics count it: "bad_input", "queue_full", "timeout", ...
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class RolloutError(EdgeDLError):
+    """A deployment, promotion or rollback cannot be done (one is already running, nothing to
+    roll back to, a candidate that does not fit the live version's inputs)."""

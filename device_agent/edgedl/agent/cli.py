@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import click
 
+from .batch import batch
+from .serve import serve
+from .systemd import install_service
+
 
 @click.group()
 def agent() -> None:
     """Serve bundles on a device: inference API, pipelines, versions, telemetry."""
+
+
+agent.add_command(serve)
+agent.add_command(batch)
+agent.add_command(install_service)
 
 
 __all__ = ["agent"]

@@ -1,0 +1,265 @@
+"""Dynamic batching: a bounded queue of requests and worker threads that run them in batches.
+
+No HTTP here: a :class:`Batcher` takes requests (a dict of arrays whose first axis is the
+batch) and returns a :class:`concurrent.futures.Future` per request.
+
+The algorithm, per worker thread (one per model instance, each with its own interpreter):
+
+1. Wait until the queue holds a request.
+2. If ``max_queue_delay_s`` > 0 and ``max_batch_size`` > 1, keep waiting until the queue
+   holds ``max_batch_size`` samples or the oldest request has waited ``max_queue_delay_s``,
+   whichever comes first. With a delay of 0 the batch is whatever queued while the workers
+   were busy (greedy batching: no added latency when the agent is idle, fuller batches under
+   load).
+3. Take requests from the head of the queue, oldest first, while the batch stays within
+   ``max_batch_size`` samples. A single request larger than that runs alone.
+4. Fail (:class:`DeadlineExceeded`) the requests whose deadline has passed and skip those
+   whose caller gave up (a cancelled future); neither is run.
+5. Concatenate the rest along the first axis, run them with ``run_batch(worker, inputs)``
+   and split the outputs back by each request's sample count. If ``run_batch`` raises, every
+   request of that batch gets the exception and the worker goes on with the next batch.
+
+The queue is bounded by ``queue_size`` requests: :meth:`Batcher.submit` raises
+:class:`QueueFull` at once instead of growing memory, and :class:`ShuttingDown` once
+:meth:`Batcher.stop` has been called. ``stop(drain=True)`` runs what is queued before the
+workers exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+Array = NDArray[Any]
+Tensors = dict[str, Array]
+RunBatch = Callable[[int, Tensors], Mapping[str, Array]]
+
+
+class QueueFull(ServingError):
+    """The model's queue is full: the client should retry later."""
+
+    status = 429
+    kind = "queue_full"
+
+
+class ShuttingDown(ServingError):
+    """The agent is stopping and takes no new requests."""
+
+    status = 503
+    kind = "shutting_down"
+
+
+class DeadlineExceeded(ServingError):
+    """A request's deadline passed before it could run."""
+
+    status = 504
+    kind = "timeout"
+
+
+@dataclass(slots=True)
+class _Request:
+    inputs: Tensors
+    size: int
+    enqueued: float
+    deadline: float
+    future: Future[Tensors]
+
+
+class Batcher:
+    """Queue requests for one model and run them in batches on ``workers`` threads."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int = 8,
+        max_queue_delay_s: float = 0.0,
+        queue_size: int = 256,
+        workers: int = 1,
+        on_queue_depth: Callable[[int], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or workers < 1 or max_queue_delay_s < 0:
+            raise ValueError("max_batch_size, queue_size and workers must be >= 1, delay >= 0")
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.queue_size = queue_size
+        self.workers = workers
+        self.name = name
+        self._run_batch = run_batch
+        self._on_queue_depth = on_queue_depth
+        self._queue: deque[_Request] = deque()
+        self._queued_samples = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in the queue (not counting those running)."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """True while every worker thread is alive and :meth:`stop` has not been called."""
+        return (
+            bool(self._threads) and not self._stopping and all(t.is_alive() for t in self._threads)
+        )
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        if self._threads:
+            return
+        for i in range(self.workers):
+            thread = threading.Thread(
+                target=self._work, args=(i,), name=f"edgedl-batcher-{self.name}-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Take no more requests; run (``drain``) or fail the queued ones; join the workers."""
+        with self._cond:
+            self._stopping = True
+            dropped: list[_Request] = []
+            if not drain:
+                dropped = list(self._queue)
+                self._queue.clear()
+                self._queued_samples = 0
+            self._cond.notify_all()
+        for request in dropped:
+            _fail(request, ShuttingDown("the agent is shutting down"))
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def submit(self, inputs: Tensors, size: int, deadline: float) -> Future[Tensors]:
+        """Queue one request of ``size`` samples to finish by ``deadline`` (time.monotonic).
+
+        Raise :class:`QueueFull` when the queue holds ``queue_size`` requests and
+        :class:`ShuttingDown` after :meth:`stop`.
+        """
+        future: Future[Tensors] = Future()
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the agent is shutting down and takes no new requests")
+            if len(self._queue) >= self.queue_size:
+                raise QueueFull(
+                    f"model {self.name!r} has {self.queue_size} requests queued; retry later"
+                )
+            self._queue.append(_Request(inputs, size, time.monotonic(), deadline, future))
+            self._queued_samples += size
+            depth = len(self._queue)
+            self._cond.notify()
+        if self._on_queue_depth is not None:
+            self._on_queue_depth(depth)
+        return future
+
+    def _work(self, worker: int) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(worker, batch)
+
+    def _next_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                if self.max_queue_delay_s > 0 and self.max_batch_size > 1:
+                    flush_at = self._queue[0].enqueued + self.max_queue_delay_s
+                    while self._queued_samples < self.max_batch_size and not self._stopping:
+                        remaining = flush_at - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    if not self._queue:  # another worker took them meanwhile
+                        continue
+                batch: list[_Request] = []
+                total = 0
+                while self._queue:
+                    head = self._queue[0]
+                    if batch and total + head.size > self.max_batch_size:
+                        break
+                    self._queue.popleft()
+                    self._queued_samples -= head.size
+                    batch.append(head)
+                    total += head.size
+                    if total >= self.max_batch_size:
+                        break
+                depth = len(self._queue)
+                if self._queue:
+                    self._cond.notify()  # let an idle worker take the rest
+                break
+        if self._on_queue_depth is not None:
+            self._on_queue_depth(depth)
+        return batch
+
+    def _run(self, worker: int, batch: list[_Request]) -> None:
+        now = time.monotonic()
+        live: list[_Request] = []
+        for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                continue  # the caller gave up waiting
+            if now > request.deadline:
+                request.future.set_exception(
+                    DeadlineExceeded(
+                        f"request waited {1000 * (now - request.enqueued):.0f} ms in the queue "
+                        "and its deadline passed before it could run"
+                    )
+                )
+                continue
+            live.append(request)
+        if not live:
+            return
+        if len(live) > 1 and not _same_sample_shapes(live):
+            for request in live:  # e.g. audio of different lengths: run them one by one
+                self._run_live(worker, [request])
+            return
+        self._run_live(worker, live)
+
+    def _run_live(self, worker: int, live: list[_Request]) -> None:
+        try:
+            if len(live) == 1:
+                outputs = self._run_batch(worker, live[0].inputs)
+                live[0].future.set_result(dict(outputs))
+                return
+            names = live[0].inputs.keys()
+            inputs = {k: np.concatenate([r.inputs[k] for r in live]) for k in names}
+            outputs = self._run_batch(worker, inputs)
+            start = 0
+            for request in live:
+                end = start + request.size
+                request.future.set_result({k: v[start:end] for k, v in outputs.items()})
+                start = end
+        except BaseException as exc:
+            for request in live:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+
+def _same_sample_shapes(requests: list[_Request]) -> bool:
+    first = requests[0].inputs
+    return all(r.inputs[k].shape[1:] == v.shape[1:] for r in requests[1:] for k, v in first.items())
+
+
+def _fail(request: _Request, exc: Exception) -> None:
+    if request.future.set_running_or_notify_cancel():
+        request.future.set_exception(exc)

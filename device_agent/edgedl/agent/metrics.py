@@ -1,0 +1,378 @@
+"""Prometheus metrics of the serving path, and live input/output profiles per model.
+
+:class:`AgentMetrics` is an :class:`~edgedl.agent.observe.InferenceObserver` with its own
+``CollectorRegistry`` (so tests and several agents in one process do not collide). It keeps:
+
+* ``edgedl_requests_total``, ``edgedl_request_errors_total{kind}``,
+  ``edgedl_requests_rejected_total{reason}``, ``edgedl_inferences_total`` (samples run);
+* ``edgedl_request_latency_seconds`` (histogram) and
+  ``edgedl_request_latency_recent_seconds{quantile="0.5|0.95|0.99"}`` over the last
+  :data:`RECENT` requests, ``edgedl_latency_threshold_violations_total`` (requests slower
+  than the model's ``latency_threshold_ms``);
+* ``edgedl_batch_size`` and ``edgedl_batch_latency_seconds`` (histograms),
+  ``edgedl_queue_depth``;
+* ``edgedl_process_cpu_percent``, ``edgedl_process_memory_rss_bytes``,
+  ``edgedl_system_memory_used_percent`` (psutil) and the standard ``process_*`` metrics;
+* per model version, a live :class:`~edgedl.profile.Profile` on the bundle's reference-profile
+  edges (``reference.empty_like()``), exported as ``edgedl_profile_samples_total``,
+  ``edgedl_predicted_class_total{output,label}`` and ``edgedl_input_nonfinite_values_total``.
+  Binning a batch costs about a millisecond for a 224x224x3 image, so it runs on a
+  background thread (:class:`ProfileRecorder`) and never on the request path; batches it
+  cannot keep up with are dropped from the profile and counted
+  (``edgedl_profile_dropped_batches_total``). :meth:`AgentMetrics.profile` returns a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edgedl.profile import Profile
+
+from .repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+RECENT = 2048
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Array = NDArray[Any]
+
+
+@dataclass
+class _ModelSeries:
+    """The labelled children of one model version, looked up once."""
+
+    requests: Any
+    inferences: Any
+    latency: Any
+    batch_size: Any
+    batch_latency: Any
+    violations: Any
+    threshold_s: float
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+
+
+class ProfileRecorder:
+    """Bins batches into live profiles on its own thread (a bounded queue; drops are counted)."""
+
+    def __init__(self, repository: ModelRepository, queue_size: int = 64) -> None:
+        self._repository = repository
+        self._queue: queue.Queue[tuple[str, str, Mapping[str, Array], Mapping[str, Array]] | None]
+        self._queue = queue.Queue(maxsize=queue_size)
+        self._profiles: dict[tuple[str, str], Profile | None] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Start the background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="edgedl-profile", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Bin what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def record(
+        self, model: str, version: str, inputs: Mapping[str, Array], outputs: Mapping[str, Array]
+    ) -> None:
+        """Queue one batch for binning (never blocks)."""
+        try:
+            self._queue.put_nowait((model, version, inputs, outputs))
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Wait until every queued batch is binned (for tests and shutdown)."""
+        self._queue.join()
+
+    def profile(self, model: str, version: str) -> Profile | None:
+        """A copy of the live profile of ``model`` ``version`` (None without a reference)."""
+        with self._lock:
+            live = self._profiles.get((model, version))
+            return Profile.from_dict(live.to_dict()) if live is not None else None
+
+    def profiles(self) -> dict[tuple[str, str], Profile]:
+        """Copies of every live profile."""
+        with self._lock:
+            return {
+                k: Profile.from_dict(p.to_dict())
+                for k, p in self._profiles.items()
+                if p is not None
+            }
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                model, version, inputs, outputs = item
+                key = (model, version)
+                with self._lock:
+                    if key not in self._profiles:
+                        self._profiles[key] = self._start_profile(model, version)
+                    live = self._profiles[key]
+                    if live is not None:
+                        live.observe(inputs, outputs)
+            except Exception:
+                log.exception("could not bin a batch into the live profile")
+            finally:
+                self._queue.task_done()
+
+    def _start_profile(self, model: str, version: str) -> Profile | None:
+        try:
+            reference = self._repository.get(model, version).reference
+        except Exception:
+            return None
+        return reference.empty_like() if reference is not None else None
+
+
+class AgentMetrics:
+    """The Prometheus side of the agent: an observer plus scrape-time collectors."""
+
+    def __init__(self, repository: ModelRepository, default_threshold_ms: float = 100.0) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double the text on a device
+        self.registry = CollectorRegistry()
+        self.repository = repository
+        self.default_threshold_s = default_threshold_ms / 1000.0
+        self.profiles = ProfileRecorder(repository)
+        labels = ("model", "version")
+        reg = self.registry
+        self._requests = Counter("edgedl_requests", "Requests answered.", labels, registry=reg)
+        self._errors = Counter(
+            "edgedl_request_errors", "Requests failed, by kind.", (*labels, "kind"), registry=reg
+        )
+        self._rejected = Counter(
+            "edgedl_requests_rejected",
+            "Requests turned away before running, by reason.",
+            (*labels, "reason"),
+            registry=reg,
+        )
+        self._inferences = Counter(
+            "edgedl_inferences", "Samples run through the model.", labels, registry=reg
+        )
+        self._latency = Histogram(
+            "edgedl_request_latency_seconds",
+            "End-to-end request latency.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._violations = Counter(
+            "edgedl_latency_threshold_violations",
+            "Requests slower than the model's latency_threshold_ms.",
+            labels,
+            registry=reg,
+        )
+        self._batch_size = Histogram(
+            "edgedl_batch_size",
+            "Samples per batch run.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self._batch_latency = Histogram(
+            "edgedl_batch_latency_seconds",
+            "Time the interpreter took per batch.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._queue_depth = Gauge(
+            "edgedl_queue_depth", "Requests waiting.", ("model",), registry=reg
+        )
+        self._series: dict[tuple[str, str], _ModelSeries] = {}
+        self._series_lock = threading.Lock()
+        self._thresholds: dict[str, float] = {}
+        ProcessCollector(registry=reg)
+        reg.register(_ScrapeCollector(self))
+
+    def set_latency_threshold(self, model: str, threshold_ms: float) -> None:
+        """Count requests of ``model`` slower than ``threshold_ms`` as violations."""
+        self._thresholds[model] = threshold_ms / 1000.0
+
+    def start(self) -> None:
+        """Start the live-profile thread."""
+        self.profiles.start()
+
+    def stop(self) -> None:
+        """Bin what is queued and stop the live-profile thread."""
+        self.profiles.stop()
+
+    def profile(self, model: str, version: str) -> Profile | None:
+        """A copy of the live input/output profile of a model version, since the agent started."""
+        return self.profiles.profile(model, version)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of everything."""
+        return generate_latest(self.registry)
+
+    def _model(self, model: str, version: str) -> _ModelSeries:
+        key = (model, version)
+        series = self._series.get(key)
+        if series is None:
+            with self._series_lock:
+                series = self._series.get(key)
+                if series is None:
+                    series = _ModelSeries(
+                        requests=self._requests.labels(model, version),
+                        inferences=self._inferences.labels(model, version),
+                        latency=self._latency.labels(model, version),
+                        batch_size=self._batch_size.labels(model, version),
+                        batch_latency=self._batch_latency.labels(model, version),
+                        violations=self._violations.labels(model, version),
+                        threshold_s=self._thresholds.get(model, self.default_threshold_s),
+                    )
+                    self._series[key] = series
+        return series
+
+    # InferenceObserver
+
+    def on_request(self, model: str, version: str, latency_s: float, ok: bool) -> None:
+        """Count a finished request and its latency."""
+        s = self._model(model, version)
+        s.requests.inc()
+        s.latency.observe(latency_s)
+        s.recent.append(latency_s)
+        if latency_s > s.threshold_s:
+            s.violations.inc()
+
+    def on_batch(
+        self,
+        model: str,
+        version: str,
+        batch_size: int,
+        latency_s: float,
+        inputs: Mapping[str, Array],
+        outputs: Mapping[str, Array],
+    ) -> None:
+        """Count a batch; hand its tensors to the live profile."""
+        s = self._model(model, version)
+        s.inferences.inc(batch_size)
+        s.batch_size.observe(batch_size)
+        s.batch_latency.observe(latency_s)
+        self.profiles.record(model, version, inputs, outputs)
+
+    def on_error(self, model: str, version: str, kind: str) -> None:
+        """Count a failed request by kind."""
+        self._errors.labels(model, version, kind).inc()
+
+    def on_rejected(self, model: str, version: str, reason: str) -> None:
+        """Count a rejected request by reason."""
+        self._rejected.labels(model, version, reason).inc()
+
+    def on_queue_depth(self, model: str, depth: int) -> None:
+        """Track the queue depth."""
+        self._queue_depth.labels(model).set(depth)
+
+    def recent_latencies(self, model: str, version: str) -> list[float]:
+        """The latencies of the last requests of a model version (seconds)."""
+        return list(self._model(model, version).recent)
+
+
+class _ScrapeCollector(Collector):
+    """Figures computed when /metrics is read: quantiles, system load, live profiles."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._metrics = metrics
+        self._process: Any = None
+
+    def collect(self) -> Iterator[Any]:
+        m = self._metrics
+        quantiles = GaugeMetricFamily(
+            "edgedl_request_latency_recent_seconds",
+            f"Latency quantiles over the last {RECENT} requests.",
+            labels=["model", "version", "quantile"],
+        )
+        for (model, version), s in list(m._series.items()):
+            recent = np.fromiter(list(s.recent), dtype=np.float64)
+            if recent.size:
+                for q in (0.5, 0.95, 0.99):
+                    quantiles.add_metric([model, version, str(q)], float(np.quantile(recent, q)))
+        yield quantiles
+        yield from self._system()
+        yield from self._profiles()
+
+    def _system(self) -> Iterator[Any]:
+        import psutil
+
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)  # the first call only starts the measurement
+        cpu = GaugeMetricFamily(
+            "edgedl_process_cpu_percent", "CPU used by the agent since the last scrape (%)."
+        )
+        cpu.add_metric([], float(self._process.cpu_percent(None)))
+        yield cpu
+        rss = GaugeMetricFamily("edgedl_process_memory_rss_bytes", "Resident memory of the agent.")
+        rss.add_metric([], float(self._process.memory_info().rss))
+        yield rss
+        mem = GaugeMetricFamily("edgedl_system_memory_used_percent", "Memory used on the device.")
+        mem.add_metric([], float(psutil.virtual_memory().percent))
+        yield mem
+
+    def _profiles(self) -> Iterator[Any]:
+        m = self._metrics
+        samples = CounterMetricFamily(
+            "edgedl_profile_samples",
+            "Samples binned into the live profile.",
+            labels=["model", "version"],
+        )
+        classes = CounterMetricFamily(
+            "edgedl_predicted_class",
+            "Predicted classes (top-1), from the live profile.",
+            labels=["model", "version", "output", "label"],
+        )
+        nonfinite = CounterMetricFamily(
+            "edgedl_input_nonfinite_values",
+            'NaN/Inf input values accepted (nonfinite = "count").',
+            labels=["model", "version"],
+        )
+        dropped = CounterMetricFamily(
+            "edgedl_profile_dropped_batches", "Batches the live profile could not keep up with."
+        )
+        dropped.add_metric([], float(m.profiles.dropped))
+        labels_of = {(s.name, s.version): s.manifest.labels for s in m.repository.models()}
+        for served in m.repository.models():
+            nonfinite.add_metric([served.name, served.version], float(served.nonfinite_values))
+        for (model, version), profile in m.profiles.profiles().items():
+            samples.add_metric([model, version], float(profile.samples))
+            names = labels_of.get((model, version))
+            for key, counts in profile.class_counts.items():
+                output = key.split("/", 1)[-1]
+                for i, c in enumerate(counts):
+                    label = names[i] if names and i < len(names) else str(i)
+                    classes.add_metric([model, version, output, label], float(c))
+        yield samples
+        yield classes
+        yield nonfinite
+        yield dropped

@@ -1,0 +1,237 @@
+"""The Open Inference Protocol (KServe v2) request and response bodies, and nothing else.
+
+Both tensor encodings are read and written:
+
+* JSON: ``{"name", "shape", "datatype", "data": [...]}`` with ``data`` flat (row-major) or
+  nested;
+* the binary tensor data extension: the body is a JSON header of
+  ``Inference-Header-Content-Length`` bytes followed by the raw little-endian bytes of the
+  tensors whose ``parameters.binary_data_size`` is set, in the order they are listed.
+  Outputs come back binary when the request sets ``parameters.binary_data_output`` or an
+  output's ``parameters.binary_data`` (what ``tritonclient.http`` does).
+
+Request parameters understood: ``timeout`` (microseconds, as Triton and tritonclient use it)
+or ``timeout_ms``, which shorten the model's ``timeout_ms``. Any problem raises
+:class:`BadRequest` (HTTP 400) with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.errors import DataError, ServingError
+
+Array = NDArray[Any]
+
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+DATATYPES: dict[str, str] = {str(v): k for k, v in NUMPY_DTYPES.items()}
+DATATYPES.update({"float32": "FP32", "float64": "FP64", "float16": "FP16", "bool": "BOOL"})
+
+
+class BadRequest(ServingError, DataError):
+    """The request body is not a valid inference request."""
+
+    status = 400
+    kind = "bad_input"
+
+
+@dataclass
+class RequestedOutput:
+    """An output the client asked for, and whether it wants it as binary data."""
+
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferenceRequest:
+    """A decoded ``infer`` request."""
+
+    id: str | None
+    inputs: dict[str, Array]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool
+    timeout_s: float | None
+
+
+def decode_request(
+    body: bytes, header_length: int | None, datatypes: Mapping[str, str]
+) -> InferenceRequest:
+    """Parse an infer request; ``datatypes`` maps each model input to the datatype it takes."""
+    if not body:
+        raise BadRequest("empty request body: expected a JSON inference request")
+    if header_length is not None:
+        if header_length <= 0 or header_length > len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {header_length} "
+                f"but the body has {len(body)} bytes"
+            )
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        header, binary = body, memoryview(b"")
+    try:
+        doc = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"malformed JSON in the request: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest("the request must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest('the request needs "inputs": a non-empty list of tensors')
+    inputs: dict[str, Array] = {}
+    offset = 0
+    for i, tensor in enumerate(raw_inputs):
+        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes)
+        inputs[str(tensor["name"])] = arr
+        offset += used
+    if offset != len(binary):
+        raise BadRequest(
+            f"the body holds {len(binary)} bytes of binary tensor data "
+            f"but the inputs' binary_data_size add up to {offset}"
+        )
+    params = _parameters(doc, "request")
+    outputs = None
+    if "outputs" in doc:
+        if not isinstance(doc["outputs"], list):
+            raise BadRequest('"outputs" must be a list')
+        outputs = []
+        for out in doc["outputs"]:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise BadRequest('every requested output needs a "name"')
+            out_params = _parameters(out, f"output {out['name']!r}")
+            outputs.append(RequestedOutput(out["name"], bool(out_params.get("binary_data"))))
+    request_id = doc.get("id")
+    return InferenceRequest(
+        id=str(request_id) if request_id is not None else None,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(params.get("binary_data_output", False)),
+        timeout_s=_timeout(params),
+    )
+
+
+def _parameters(doc: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadRequest(f'"parameters" of the {where} must be an object')
+    return params
+
+
+def _timeout(params: Mapping[str, Any]) -> float | None:
+    for key, scale in (("timeout_ms", 1e-3), ("timeout", 1e-6)):
+        if key in params:
+            value = params[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise BadRequest(f"parameter {key!r} must be a positive number, got {value!r}")
+            return float(value) * scale
+    return None
+
+
+def _decode_tensor(
+    tensor: Any, index: int, binary: memoryview, offset: int, datatypes: Mapping[str, str]
+) -> tuple[Array, int]:
+    if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        raise BadRequest(f'input #{index} needs a "name"')
+    name = tensor["name"]
+    if name not in datatypes:
+        raise BadRequest(f"unknown input {name!r} (the model's inputs: {sorted(datatypes)})")
+    shape = tensor.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise BadRequest(f'input {name!r}: "shape" must be a list of non-negative integers')
+    datatype = tensor.get("datatype")
+    expected = datatypes[name]
+    if datatype != expected:
+        raise BadRequest(f"input {name!r}: expected datatype {expected}, got {datatype!r}")
+    dtype = NUMPY_DTYPES[expected]
+    count = math.prod(shape)
+    params = _parameters(tensor, f"input {name!r}")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size != count * dtype.itemsize:
+            raise BadRequest(
+                f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of "
+                f"{expected} needs {count * dtype.itemsize} bytes"
+            )
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of data")
+        arr = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        return arr, size
+    if "data" not in tensor:
+        raise BadRequest(f'input {name!r} has neither "data" nor binary_data_size')
+    data = tensor["data"]
+    if not isinstance(data, list):
+        raise BadRequest(f'input {name!r}: "data" must be a list of numbers')
+    try:
+        arr = np.array(data, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input {name!r}: data is not a list of {expected} numbers") from exc
+    if arr.size != count:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values, the data holds {arr.size}"
+        )
+    return arr.reshape(shape), 0
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request: InferenceRequest,
+    outputs: Mapping[str, Array],
+) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary data, the JSON header's length."""
+    if request.outputs is None:
+        wanted = [RequestedOutput(name, request.binary_output) for name in outputs]
+    else:
+        wanted = request.outputs
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out in wanted:
+        if out.name not in outputs:
+            raise BadRequest(
+                f"unknown output {out.name!r} (the model's outputs: {sorted(outputs)})"
+            )
+        arr = np.asarray(outputs[out.name])
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": DATATYPES.get(str(arr.dtype), "FP32"),
+            "shape": list(arr.shape),
+        }
+        if out.binary:
+            blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        tensors.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        doc["id"] = request.id
+    doc["outputs"] = tensors
+    header = json.dumps(doc, allow_nan=True).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
