@@ -175,5 +175,7 @@ def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any, origin: s
             raise ConfigError(f"{origin}: {'.'.join(keys[:i])} is not a table")
         if last:
             node[key] = value
+        elif keys[i + 1].isdigit():
+            node = node.setdefault(key, [])
         else:
             node = node.setdefault(key, {})

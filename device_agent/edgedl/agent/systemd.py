@@ -92,6 +92,12 @@ def render_unit(
 ) -> str:
     """The text of a systemd service unit for the agent."""
     exec_start = shlex.join([executable, "agent", "serve", "--config", config])
+    # A venv under /home (the usual place on a Pi) must stay readable to the service.
+    in_home = any(p.startswith(("/home/", "/root/")) for p in (executable, config))
+    protect_home = "read-only" if in_home else "yes"
+    # systemd creates (and chowns) a store under /var/lib itself; elsewhere it must exist.
+    state_dir = store_path.removeprefix("/var/lib/") if store_path.startswith("/var/lib/") else ""
+    state_line = f"StateDirectory={state_dir}\n" if state_dir else ""
     return f"""[Unit]
 Description={description}
 Documentation=https://github.com/edgedl/edgedl/blob/main/docs/agent.md
@@ -112,10 +118,9 @@ KillMode=mixed
 Environment=PYTHONUNBUFFERED=1
 NoNewPrivileges=yes
 ProtectSystem=strict
-ProtectHome=yes
+ProtectHome={protect_home}
 PrivateTmp=yes
-PrivateDevices=no
-ReadWritePaths={store_path}
+{state_line}ReadWritePaths={store_path}
 
 [Install]
 WantedBy=multi-user.target

@@ -1,0 +1,205 @@
+"""A Python client of the agent's API (Open Inference Protocol v2 over HTTP).
+
+    from edgedl.client import AgentClient
+
+    with AgentClient("http://127.0.0.1:8080") as agent:
+        agent.ready()                                 # True / False
+        agent.metadata("digits")                      # inputs, outputs, versions
+        outputs = agent.infer("digits", x)            # x: float array, batch first
+        outputs["output_0"]                           # float32 array
+
+Tensors travel with the binary tensor data extension (no JSON number formatting either
+way). Any 4xx/5xx answer raises :class:`~edgedl.errors.ServingError` with the agent's
+message and ``status``; an agent that cannot be reached raises it with ``status`` 0. This
+module needs only NumPy and httpx: it does not import the agent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ServingError
+
+Array = NDArray[Any]
+
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_DATATYPE_OF = {v.str: k for k, v in _DTYPES.items()}
+_DATATYPE_OF["|b1"] = "BOOL"
+_DATATYPE_OF["|u1"] = "UINT8"
+_DATATYPE_OF["|i1"] = "INT8"
+
+
+class AgentClient:
+    """Talks to one running agent. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._inputs: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def live(self) -> bool:
+        """True when the agent's process answers."""
+        return self._status("/v2/health/live") == 200
+
+    def ready(self) -> bool:
+        """True when the agent serves every model and is not shutting down."""
+        return self._status("/v2/health/ready") == 200
+
+    def server_metadata(self) -> dict[str, Any]:
+        """The agent's name, version and protocol extensions."""
+        return self._json("GET", "/v2")
+
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """A model's metadata: ``name``, ``versions``, ``platform``, ``inputs``, ``outputs``."""
+        return self._json("GET", _model_path(name, version))
+
+    def metrics(self) -> str:
+        """The Prometheus text the agent exports."""
+        return self._request("GET", "/metrics").text
+
+    def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, Array] | Array,
+        version: str | None = None,
+        timeout_ms: float | None = None,
+    ) -> dict[str, NDArray[Any]]:
+        """Run one request; ``inputs`` maps input names to arrays (or is the single input's array).
+
+        Arrays carry the batch on the first axis; floating-point data is sent as FP32, as the
+        agent expects. Returns the outputs keyed by name.
+        """
+        if not isinstance(inputs, Mapping):
+            specs = self._input_specs(name, version)
+            if len(specs) != 1:
+                names = ", ".join(s["name"] for s in specs)
+                raise ServingError(
+                    f"model {name!r} has several inputs ({names}): pass a dict", status=400
+                )
+            inputs = {specs[0]["name"]: inputs}
+        tensors: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for key, value in inputs.items():
+            arr = np.asarray(value)
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float32, copy=False)
+            datatype = _DATATYPE_OF.get(arr.dtype.newbyteorder("<").str)
+            if datatype is None:
+                raise ServingError(f"input {key!r}: cannot send dtype {arr.dtype}", status=400)
+            blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            tensors.append(
+                {
+                    "name": key,
+                    "shape": list(arr.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            )
+            blobs.append(blob)
+        request: dict[str, Any] = {
+            "inputs": tensors,
+            "parameters": {"binary_data_output": True},
+        }
+        if timeout_ms is not None:
+            request["parameters"]["timeout_ms"] = timeout_ms
+        header = json.dumps(request).encode()
+        response = self._request(
+            "POST",
+            _model_path(name, version) + "/infer",
+            content=b"".join([header, *blobs]),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(len(header)),
+            },
+        )
+        return _decode_outputs(response)
+
+    def _input_specs(self, name: str, version: str | None) -> list[dict[str, Any]]:
+        key = (name, version)
+        if key not in self._inputs:
+            self._inputs[key] = list(self.metadata(name, version)["inputs"])
+        return self._inputs[key]
+
+    def _status(self, path: str) -> int:
+        try:
+            return self._http.get(path).status_code
+        except httpx.HTTPError:
+            return 0
+
+    def _json(self, method: str, path: str) -> dict[str, Any]:
+        data = self._request(method, path).json()
+        if not isinstance(data, dict):
+            raise ServingError(f"{path}: expected a JSON object from the agent", status=502)
+        return data
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServingError(f"cannot reach the agent at {self.url}: {exc}", status=0) from exc
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("error") or response.text)
+            except (ValueError, AttributeError):
+                message = response.text or response.reason_phrase
+            raise ServingError(message, status=response.status_code)
+        return response
+
+
+def _model_path(name: str, version: str | None) -> str:
+    path = f"/v2/models/{name}"
+    return f"{path}/versions/{version}" if version else path
+
+
+def _decode_outputs(response: httpx.Response) -> dict[str, NDArray[Any]]:
+    body = response.content
+    length = response.headers.get("Inference-Header-Content-Length")
+    split = int(length) if length is not None else len(body)
+    doc = json.loads(body[:split])
+    outputs: dict[str, NDArray[Any]] = {}
+    offset = split
+    for out in doc.get("outputs", []):
+        dtype = _DTYPES.get(out["datatype"], np.dtype("<f4"))
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            arr = np.frombuffer(body[offset : offset + size], dtype=dtype)
+            offset += size
+        else:
+            arr = np.asarray(out["data"], dtype=dtype)
+        outputs[out["name"]] = arr.reshape(out["shape"])
+    return outputs
