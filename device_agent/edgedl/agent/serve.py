@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
+from .rollout.admin_api import rollout_routes
 from .service import AgentRuntime
 from .systemd import SystemdNotifier
 
@@ -27,7 +28,7 @@ log = logging.getLogger("edgedl.agent")
 
 def build_app(runtime: AgentRuntime) -> Starlette:
     """The API with every component's routes (components add theirs here)."""
-    return create_app(runtime, extra_routes=[], admin_routes=[])
+    return create_app(runtime, extra_routes=[], admin_routes=rollout_routes(runtime))
 
 
 class AgentServer(uvicorn.Server):
