@@ -1,0 +1,222 @@
+"""The collector's HTTP side: JSON API under /api/v1, /openapi.json, /metrics and the dashboard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from edgedl.errors import EdgeDLError, TelemetryError
+from edgedl.telemetry import decode_window
+
+from .alerts import alert_json
+from .openapi import OPENAPI
+from .references import parse_manifest
+
+if TYPE_CHECKING:
+    from .service import Collector
+
+STATIC = Path(__file__).with_name("static")
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise EdgeDLError(f"{name} must be an integer") from None
+    return max(low, min(high, value))
+
+
+def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[str, Any]:
+    """A device row as the API shows it, with ``online`` worked out from silence and status."""
+    cfg = collector.config.alerts
+    window_s = row.get("window_s") or cfg.default_window_s
+    limit = cfg.offline_after_windows * max(window_s, 0.001)
+    last_seen = row.get("last_seen")
+    silent = last_seen is None or now - float(last_seen) > limit
+    status = json.loads(row["status"]) if row.get("status") else None
+    online = row.get("online") is not False and not silent
+    if row.get("online") and last_seen is None:
+        online = True  # announced itself, no window yet
+    return {
+        "device": row["device"],
+        "fleet": row["fleet"],
+        "online": online,
+        "last_seen": last_seen,
+        "model": row.get("model"),
+        "version": row.get("version"),
+        "inferences": int(row.get("inferences") or 0),
+        "windows": int(row.get("windows") or 0),
+        "last_seq": row.get("last_seq"),
+        "window_s": row.get("window_s"),
+        "agent_version": row.get("agent_version"),
+        "status": status,
+    }
+
+
+def create_app(collector: Collector) -> Starlette:
+    """The Starlette application serving ``collector``."""
+    store = collector.store
+
+    def devices(_request: Request) -> Response:
+        now = time.time()
+        return JSONResponse([device_json(r, collector, now) for r in store.devices()])
+
+    def device(request: Request) -> Response:
+        name = request.path_params["device"]
+        row = store.device(name)
+        if row is None:
+            return _error(404, f"no device {name!r}")
+        body = device_json(row, collector, time.time())
+        latest = store.windows(name, 1, with_payload=True)
+        body["latest_window"] = None
+        if latest:
+            try:
+                w = decode_window(latest[0]["payload"])
+                body["latest_window"] = {
+                    "seq": w.seq,
+                    "window_start": w.window_start,
+                    "window_end": w.window_end,
+                    "system": w.system.model_dump(),
+                    "pipelines": w.pipelines,
+                    "spool": w.spool.model_dump(),
+                    "models": [
+                        {
+                            "name": m.name,
+                            "version": m.version,
+                            "sha256": m.sha256,
+                            "counts": m.counts.model_dump(),
+                        }
+                        for m in w.models
+                    ],
+                }
+            except TelemetryError:
+                pass
+        return JSONResponse(body)
+
+    def windows(request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 5000)
+        name = request.query_params.get("device")
+        rows = store.windows(name, limit)
+        for r in rows:
+            span = r["window_end"] - r["window_start"]
+            r["throughput"] = r["inferences"] / span if span > 0 else None
+        return JSONResponse(rows)
+
+    def drift_results(request: Request) -> Response:
+        q = request.query_params
+        scope = q.get("scope")
+        if q.get("fleet_wide") in ("1", "true"):
+            scope = "fleet"
+        if scope not in (None, "device", "fleet"):
+            return _error(400, "scope must be device or fleet")
+        return JSONResponse(
+            collector.monitor.results(
+                device=q.get("device"),
+                model=q.get("model"),
+                version=q.get("version"),
+                scope=scope,
+                fleet=q.get("fleet"),
+            )
+        )
+
+    def alerts(request: Request) -> Response:
+        state = request.query_params.get("state")
+        if state not in (None, "open", "resolved"):
+            return _error(400, "state must be open or resolved")
+        limit = _int_param(request, "limit", 500, 1, 5000)
+        return JSONResponse([alert_json(a) for a in store.alerts(state, limit)])
+
+    def dead_letters(request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        rows = store.dead_letters(limit)
+        return JSONResponse(
+            [
+                {
+                    **{k: v for k, v in r.items() if k != "payload"},
+                    "payload_head": r["payload"][:200].decode("utf-8", "replace"),
+                }
+                for r in rows
+            ]
+        )
+
+    def references(_request: Request) -> Response:
+        return JSONResponse(collector.references.list())
+
+    async def add_reference(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_MANIFEST_BYTES:
+            return _error(413, f"a manifest may be at most {MAX_MANIFEST_BYTES} bytes")
+        try:
+            manifest = parse_manifest(json.loads(body))
+            ref = collector.references.register(manifest)
+        except json.JSONDecodeError as exc:
+            return _error(400, f"not valid JSON: {exc}")
+        except EdgeDLError as exc:
+            return _error(422, str(exc))
+        return JSONResponse(
+            {
+                "model": ref.name,
+                "version": ref.version,
+                "sha256": ref.sha256,
+                "statistics": len(ref.stats),
+            },
+            status_code=201,
+        )
+
+    def openapi(_request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    def metrics(_request: Request) -> Response:
+        collector.metrics.alerts_open.set(collector.alerts.open_count)
+        return Response(collector.metrics.text(), media_type="text/plain; version=0.0.4")
+
+    def health(_request: Request) -> Response:
+        mqtt = collector.mqtt
+        return JSONResponse(
+            {
+                "status": "ok",
+                "mqtt_connected": mqtt is not None and mqtt.connected.is_set(),
+                "mqtt_subscribed": mqtt is not None and mqtt.subscribed.is_set(),
+            }
+        )
+
+    def index(_request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def on_user_error(_request: Request, exc: Exception) -> Response:
+        return _error(400, str(exc))
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/v1/devices", devices),
+            Route("/api/v1/devices/{device}", device),
+            Route("/api/v1/windows", windows),
+            Route("/api/v1/drift", drift_results),
+            Route("/api/v1/alerts", alerts),
+            Route("/api/v1/dead-letters", dead_letters),
+            Route("/api/v1/references", references, methods=["GET"]),
+            Route("/api/v1/references", add_reference, methods=["POST"]),
+            Route("/openapi.json", openapi),
+            Route("/metrics", metrics),
+            Route("/healthz", health),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        exception_handlers={EdgeDLError: on_user_error},
+    )

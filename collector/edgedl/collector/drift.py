@@ -1,0 +1,238 @@
+"""Drift statistics on histograms that share bin edges (pure NumPy).
+
+Every function compares a reference histogram ``r`` (counts from the bundle manifest's
+reference profile) with a current histogram ``c`` (counts summed over the sliding window) on
+the same bins, including the two open overflow bins. They take arrays of shape ``(..., B)``
+and reduce over the last axis, so one call compares thousands of statistics at once; rows of
+different bin counts are padded on the right with empty bins (:func:`stack`), which changes
+no statistic below.
+
+Shares are ``p = counts / counts.sum()``. Formulas, as the common tools define them:
+
+* **PSI** (population stability index) ``= Σ (c − r) · ln(c / r)`` on shares. An empty bin
+  would make it infinite, so zero shares are replaced first, per row, as Evidently does:
+  by ``1e-4``, or by (smallest non-zero share) / 1e6 when that smallest share is itself
+  ``≤ 1e-4``. Only PSI (and class PSI) uses this epsilon; the others need none.
+* **Jensen-Shannon distance**: the square root of the JS divergence in base 2, in [0, 1]
+  (what ``scipy.spatial.distance.jensenshannon(r, c, base=2)`` returns).
+* **KS**: the largest gap between the two binned CDFs. The CDFs are only compared at bin
+  edges, so this is a *lower bound* of the KS statistic of the raw samples.
+* **Wasserstein (normed)**: the earth mover's distance between the two binned distributions,
+  each bin's mass placed at one position, divided by the reference standard deviation
+  (Evidently's "normed" variant; the std comes from the reference histogram's exact moments,
+  floored at 1e-3 as Evidently does). Positions: an inner bin's midpoint; the open bin below
+  the first edge at half the first inner bin's width below that edge, the open bin above the
+  last edge at half the last inner bin's width above it. The same as
+  ``scipy.stats.wasserstein_distance(pos, pos, r, c) / std``.
+* **Chi-square** on class counts: expected = reference class shares × current total (zero
+  reference shares replaced by the epsilon above and renormalised, so no class has an
+  expected count of zero); statistic ``Σ (o − e)² / e``, p-value from the chi-square
+  distribution with ``k − 1`` degrees of freedom (``scipy.stats.chisquare``). Reported, not
+  alerted on by default: on large samples every tiny difference is "significant".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+FloatArray = NDArray[np.float64]
+
+EPSILON = 1e-4
+MIN_STD = 1e-3
+
+
+def stack(rows: Sequence[ArrayLike]) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Stack 1-D arrays of different lengths, padding on the right: ``(matrix, real-bin mask)``.
+
+    Padding repeats a row's last value, so padded positions stay non-decreasing; pad counts
+    with :func:`pad_counts` instead.
+    """
+    width = max((np.size(r) for r in rows), default=0)
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for i, r in enumerate(rows):
+        a = np.asarray(r, dtype=np.float64).ravel()
+        out[i, : a.size] = a
+        out[i, a.size :] = a[-1] if a.size else 0.0
+        mask[i, : a.size] = True
+    return out, mask
+
+
+def pad_counts(rows: Sequence[ArrayLike], width: int) -> FloatArray:
+    """Stack 1-D count arrays into ``width`` columns, padding with empty bins."""
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    for i, r in enumerate(rows):
+        a = np.asarray(r, dtype=np.float64).ravel()
+        out[i, : a.size] = a
+    return out
+
+
+def shares(counts: ArrayLike) -> FloatArray:
+    """Counts as shares of their row's total (a row of zeros stays zeros)."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum(axis=-1, keepdims=True)
+    out: FloatArray = np.divide(c, total, out=np.zeros_like(c), where=total > 0)
+    return out
+
+
+def fill_empty(p: ArrayLike) -> FloatArray:
+    """Replace zero shares by Evidently's epsilon (see the module docstring), per row."""
+    p = np.asarray(p, dtype=np.float64)
+    smallest = np.min(np.where(p > 0, p, np.inf), axis=-1, keepdims=True)
+    eps = np.where(smallest <= EPSILON, smallest / 1e6, EPSILON)
+    return np.where(p > 0, p, eps)
+
+
+def psi(
+    reference: ArrayLike, current: ArrayLike, mask: NDArray[np.bool_] | None = None
+) -> FloatArray:
+    """Population stability index ``Σ (c − r) ln(c / r)`` on epsilon-filled shares.
+
+    ``mask`` (from :func:`stack`) leaves padding bins out of the sum.
+    """
+    r = fill_empty(shares(reference))
+    c = fill_empty(shares(current))
+    terms = (c - r) * np.log(c / r)
+    if mask is not None:
+        terms = np.where(mask, terms, 0.0)
+    return np.asarray(np.sum(terms, axis=-1), dtype=np.float64)
+
+
+def js_distance(reference: ArrayLike, current: ArrayLike) -> FloatArray:
+    """Jensen-Shannon distance, base 2 (square root of the divergence), in [0, 1]."""
+    r = shares(reference)
+    c = shares(current)
+    m = (r + c) / 2.0
+
+    def kl(p: FloatArray) -> FloatArray:
+        ratio = np.divide(p, m, out=np.ones_like(p), where=p > 0)
+        return np.asarray(np.sum(p * np.log2(ratio), axis=-1), dtype=np.float64)
+
+    div = np.clip((kl(r) + kl(c)) / 2.0, 0.0, 1.0)
+    return np.asarray(np.sqrt(div), dtype=np.float64)
+
+
+def ks_binned(reference: ArrayLike, current: ArrayLike) -> FloatArray:
+    """Largest gap between the binned CDFs: a lower bound of the samples' KS statistic."""
+    gap = np.abs(np.cumsum(shares(reference), axis=-1) - np.cumsum(shares(current), axis=-1))
+    return np.asarray(gap.max(axis=-1), dtype=np.float64)
+
+
+def bin_positions(edges: ArrayLike) -> FloatArray:
+    """Where each bin's mass sits for Wasserstein: midpoints, open bins half a width out."""
+    e = np.asarray(edges, dtype=np.float64)
+    mids = (e[:-1] + e[1:]) / 2.0
+    below = e[0] - (e[1] - e[0]) / 2.0
+    above = e[-1] + (e[-1] - e[-2]) / 2.0
+    return np.concatenate([[below], mids, [above]])
+
+
+def wasserstein_binned(
+    reference: ArrayLike, current: ArrayLike, positions: ArrayLike, reference_std: ArrayLike
+) -> FloatArray:
+    """Wasserstein-1 distance between binned distributions, divided by the reference std.
+
+    ``positions`` has the shape of the counts (padded rows: any increasing values).
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    gap = np.abs(np.cumsum(shares(reference), axis=-1) - np.cumsum(shares(current), axis=-1))
+    dist = np.sum(gap[..., :-1] * np.diff(pos, axis=-1), axis=-1)
+    std = np.maximum(np.asarray(reference_std, dtype=np.float64), MIN_STD)
+    return np.asarray(dist / std, dtype=np.float64)
+
+
+def chi_square(reference: ArrayLike, current: ArrayLike) -> tuple[float, float]:
+    """``(statistic, p_value)`` of current class counts against reference shares."""
+    observed = np.asarray(current, dtype=np.float64)
+    total = float(observed.sum())
+    if total <= 0 or observed.size < 2:
+        return 0.0, 1.0
+    expected_shares = fill_empty(shares(reference))
+    expected = expected_shares / expected_shares.sum() * total
+    stat = float(np.sum((observed - expected) ** 2 / expected))
+    return stat, chi2_sf(stat, observed.size - 1)
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """Survival function of the chi-square distribution: ``Q(dof / 2, x / 2)``."""
+    if x <= 0:
+        return 1.0
+    return _gamma_q(dof / 2.0, x / 2.0)
+
+
+def _gamma_q(a: float, x: float) -> float:
+    """Regularised upper incomplete gamma function (series or continued fraction)."""
+    log_prefix = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1.0:
+        term = total = 1.0 / a
+        ap = a
+        for _ in range(10_000):
+            ap += 1.0
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        return max(0.0, 1.0 - total * math.exp(log_prefix))
+    # Lentz's continued fraction for Q.
+    tiny = 1e-300
+    b = x + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return min(1.0, math.exp(log_prefix) * h)
+
+
+def percentile(counts: ArrayLike, edges: ArrayLike, q: float, floor: float = 0.0) -> float:
+    """The ``q`` quantile (0..1) of a histogram, interpolated linearly inside its bin.
+
+    The open bin below the first edge spans ``[floor, edges[0])``; a quantile that falls in
+    the open bin above the last edge is reported as the last edge (a lower bound).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    e = np.asarray(edges, dtype=np.float64)
+    total = c.sum()
+    if total <= 0:
+        return float("nan")
+    target = q * total
+    cum = np.cumsum(c)
+    i = int(np.searchsorted(cum, target, side="left"))
+    if i >= c.size - 1:
+        return float(e[-1])
+    lo = floor if i == 0 else float(e[i - 1])
+    hi = float(e[i])
+    before = float(cum[i - 1]) if i else 0.0
+    frac = (target - before) / c[i] if c[i] else 0.0
+    return lo + (hi - lo) * float(frac)
+
+
+__all__ = [
+    "EPSILON",
+    "bin_positions",
+    "chi2_sf",
+    "chi_square",
+    "fill_empty",
+    "js_distance",
+    "ks_binned",
+    "pad_counts",
+    "percentile",
+    "psi",
+    "shares",
+    "stack",
+    "wasserstein_binned",
+]

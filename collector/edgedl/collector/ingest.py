@@ -1,0 +1,169 @@
+"""Ingest: turn received messages into stored windows, statuses and dead letters.
+
+:meth:`Ingestor.ingest` takes a batch of messages (from MQTT, or straight from a benchmark),
+validates each, stores the batch in one transaction and returns what happened. A message
+that fails validation is a dead letter, never an exception; a database that fails raises
+:class:`~edgedl.collector.store.StorageError` so the caller keeps the batch unacknowledged
+and tries again (the broker holds it meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from edgedl.errors import TelemetryError
+from edgedl.telemetry import (
+    LATENCY_EDGES_MS,
+    MAX_PAYLOAD_BYTES,
+    TelemetryWindow,
+    decode_status,
+    decode_window,
+    parse_topic,
+)
+
+from .drift import percentile
+from .store import DeadLetter, ReceivedStatus, StorageError, Store, StoredWindow
+
+log = logging.getLogger("edgedl.collector.ingest")
+
+
+@dataclass
+class Message:
+    """One received MQTT message (``mid``/``qos`` let the consumer acknowledge it later)."""
+
+    topic: str
+    payload: bytes
+    received_at: float = field(default_factory=time.time)
+    mid: int = 0
+    qos: int = 0
+
+
+@dataclass
+class IngestResult:
+    """What one batch did."""
+
+    stored: list[StoredWindow] = field(default_factory=list)
+    duplicates: int = 0
+    statuses: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+    ignored: int = 0
+
+
+class Ingestor:
+    """Validates and stores batches of messages."""
+
+    def __init__(
+        self,
+        store: Store,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        on_stored: Callable[[list[StoredWindow]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_payload_bytes = max_payload_bytes
+        self._on_stored = on_stored
+
+    def ingest(self, messages: Sequence[Message]) -> IngestResult:
+        """Validate and store a batch in one transaction. Raises StorageError if the DB fails."""
+        result = IngestResult()
+        windows: list[StoredWindow] = []
+        statuses: list[ReceivedStatus] = []
+        for msg in messages:
+            self._classify(msg, windows, statuses, result)
+        try:
+            stored = self.store.commit_batch(windows, statuses, result.dead)
+        except (OperationalError, InterfaceError) as exc:
+            raise StorageError(f"database unavailable: {_first_line(exc)}") from exc
+        except DBAPIError:
+            # One row the database refuses must not hold up the others: store one by one.
+            stored = self._one_by_one(windows, statuses, result)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {_first_line(exc)}") from exc
+        result.stored = stored
+        result.duplicates = len(windows) - len(stored)
+        result.statuses = len(statuses)
+        if stored and self._on_stored is not None:
+            self._on_stored(stored)
+        return result
+
+    def _classify(
+        self,
+        msg: Message,
+        windows: list[StoredWindow],
+        statuses: list[ReceivedStatus],
+        result: IngestResult,
+    ) -> None:
+        try:
+            fleet, device, kind = parse_topic(msg.topic)
+            if kind == "telemetry":
+                window = decode_window(msg.payload, max_payload_bytes=self.max_payload_bytes)
+                _same_device(window.fleet, window.device, fleet, device)
+                windows.append(StoredWindow(window, msg.payload, msg.received_at, _latency(window)))
+            elif kind == "status":
+                if not msg.payload:  # a retained status being cleared
+                    result.ignored += 1
+                    return
+                status = decode_status(msg.payload)
+                _same_device(status.fleet, status.device, fleet, device)
+                statuses.append(ReceivedStatus(status, msg.received_at))
+            else:
+                result.ignored += 1
+        except TelemetryError as exc:
+            result.dead.append(DeadLetter(msg.topic, str(exc), msg.payload, msg.received_at))
+
+    def _one_by_one(
+        self,
+        windows: list[StoredWindow],
+        statuses: list[ReceivedStatus],
+        result: IngestResult,
+    ) -> list[StoredWindow]:
+        stored: list[StoredWindow] = []
+        for w in windows:
+            try:
+                stored.extend(self.store.commit_batch([w]))
+            except DBAPIError as exc:
+                result.dead.append(
+                    DeadLetter(
+                        f"edgedl/v1/{w.window.fleet}/{w.window.device}/telemetry",
+                        f"storage refused the window: {_first_line(exc)}",
+                        w.payload,
+                        w.received_at,
+                    )
+                )
+        for s in statuses:
+            try:
+                self.store.commit_batch([], [s])
+            except DBAPIError as exc:
+                log.warning("status of %s not stored: %s", s.status.device, _first_line(exc))
+        try:
+            self.store.commit_batch([], [], result.dead)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {_first_line(exc)}") from exc
+        return stored
+
+
+def _same_device(fleet: str, device: str, topic_fleet: str, topic_device: str) -> None:
+    if (fleet, device) != (topic_fleet, topic_device):
+        raise TelemetryError(
+            f"payload is from {fleet}/{device} but was published on {topic_fleet}/{topic_device}"
+        )
+
+
+def _latency(window: TelemetryWindow) -> tuple[float | None, float | None, float | None]:
+    if not window.models:
+        return None, None, None
+    counts = np.asarray(window.models[0].latency_ms.counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        return None, None, None
+    p50, p95, p99 = (percentile(counts, LATENCY_EDGES_MS, q) for q in (0.5, 0.95, 0.99))
+    return p50, p95, p99
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

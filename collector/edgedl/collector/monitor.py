@@ -1,0 +1,485 @@
+"""The drift monitor: keeps sliding windows as windows arrive, judges them, raises alerts.
+
+Ingest hands every newly stored window to :meth:`DriftMonitor.submit`; the monitor's thread
+folds it into the sliding window of its device and model version (and into the fleet total of
+that model version) and, every ``evaluate_interval_s``, evaluates the keys that changed. So a
+shift shows within about a second of the window that carries it, and ingest never waits for
+drift. A device seen for the first time since start is first loaded from the database (its
+first windows for the latency baseline, its newest for the sliding window), so a restart
+changes no figure.
+
+Judged only with at least ``min_samples`` in the sliding window: small samples give
+results, marked ``judged: false``, but never alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edgedl.errors import TelemetryError
+from edgedl.telemetry import LATENCY_EDGES_MS, decode_window
+
+from . import drift
+from .alerts import AlertBook, AlertSubject
+from .config import AlertsConfig, DriftConfig
+from .references import ReferenceBook, ReferenceModel
+from .sliding import Contribution, LatencyBaseline, SlidingWindow
+from .store import Store, StoredWindow
+
+log = logging.getLogger("edgedl.collector.monitor")
+
+DeviceKey = tuple[str, str, str, str]  # fleet, device, model, version
+FleetKey = tuple[str, str, str]  # fleet, model, version
+HISTORY = 120
+
+
+class DriftMonitor:
+    """Sliding windows, drift evaluation and alerting, on its own thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        references: ReferenceBook,
+        alerts: AlertBook,
+        drift_config: DriftConfig,
+        alerts_config: AlertsConfig,
+        on_evaluated: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.references = references
+        self.alerts = alerts
+        self.cfg = drift_config
+        self.alerts_cfg = alerts_config
+        self._on_evaluated = on_evaluated
+        self._inbox: queue.Queue[list[StoredWindow]] = queue.Queue()
+        self._devices: dict[DeviceKey, SlidingWindow] = {}
+        self._baselines: dict[DeviceKey, LatencyBaseline] = {}
+        self._fleets: dict[FleetKey, Contribution] = {}
+        self._fleet_refs: dict[FleetKey, ReferenceModel | None] = {}
+        self._loaded: set[str] = set()
+        self._dirty: set[DeviceKey] = set()
+        self._results: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._history: dict[tuple[str, ...], deque[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_offline_check = 0.0
+        self.mismatched_histograms = 0
+        self.thresholds = {
+            "psi_watch": drift_config.psi_watch,
+            "psi_alert": drift_config.psi_alert,
+            "js": drift_config.js_alert,
+            "wasserstein": drift_config.wasserstein_alert,
+            "class_psi": drift_config.class_psi_alert,
+            "confidence_shift": drift_config.confidence_shift_alert,
+            "latency_p95_ratio": drift_config.latency_p95_ratio_alert,
+            "error_rate": drift_config.error_rate_alert,
+            "min_samples": drift_config.min_samples,
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the monitor thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="edgedl-drift", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Fold in what was submitted, evaluate it once more, and stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, windows: list[StoredWindow]) -> None:
+        """Hand over newly stored windows (called by ingest after each commit)."""
+        if windows:
+            self._inbox.put(windows)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(self.cfg.evaluate_interval_s)
+            try:
+                self.tick()
+            except Exception:  # the monitor must outlive any one bad evaluation
+                log.exception("drift evaluation failed")
+        try:
+            self.tick()
+        except Exception:
+            log.exception("drift evaluation failed")
+
+    def tick(self, now: float | None = None) -> None:
+        """Fold in submitted windows, evaluate what changed, check for silent devices."""
+        now = time.time() if now is None else now
+        while True:
+            try:
+                batch = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            for item in batch:
+                self._fold(item)
+        evaluated = self.evaluate_dirty(now)
+        if self._on_evaluated is not None and evaluated:
+            self._on_evaluated(evaluated)
+        if now - self._last_offline_check >= 1.0:
+            self._last_offline_check = now
+            self.check_offline(now)
+
+    # ---------------------------------------------------------------- folding
+
+    def _fold(self, item: StoredWindow) -> None:
+        w = item.window
+        if w.device not in self._loaded:
+            self._loaded.add(w.device)
+            self._bootstrap(w.device)
+        for model in w.models:
+            self._fold_model(w.fleet, w.device, w.seq, model)
+
+    def _fold_model(self, fleet: str, device: str, seq: int, model: Any) -> None:
+        key: DeviceKey = (fleet, device, model.name, model.version)
+        reference = self.references.find(model.name, model.version, model.sha256)
+        window = self._devices.get(key)
+        if window is None or (window.reference is None and reference is not None):
+            window = self._devices[key] = SlidingWindow(self.cfg.window_count, reference)
+        contribution, mismatched = Contribution.from_window(seq, model, window.reference)
+        self.mismatched_histograms += mismatched
+        baseline = self._baselines.setdefault(
+            key, LatencyBaseline(self.cfg.baseline_windows, self.cfg.min_samples)
+        )
+        baseline.add(contribution)
+        taken, evicted = window.add(contribution)
+        if not taken:
+            return
+        fkey: FleetKey = (fleet, model.name, model.version)
+        total = self._fleets.get(fkey)
+        if total is None or self._fleet_refs.get(fkey) is not window.reference:
+            total = self._fleet_total(fkey, window.reference)
+        else:
+            total.add(contribution)
+            if evicted is not None:
+                total.add(evicted, -1.0)
+        self._dirty.add(key)
+
+    def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
+        """Rebuild a fleet total from its devices' sliding windows."""
+        total = Contribution.empty(reference)
+        for (fleet, _, name, version), window in self._devices.items():
+            if (fleet, name, version) == fkey and window.reference is reference:
+                total.add(window.total)
+        self._fleets[fkey] = total
+        self._fleet_refs[fkey] = reference
+        return total
+
+    def _bootstrap(self, device: str) -> None:
+        """Load a device's first and newest stored windows (state from before a restart)."""
+        first = self.store.windows(device, self.cfg.baseline_windows, True, newest_first=False)
+        newest = self.store.windows(device, self.cfg.window_count, True, newest_first=True)
+        seen: set[int] = set()
+        for row in [*first, *reversed(newest)]:
+            if row["seq"] in seen:
+                continue
+            seen.add(row["seq"])
+            try:
+                w = decode_window(row["payload"])
+            except TelemetryError:
+                continue
+            for model in w.models:
+                self._fold_model(w.fleet, w.device, w.seq, model)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate_dirty(self, now: float) -> int:
+        """Evaluate every device key that changed, and the fleet totals they belong to."""
+        dirty, self._dirty = self._dirty, set()
+        fleets: set[FleetKey] = set()
+        for key in dirty:
+            window = self._devices[key]
+            fleet, device, model, version = key
+            baseline = self._baselines.get(key)
+            self._judge(
+                ("device", fleet, device, model, version),
+                window.total,
+                window.reference,
+                baseline,
+                now,
+            )
+            fleets.add((fleet, model, version))
+        if self.cfg.fleet:
+            for fkey in fleets:
+                fleet, model, version = fkey
+                self._judge(
+                    ("fleet", fleet, "", model, version),
+                    self._fleets[fkey],
+                    self._fleet_refs.get(fkey),
+                    None,
+                    now,
+                )
+        return len(dirty) + (len(fleets) if self.cfg.fleet else 0)
+
+    def _judge(
+        self,
+        key: tuple[str, str, str, str, str],
+        total: Contribution,
+        reference: ReferenceModel | None,
+        baseline: LatencyBaseline | None,
+        now: float,
+    ) -> None:
+        scope, fleet, device, model, version = key
+        result = evaluate(total, reference, baseline, self.cfg)
+        result.update(
+            scope=scope,
+            fleet=fleet,
+            device=device or None,
+            model=model,
+            version=version,
+            evaluated_at=now,
+            thresholds=self.thresholds,
+        )
+        with self._lock:
+            self._results[key] = result
+            hist = self._history.setdefault(key, deque(maxlen=HISTORY))
+            hist.append(
+                {
+                    "t": now,
+                    **{
+                        s["statistic"]: s["psi"]
+                        for s in result["statistics"]
+                        if s["psi"] is not None
+                    },
+                }
+            )
+        self._raise_alerts(result, now)
+
+    def _raise_alerts(self, result: dict[str, Any], now: float) -> None:
+        cfg = self.cfg
+        scope, fleet, device = result["scope"], result["fleet"], result["device"]
+        model, version = result["model"], result["version"]
+
+        def observe(
+            kind: str, metric: str, value: float | None, threshold: float, judged: bool
+        ) -> None:
+            if value is None or not np.isfinite(value):
+                return
+            subject = AlertSubject(kind, scope, fleet, device, model, version, metric)
+            breached = judged and abs(value) > threshold
+            where = device or f"fleet {fleet}"
+            self.alerts.observe(
+                subject,
+                value,
+                threshold,
+                breached,
+                judged,
+                message=f"{where}: {model} {version} {metric} = {value:.3g} (bound {threshold:g})",
+                now=now,
+            )
+
+        bounds = {"psi": cfg.psi_alert, "js": cfg.js_alert, "wasserstein": cfg.wasserstein_alert}
+        for stat in result["statistics"]:
+            for metric, bound in bounds.items():
+                if metric in cfg.alert_on:
+                    observe(
+                        "drift",
+                        f"{metric}:{stat['statistic']}",
+                        stat[metric],
+                        bound,
+                        stat["judged"],
+                    )
+        for cls in result["classes"]:
+            if "class_psi" in cfg.alert_on:
+                observe(
+                    "drift",
+                    f"class_psi:{cls['output']}",
+                    cls["psi"],
+                    cfg.class_psi_alert,
+                    cls["judged"],
+                )
+        for conf in result["confidence"]:
+            if "confidence_shift" in cfg.alert_on:
+                observe(
+                    "drift",
+                    f"confidence_shift:{conf['statistic']}",
+                    conf["shift"],
+                    cfg.confidence_shift_alert,
+                    conf["judged"],
+                )
+        lat = result["latency"]
+        if scope == "device":
+            observe(
+                "latency",
+                "latency_p95_ratio",
+                lat["ratio"],
+                cfg.latency_p95_ratio_alert,
+                lat["judged"],
+            )
+        err = result["errors"]
+        observe("errors", "error_rate", err["rate"], cfg.error_rate_alert, err["judged"])
+
+    def check_offline(self, now: float) -> None:
+        """Raise an offline alert for every device silent for longer than N windows."""
+        for row in self.store.devices():
+            if row["last_seen"] is None:
+                continue
+            window_s = row["window_s"] or self.alerts_cfg.default_window_s
+            limit = self.alerts_cfg.offline_after_windows * max(window_s, 0.001)
+            silence = now - float(row["last_seen"])
+            self.alerts.observe(
+                AlertSubject(
+                    "offline",
+                    "device",
+                    row["fleet"],
+                    row["device"],
+                    row["model"],
+                    row["version"],
+                    "silence_s",
+                ),
+                silence,
+                limit,
+                silence > limit,
+                True,
+                message=f"{row['device']}: no telemetry for {silence:.0f} s",
+                now=now,
+            )
+
+    # ---------------------------------------------------------------- queries
+
+    def results(
+        self,
+        device: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        scope: str | None = None,
+        fleet: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The latest evaluation of every matching key."""
+        with self._lock:
+            items = list(self._results.items())
+        out = []
+        for (s, f, d, m, v), result in items:
+            if (scope and s != scope) or (device and d != device) or (fleet and f != fleet):
+                continue
+            if (model and m != model) or (version and v != version):
+                continue
+            out.append({**result, "history": list(self._history.get((s, f, d, m, v), []))})
+        return sorted(
+            out, key=lambda r: (r["scope"], r["fleet"], r["device"] or "", r["model"], r["version"])
+        )
+
+
+def evaluate(
+    total: Contribution,
+    reference: ReferenceModel | None,
+    baseline: LatencyBaseline | None,
+    cfg: DriftConfig,
+) -> dict[str, Any]:
+    """Every drift figure of a sliding-window total against its reference (a JSON-ready dict)."""
+    statistics: list[dict[str, Any]] = []
+    classes: list[dict[str, Any]] = []
+    confidence: list[dict[str, Any]] = []
+    if reference is not None and reference.stats:
+        cur = total.counts
+        has = total.ns > 0
+        psi = drift.psi(reference.counts, cur, reference.mask)
+        js = drift.js_distance(reference.counts, cur)
+        ks = drift.ks_binned(reference.counts, cur)
+        ws = drift.wasserstein_binned(reference.counts, cur, reference.positions, reference.std)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = total.sums / total.ns
+        for i, stat in enumerate(reference.stats):
+            ok = bool(has[i])
+            judged = ok and bool(total.ns[i] >= cfg.min_samples)
+            p = float(psi[i]) if ok else None
+            statistics.append(
+                {
+                    "statistic": stat,
+                    "samples": int(total.ns[i]),
+                    "judged": judged,
+                    "psi": p,
+                    "js": float(js[i]) if ok else None,
+                    "ks": float(ks[i]) if ok else None,
+                    "wasserstein": float(ws[i]) if ok else None,
+                    "mean": float(means[i]) if ok else None,
+                    "reference_mean": _finite(reference.mean[i]),
+                    "status": _status(p, judged, cfg),
+                }
+            )
+            if stat.endswith("/top1_confidence") and ok:
+                shift = float(means[i] - reference.mean[i])
+                confidence.append(
+                    {
+                        "statistic": stat,
+                        "mean": float(means[i]),
+                        "reference_mean": _finite(reference.mean[i]),
+                        "shift": shift,
+                        "judged": judged,
+                    }
+                )
+        for output, ref_counts in sorted(reference.class_counts.items()):
+            live = total.classes.get(output)
+            n = float(live.sum()) if live is not None else 0.0
+            if live is None or n <= 0:
+                continue
+            stat_value, p_value = drift.chi_square(ref_counts, live)
+            cpsi = float(drift.psi(ref_counts, live))
+            judged = n >= cfg.min_samples
+            classes.append(
+                {
+                    "output": output,
+                    "samples": int(n),
+                    "judged": judged,
+                    "chi2": stat_value,
+                    "p_value": p_value,
+                    "psi": cpsi,
+                    "counts": [int(x) for x in live],
+                    "status": _status(cpsi, judged, cfg),
+                }
+            )
+    lat = total.latency
+    count = float(lat.sum())
+    pct = {q: _finite(drift.percentile(lat, LATENCY_EDGES_MS, q / 100)) for q in (50, 95, 99)}
+    base_p95 = None
+    if baseline is not None and baseline.complete:
+        base_p95 = _finite(drift.percentile(baseline.latency, LATENCY_EDGES_MS, 0.95))
+    ratio = pct[95] / base_p95 if pct[95] is not None and base_p95 else None
+    return {
+        "reference": reference is not None,
+        "samples": total.samples,
+        "statistics": statistics,
+        "classes": classes,
+        "confidence": confidence,
+        "latency": {
+            "count": int(count),
+            "p50_ms": pct[50],
+            "p95_ms": pct[95],
+            "p99_ms": pct[99],
+            "baseline_p95_ms": base_p95,
+            "ratio": ratio,
+            "judged": ratio is not None and count >= cfg.min_samples,
+        },
+        "errors": {
+            "requests": total.requests,
+            "errors": total.errors,
+            "rate": total.errors / total.requests if total.requests else None,
+            "judged": total.requests >= cfg.min_samples,
+        },
+    }
+
+
+def _status(psi: float | None, judged: bool, cfg: DriftConfig) -> str:
+    if psi is None or not judged:
+        return "too few samples" if psi is not None else "no data"
+    if psi > cfg.psi_alert:
+        return "alert"
+    return "watch" if psi > cfg.psi_watch else "ok"
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None

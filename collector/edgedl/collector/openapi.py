@@ -1,0 +1,281 @@
+"""The OpenAPI 3 description of the collector's JSON API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgedl._version import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _array(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": item}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_NUM = {"type": "number"}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_STR = {"type": "string"}
+_NULLABLE_STR = {"type": ["string", "null"]}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "edgedl collector",
+        "version": __version__,
+        "description": "Devices, telemetry windows, drift and alerts of an edgedl fleet.",
+    },
+    "paths": {
+        "/api/v1/devices": {
+            "get": {"summary": "Every device", "responses": {"200": _json(_array(_ref("Device")))}}
+        },
+        "/api/v1/devices/{device}": {
+            "get": {
+                "summary": "One device, with figures of its newest window",
+                "parameters": [{"name": "device", "in": "path", "required": True, "schema": _STR}],
+                "responses": {
+                    "200": _json(_ref("DeviceDetail")),
+                    "404": _json(_ref("Error"), "No such device"),
+                },
+            }
+        },
+        "/api/v1/windows": {
+            "get": {
+                "summary": "Stored windows, newest first (without payload)",
+                "parameters": [
+                    _query("device", "only this device"),
+                    _query("limit", "at most this many (1-5000, default 100)", {"type": "integer"}),
+                ],
+                "responses": {"200": _json(_array(_ref("Window")))},
+            }
+        },
+        "/api/v1/drift": {
+            "get": {
+                "summary": "Latest drift evaluation per device and model version, and fleet-wide",
+                "parameters": [
+                    _query("device", "only this device"),
+                    _query("model", "only this model"),
+                    _query("version", "only this model version"),
+                    _query("fleet", "only this fleet"),
+                    _query(
+                        "scope", "device or fleet", {"type": "string", "enum": ["device", "fleet"]}
+                    ),
+                    _query("fleet_wide", "true: fleet-wide results only (same as scope=fleet)"),
+                ],
+                "responses": {"200": _json(_array(_ref("Drift")))},
+            }
+        },
+        "/api/v1/alerts": {
+            "get": {
+                "summary": "Alerts, newest first",
+                "parameters": [
+                    _query(
+                        "state",
+                        "open or resolved",
+                        {"type": "string", "enum": ["open", "resolved"]},
+                    ),
+                    _query("limit", "at most this many", {"type": "integer"}),
+                ],
+                "responses": {"200": _json(_array(_ref("Alert")))},
+            }
+        },
+        "/api/v1/dead-letters": {
+            "get": {
+                "summary": "Messages refused by validation, newest first",
+                "responses": {"200": _json(_array({"type": "object"}))},
+            }
+        },
+        "/api/v1/references": {
+            "get": {
+                "summary": "Registered reference profiles",
+                "responses": {"200": _json(_array({"type": "object"}))},
+            },
+            "post": {
+                "summary": "Register a bundle's manifest.json as the reference of its model version",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "201": _json({"type": "object"}, "Registered"),
+                    "400": _json(_ref("Error"), "Not JSON"),
+                    "422": _json(_ref("Error"), "Not a manifest, or no reference profile"),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of the collector",
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": _STR}, "required": ["error"]},
+            "Device": {
+                "type": "object",
+                "required": [
+                    "device",
+                    "fleet",
+                    "online",
+                    "last_seen",
+                    "model",
+                    "version",
+                    "inferences",
+                ],
+                "properties": {
+                    "device": _STR,
+                    "fleet": _STR,
+                    "online": {"type": "boolean"},
+                    "last_seen": {
+                        **_NULLABLE_NUM,
+                        "description": "epoch seconds of the newest window received",
+                    },
+                    "model": _NULLABLE_STR,
+                    "version": _NULLABLE_STR,
+                    "inferences": {"type": "integer", "description": "total over stored windows"},
+                    "windows": {"type": "integer"},
+                    "last_seq": {"type": ["integer", "null"]},
+                    "window_s": _NULLABLE_NUM,
+                    "agent_version": _NULLABLE_STR,
+                    "status": {
+                        "type": ["object", "null"],
+                        "description": "the retained status message",
+                    },
+                },
+            },
+            "DeviceDetail": {
+                "allOf": [
+                    _ref("Device"),
+                    {
+                        "type": "object",
+                        "properties": {"latest_window": {"type": ["object", "null"]}},
+                    },
+                ]
+            },
+            "Window": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "device": _STR,
+                    "fleet": _STR,
+                    "seq": {"type": "integer"},
+                    "window_start": _NUM,
+                    "window_end": _NUM,
+                    "received_at": _NUM,
+                    "model": _NULLABLE_STR,
+                    "version": _NULLABLE_STR,
+                    "requests": {"type": "integer"},
+                    "inferences": {"type": "integer"},
+                    "errors": {"type": "integer"},
+                    "latency_p50_ms": _NULLABLE_NUM,
+                    "latency_p95_ms": _NULLABLE_NUM,
+                    "latency_p99_ms": _NULLABLE_NUM,
+                    "throughput": {**_NULLABLE_NUM, "description": "inferences per second"},
+                },
+            },
+            "Drift": {
+                "type": "object",
+                "properties": {
+                    "scope": {"type": "string", "enum": ["device", "fleet"]},
+                    "fleet": _STR,
+                    "device": _NULLABLE_STR,
+                    "model": _STR,
+                    "version": _STR,
+                    "reference": {
+                        "type": "boolean",
+                        "description": "a reference profile is registered",
+                    },
+                    "samples": {"type": "integer"},
+                    "evaluated_at": _NUM,
+                    "statistics": _array(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "statistic": _STR,
+                                "samples": {"type": "integer"},
+                                "judged": {"type": "boolean"},
+                                "psi": _NULLABLE_NUM,
+                                "js": _NULLABLE_NUM,
+                                "ks": _NULLABLE_NUM,
+                                "wasserstein": _NULLABLE_NUM,
+                                "mean": _NULLABLE_NUM,
+                                "reference_mean": _NULLABLE_NUM,
+                                "status": {
+                                    "type": "string",
+                                    "enum": ["ok", "watch", "alert", "too few samples", "no data"],
+                                },
+                            },
+                        }
+                    ),
+                    "classes": _array(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "output": _STR,
+                                "chi2": _NUM,
+                                "p_value": _NUM,
+                                "psi": _NUM,
+                                "samples": {"type": "integer"},
+                                "judged": {"type": "boolean"},
+                            },
+                        }
+                    ),
+                    "confidence": _array(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "statistic": _STR,
+                                "mean": _NUM,
+                                "reference_mean": _NULLABLE_NUM,
+                                "shift": _NUM,
+                            },
+                        }
+                    ),
+                    "latency": {"type": "object"},
+                    "errors": {"type": "object"},
+                    "history": _array(
+                        {"type": "object", "description": "PSI per statistic over time"}
+                    ),
+                },
+            },
+            "Alert": {
+                "type": "object",
+                "required": ["kind", "device", "metric", "value", "threshold", "state"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["drift", "latency", "offline", "errors"]},
+                    "scope": {"type": "string", "enum": ["device", "fleet"]},
+                    "fleet": _STR,
+                    "device": _NULLABLE_STR,
+                    "model": _NULLABLE_STR,
+                    "version": _NULLABLE_STR,
+                    "metric": _STR,
+                    "value": _NUM,
+                    "threshold": _NUM,
+                    "state": {"type": "string", "enum": ["open", "resolved"]},
+                    "opened_at": _NUM,
+                    "resolved_at": _NULLABLE_NUM,
+                    "message": _NULLABLE_STR,
+                },
+            },
+        }
+    },
+}

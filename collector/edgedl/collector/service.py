@@ -1,0 +1,130 @@
+"""The collector as one object: storage, MQTT ingest, drift monitor, alerts and HTTP.
+
+``Collector(config).start()`` returns once the database is migrated and the HTTP server
+listens; MQTT connects in the background (an absent broker is retried). ``stop()`` commits
+and acknowledges what was received, lets the drift monitor finish, and closes everything.
+Tests and ``edgedl collector run`` use the same class.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+
+from edgedl.errors import ConfigError
+
+from .alerts import AlertBook
+from .api import create_app
+from .config import CollectorConfig
+from .ingest import Ingestor
+from .metrics import CollectorMetrics
+from .monitor import DriftMonitor
+from .mqtt import MqttConsumer
+from .references import ReferenceBook
+from .store import Store
+
+log = logging.getLogger("edgedl.collector")
+
+
+class Collector:
+    """Everything the collector runs, with start()/stop()."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.metrics = CollectorMetrics()
+        self.store = Store(config.storage.url)
+        self.references = ReferenceBook(self.store)
+        for path in config.references:
+            self.references.register_path(path)
+        self.mqtt: MqttConsumer | None = None
+        self.alerts = AlertBook(
+            self.store,
+            publish=self._publish,
+            webhook=config.alerts.webhook,
+            webhook_timeout_s=config.alerts.webhook_timeout_s,
+            on_change=lambda _alert: self.metrics.alerts_open.set(self.alerts.open_count),
+        )
+        self.monitor = DriftMonitor(
+            self.store,
+            self.references,
+            self.alerts,
+            config.drift,
+            config.alerts,
+            on_evaluated=self.metrics.evaluations.inc,
+        )
+        self.ingestor = Ingestor(
+            self.store, config.mqtt.max_payload_bytes, on_stored=self.monitor.submit
+        )
+        self.mqtt = MqttConsumer(config.mqtt, config.storage, self.ingestor, self.metrics)
+        self.started_at = time.time()
+        self._server: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.http_port = config.http.port
+
+    def _publish(self, topic: str, data: bytes) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish(topic, data)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API and dashboard."""
+        host = self.config.http.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{host}:{self.http_port}"
+
+    def start(self) -> Collector:
+        """Start HTTP, the drift monitor and MQTT ingest; return self."""
+        self.metrics.alerts_open.set(self.alerts.open_count)
+        self.alerts.start()
+        self.monitor.start()
+        self._start_http()
+        if self.mqtt is not None:
+            self.mqtt.start()
+        log.info("collector listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Finish the batch in hand, acknowledge it, stop every thread, close the database."""
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        self.monitor.stop()
+        self.alerts.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self.store.close()
+
+    def _start_http(self) -> None:
+        cfg = self.config.http
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.host, cfg.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"http: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror})"
+            ) from exc
+        sock.listen(128)
+        self._socket = sock
+        self.http_port = sock.getsockname()[1]
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(self), log_level="warning", lifespan="off", access_log=False)
+        )
+        self._server = server
+        self._http_thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="edgedl-http", daemon=True
+        )
+        self._http_thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)

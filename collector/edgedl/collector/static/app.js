@@ -1,0 +1,220 @@
+// The edgedl dashboard: polls the collector's JSON API and draws what it says.
+"use strict";
+import { barChart, fmt, lineChart } from "/static/charts.js";
+
+const REFRESH_MS = 3000;
+const COLORS = { p50: "#2e86de", p95: "#e67e22", p99: "#8e44ad", ok: "#27ae60", watch: "#f1c40f", alert: "#c0392b", muted: "#95a5a6" };
+const state = { selected: null };
+
+async function getJSON(path) {
+  const res = await fetch(path, { cache: "no-store" });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function ago(t) {
+  if (!t) return "never";
+  const s = Math.max(0, Date.now() / 1000 - t);
+  if (s < 60) return `${s.toFixed(0)} s ago`;
+  if (s < 3600) return `${(s / 60).toFixed(0)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+
+function statusColor(status) {
+  return COLORS[status] || COLORS.muted;
+}
+
+function renderDevices(devices) {
+  const body = document.querySelector("#devices tbody");
+  body.replaceChildren();
+  for (const d of devices) {
+    const tr = document.createElement("tr");
+    tr.dataset.device = d.device;
+    if (d.device === state.selected) tr.className = "selected";
+    cell(tr, d.device, "device-name");
+    cell(tr, d.fleet);
+    cell(tr, d.online ? "online" : "offline", d.online ? "pill online" : "pill offline");
+    cell(tr, ago(d.last_seen));
+    cell(tr, d.model || "–");
+    cell(tr, d.version || "–");
+    cell(tr, String(d.inferences));
+    cell(tr, String(d.windows));
+    tr.addEventListener("click", () => { state.selected = d.device; refresh(); });
+    body.appendChild(tr);
+  }
+  const online = devices.filter((d) => d.online).length;
+  const versions = [...new Set(devices.filter((d) => d.model).map((d) => `${d.model} ${d.version}`))];
+  document.getElementById("summary").textContent =
+    `${devices.length} devices: ${online} online, ${devices.length - online} offline · versions: ${versions.join(", ") || "–"}`;
+}
+
+function renderAlerts(alerts) {
+  const body = document.querySelector("#alerts tbody");
+  body.replaceChildren();
+  for (const a of alerts) {
+    const tr = document.createElement("tr");
+    tr.className = `alert-row kind-${a.kind}`;
+    cell(tr, a.kind, "pill alert");
+    cell(tr, a.device || `fleet ${a.fleet}`);
+    cell(tr, a.model ? `${a.model} ${a.version}` : "–");
+    cell(tr, a.metric);
+    cell(tr, fmt(a.value));
+    cell(tr, fmt(a.threshold));
+    cell(tr, ago(a.opened_at));
+    body.appendChild(tr);
+  }
+  document.getElementById("no-alerts").hidden = alerts.length > 0;
+}
+
+function driftBars(result) {
+  const t = result.thresholds || {};
+  const bars = (result.statistics || []).filter((s) => s.psi !== null).map((s) => ({
+    label: s.statistic, value: s.psi, color: s.judged ? statusColor(s.status) : COLORS.muted,
+  }));
+  for (const c of result.classes || []) {
+    bars.push({ label: `classes ${c.output}`, value: c.psi, color: c.judged ? statusColor(c.status) : COLORS.muted });
+  }
+  return {
+    bars,
+    yLabel: `PSI (grey: fewer than ${t.min_samples} samples, not judged)`,
+    thresholds: [
+      { value: t.psi_watch, label: "watch", color: "#d4ac0d" },
+      { value: t.psi_alert, label: "alert", color: "#c0392b" },
+    ],
+  };
+}
+
+function renderDriftTable(result) {
+  const body = document.querySelector("#drift-table tbody");
+  body.replaceChildren();
+  for (const s of result ? result.statistics : []) {
+    const tr = document.createElement("tr");
+    cell(tr, s.statistic);
+    cell(tr, String(s.samples));
+    for (const k of ["psi", "js", "ks", "wasserstein", "mean", "reference_mean"]) cell(tr, fmt(s[k]));
+    cell(tr, s.status, `pill ${s.status.replace(/ /g, "-")}`);
+    body.appendChild(tr);
+  }
+  const out = document.getElementById("output-drift");
+  out.replaceChildren();
+  if (!result) return;
+  for (const c of result.classes || []) {
+    const p = document.createElement("p");
+    p.textContent = `${c.output}: chi-square ${fmt(c.chi2)} (p = ${fmt(c.p_value)}), class PSI ${fmt(c.psi)} over ${c.samples} predictions`;
+    out.appendChild(p);
+  }
+  for (const c of result.confidence || []) {
+    const p = document.createElement("p");
+    p.textContent = `${c.statistic}: mean ${fmt(c.mean)} vs reference ${fmt(c.reference_mean)} (shift ${fmt(c.shift)})`;
+    out.appendChild(p);
+  }
+  const l = result.latency;
+  if (l) {
+    const p = document.createElement("p");
+    p.textContent = `latency p95 ${fmt(l.p95_ms)} ms vs own baseline ${fmt(l.baseline_p95_ms)} ms (ratio ${fmt(l.ratio)})`;
+    out.appendChild(p);
+  }
+}
+
+function renderPipelines(latest) {
+  const body = document.querySelector("#pipelines tbody");
+  body.replaceChildren();
+  const pipelines = (latest && latest.pipelines) || {};
+  for (const [pipe, stages] of Object.entries(pipelines)) {
+    for (const [stage, figures] of Object.entries(stages)) {
+      const tr = document.createElement("tr");
+      cell(tr, pipe);
+      cell(tr, stage);
+      const flat = Object.entries(figures).map(([k, v]) =>
+        typeof v === "object" ? `${k}: ${Object.entries(v).map(([a, b]) => `${a} ${fmt(b)}`).join(", ")}` : `${k} ${fmt(v)}`);
+      cell(tr, flat.join(" · "));
+      body.appendChild(tr);
+    }
+  }
+  const sys = latest && latest.system;
+  document.getElementById("system").textContent = sys
+    ? `CPU ${fmt(sys.cpu_percent)} % · memory ${fmt(sys.memory_rss_bytes / 1048576)} MiB (${fmt(sys.memory_percent)} %)` +
+      (sys.temperature_c !== undefined && sys.temperature_c !== null ? ` · ${fmt(sys.temperature_c)} °C` : "") +
+      (latest.spool ? ` · spool ${latest.spool.pending} pending, ${latest.spool.dropped} dropped` : "")
+    : "";
+}
+
+async function renderDevice(name) {
+  document.getElementById("device-name").textContent = name || "–";
+  if (!name) return;
+  const [detail, windows, drift] = await Promise.all([
+    getJSON(`/api/v1/devices/${encodeURIComponent(name)}`),
+    getJSON(`/api/v1/windows?device=${encodeURIComponent(name)}&limit=120`),
+    getJSON(`/api/v1/drift?device=${encodeURIComponent(name)}&scope=device`),
+  ]);
+  document.getElementById("device-model").textContent = detail.model ? `${detail.model} ${detail.version}` : "";
+  const rows = windows.slice().reverse();
+  lineChart(document.getElementById("latency-chart"), {
+    xTime: true, yLabel: "ms",
+    series: ["p50", "p95", "p99"].map((q) => ({ name: q, color: COLORS[q], points: rows.map((w) => [w.window_end, w[`latency_${q}_ms`]]) })),
+  });
+  lineChart(document.getElementById("throughput-chart"), {
+    xTime: true, yLabel: "inferences/s",
+    series: [{ name: "throughput", color: "#16a085", points: rows.map((w) => [w.window_end, w.throughput]) }],
+  });
+  const result = drift[0] || null;
+  barChart(document.getElementById("drift-chart"), result ? driftBars(result) : { bars: [] });
+  const hist = result ? result.history : [];
+  const t = (result && result.thresholds) || {};
+  lineChart(document.getElementById("drift-history"), {
+    xTime: true, yLabel: "PSI",
+    thresholds: result ? [{ value: t.psi_alert, label: "alert" }] : [],
+    series: [{ name: "max PSI", color: "#c0392b", points: hist.map((h) => [h.t, Math.max(...Object.entries(h).filter(([k]) => k !== "t").map(([, v]) => v))]) }],
+  });
+  renderDriftTable(result);
+  renderPipelines(detail.latest_window);
+}
+
+async function renderFleetDrift() {
+  const results = await getJSON("/api/v1/drift?scope=fleet");
+  const root = document.getElementById("fleet-drift");
+  root.replaceChildren();
+  if (!results.length) {
+    root.textContent = "No fleet-wide figures yet.";
+    return;
+  }
+  for (const r of results) {
+    const card = document.createElement("div");
+    card.className = "card";
+    const h = document.createElement("h3");
+    h.textContent = `${r.fleet}: ${r.model} ${r.version} (${r.samples} samples in the sliding window)`;
+    const chart = document.createElement("div");
+    chart.className = "chart drift-chart fleet";
+    card.append(h, chart);
+    root.appendChild(card);
+    barChart(chart, driftBars(r));
+  }
+}
+
+async function refresh() {
+  try {
+    const [devices, alerts] = await Promise.all([getJSON("/api/v1/devices"), getJSON("/api/v1/alerts?state=open")]);
+    if (!state.selected && devices.length) {
+      const alerted = alerts.find((a) => a.device && devices.some((d) => d.device === a.device));
+      state.selected = alerted ? alerted.device : devices[0].device;
+    }
+    renderDevices(devices);
+    renderAlerts(alerts);
+    await Promise.all([renderDevice(state.selected), renderFleetDrift()]);
+    document.getElementById("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.loaded = "true";
+  } catch (err) {
+    document.getElementById("refreshed").textContent = `cannot reach the collector: ${err.message}`;
+  }
+}
+
+refresh();
+setInterval(refresh, REFRESH_MS);

@@ -1,0 +1,426 @@
+"""Storage of windows, devices, dead letters, alerts and references (SQLite or PostgreSQL).
+
+One :class:`Store` per collector. ``sqlite:///path.db`` opens SQLite in WAL mode;
+``postgresql://user@host/db`` opens PostgreSQL through psycopg 3. Both get the same schema
+(:mod:`edgedl.collector.schema`) and the same statements: inserts of windows use
+``INSERT … ON CONFLICT (device, seq) DO NOTHING``, so a redelivered window is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, create_engine, event, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from edgedl.errors import ConfigError, EdgeDLError
+from edgedl.telemetry import DeviceStatus, TelemetryWindow
+
+from . import schema
+from .schema import alerts, dead_letter, devices, model_references, windows
+
+
+class StorageError(EdgeDLError):
+    """The database cannot be opened or written."""
+
+
+@dataclass
+class StoredWindow:
+    """A window to store: what was decoded, what arrived, and a few figures for queries."""
+
+    window: TelemetryWindow
+    payload: bytes
+    received_at: float
+    latency_ms: tuple[float | None, float | None, float | None] = (None, None, None)
+    id: int | None = None
+
+
+@dataclass
+class ReceivedStatus:
+    """A status message and when it arrived."""
+
+    status: DeviceStatus
+    received_at: float
+
+
+@dataclass
+class DeadLetter:
+    """A message refused by validation, kept for people to look at."""
+
+    topic: str
+    reason: str
+    payload: bytes
+    received_at: float
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a user's database URL (``postgresql://`` uses psycopg 3)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///") or url.startswith("postgresql+psycopg://"):
+        return url
+    raise ConfigError(
+        f"storage.url: unsupported database URL {url!r} (sqlite:///path.db or postgresql://...)"
+    )
+
+
+class Store:
+    """The collector's database. Thread-safe: every method opens its own transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        sa_url = engine_url(url)
+        self.dialect = "sqlite" if sa_url.startswith("sqlite") else "postgresql"
+        try:
+            if self.dialect == "sqlite":
+                self.engine: Engine = create_engine(
+                    sa_url, connect_args={"check_same_thread": False, "timeout": 30}
+                )
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(sa_url, pool_size=4, pool_pre_ping=True)
+            with self.engine.begin() as conn:
+                self.schema_version = schema.migrate(conn)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open database {_redact(url)}: {_first_line(exc)}") from exc
+        self._write_lock = threading.Lock()
+        self._insert = _insert_for(self.dialect)
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- ingest
+
+    def commit_batch(
+        self,
+        batch: Sequence[StoredWindow],
+        statuses: Sequence[ReceivedStatus] = (),
+        dead: Sequence[DeadLetter] = (),
+    ) -> list[StoredWindow]:
+        """Store a batch in one transaction; return the windows that were new (ids set)."""
+        inserted: list[StoredWindow] = []
+        # SQLite allows one writer; serialising here avoids 'database is locked' retries.
+        with self._write_lock, self.engine.begin() as conn:
+            if batch:
+                by_key = {(w.window.device, w.window.seq): w for w in batch}
+                rows = [_window_row(w) for w in by_key.values()]
+                for chunk in _chunks(rows, 500):
+                    stmt = (
+                        self._insert(windows)
+                        .values(chunk)
+                        .on_conflict_do_nothing(index_elements=["device", "seq"])
+                        .returning(windows.c.id, windows.c.device, windows.c.seq)
+                    )
+                    for row in conn.execute(stmt):
+                        item = by_key[(row.device, row.seq)]
+                        item.id = int(row.id)
+                        inserted.append(item)
+                self._upsert_devices(conn, inserted)
+            for st in statuses:
+                self._upsert_status(conn, st)
+            if dead:
+                conn.execute(
+                    dead_letter.insert(),
+                    [
+                        {
+                            "topic": d.topic[:300],
+                            "reason": d.reason[:500],
+                            "payload": d.payload[:1024],
+                            "payload_size": len(d.payload),
+                            "received_at": d.received_at,
+                        }
+                        for d in dead
+                    ],
+                )
+        return inserted
+
+    def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
+        per_device: dict[str, dict[str, Any]] = {}
+        for item in inserted:
+            w = item.window
+            row = per_device.get(w.device)
+            first = w.models[0] if w.models else None
+            if row is None:
+                row = per_device[w.device] = {
+                    "device": w.device,
+                    "fleet": w.fleet,
+                    "first_seen": item.received_at,
+                    "last_seen": item.received_at,
+                    "last_seq": w.seq,
+                    "window_s": max(w.window_end - w.window_start, 0.0),
+                    "model": first.name if first else None,
+                    "version": first.version if first else None,
+                    "agent_version": w.agent_version,
+                    "inferences": 0,
+                    "windows": 0,
+                }
+            row["inferences"] += w.inferences
+            row["windows"] += 1
+            row["last_seen"] = max(row["last_seen"], item.received_at)
+            if w.seq >= row["last_seq"]:
+                row["last_seq"] = w.seq
+                row["window_s"] = max(w.window_end - w.window_start, 0.0)
+                row["model"] = first.name if first else row["model"]
+                row["version"] = first.version if first else row["version"]
+                row["agent_version"] = w.agent_version
+        if not per_device:
+            return
+        stmt = self._insert(devices)
+        newer = stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
+
+        def latest(col: str) -> Any:
+            return case((newer, stmt.excluded[col]), else_=devices.c[col])
+
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device"],
+            set_={
+                "fleet": stmt.excluded.fleet,
+                "last_seen": case(
+                    (
+                        stmt.excluded.last_seen > func.coalesce(devices.c.last_seen, 0.0),
+                        stmt.excluded.last_seen,
+                    ),
+                    else_=devices.c.last_seen,
+                ),
+                "last_seq": latest("last_seq"),
+                "window_s": latest("window_s"),
+                "model": latest("model"),
+                "version": latest("version"),
+                "agent_version": latest("agent_version"),
+                "inferences": devices.c.inferences + stmt.excluded.inferences,
+                "windows": devices.c.windows + stmt.excluded.windows,
+            },
+        )
+        conn.execute(stmt, list(per_device.values()))
+
+    def _upsert_status(self, conn: Any, st: ReceivedStatus) -> None:
+        s = st.status
+        row = {
+            "device": s.device,
+            "fleet": s.fleet,
+            "first_seen": st.received_at,
+            "online": s.online,
+            "status_since": s.since,
+            "agent_version": s.agent_version,
+            "status": s.model_dump_json(exclude_none=True),
+            "inferences": 0,
+            "windows": 0,
+        }
+        stmt = self._insert(devices).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device"],
+            set_={
+                "online": stmt.excluded.online,
+                "status_since": stmt.excluded.status_since,
+                "status": stmt.excluded.status,
+                "fleet": stmt.excluded.fleet,
+            },
+        )
+        conn.execute(stmt)
+
+    # ---------------------------------------------------------------- queries
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device, as stored."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(devices).order_by(devices.c.fleet, devices.c.device))
+            return [dict(r._mapping) for r in rows]
+
+    def device(self, device: str) -> dict[str, Any] | None:
+        """One device, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.device == device)).first()
+            return dict(row._mapping) if row else None
+
+    def windows(
+        self,
+        device: str | None = None,
+        limit: int = 100,
+        with_payload: bool = False,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Stored windows of a device (or of all), newest first by default."""
+        cols = [c for c in windows.c if with_payload or c.name != "payload"]
+        q = select(*cols)
+        if device is not None:
+            q = q.where(windows.c.device == device)
+            order = windows.c.seq
+        else:
+            order = windows.c.id
+        q = q.order_by(order.desc() if newest_first else order.asc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def count_windows(self, device: str | None = None) -> int:
+        """How many windows are stored (for one device, or in all)."""
+        q = select(func.count()).select_from(windows)
+        if device is not None:
+            q = q.where(windows.c.device == device)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def window_keys(self) -> list[tuple[str, int]]:
+        """Every stored ``(device, seq)``: for tests and audits."""
+        with self.engine.connect() as conn:
+            return [
+                (r.device, int(r.seq))
+                for r in conn.execute(select(windows.c.device, windows.c.seq))
+            ]
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters."""
+        q = select(dead_letter).order_by(dead_letter.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def count_dead_letters(self) -> int:
+        """How many messages were refused."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(dead_letter)).scalar_one())
+
+    # ---------------------------------------------------------------- alerts
+
+    def open_alert(self, alert: dict[str, Any]) -> int | None:
+        """Insert an open alert unless one with its ``open_key`` is open; its id or None."""
+        stmt = (
+            self._insert(alerts)
+            .values(alert)
+            .on_conflict_do_nothing(index_elements=["open_key"])
+            .returning(alerts.c.id)
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+            return int(row.id) if row else None
+
+    def resolve_alert(self, open_key: str, value: float, at: float) -> dict[str, Any] | None:
+        """Mark the open alert with this key resolved; the alert, or None if none was open."""
+        stmt = (
+            update(alerts)
+            .where(alerts.c.open_key == open_key)
+            .values(open_key=None, state="resolved", resolved_at=at)
+            .returning(*alerts.c)
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+            return dict(row._mapping) if row else None
+
+    def alerts(self, state: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Alerts, newest first, optionally only ``open`` or ``resolved`` ones."""
+        q = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
+        if state:
+            q = q.where(alerts.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def open_alert_keys(self) -> set[str]:
+        """Keys of the alerts open now."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(alerts.c.open_key).where(alerts.c.open_key.is_not(None)))
+            return {str(r.open_key) for r in rows}
+
+    # ---------------------------------------------------------------- references
+
+    def add_reference(
+        self, sha256: str, model: str, version: str, manifest: dict[str, Any]
+    ) -> None:
+        """Store (or replace) the manifest of a model version."""
+        row = {
+            "sha256": sha256,
+            "model": model,
+            "version": version,
+            "manifest": json.dumps(manifest),
+            "added_at": time.time(),
+        }
+        stmt = self._insert(model_references).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sha256"],
+            set_={k: stmt.excluded[k] for k in ("model", "version", "manifest", "added_at")},
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def references(self) -> list[dict[str, Any]]:
+        """Every stored reference: sha256, model, version, manifest (parsed), added_at."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(model_references).order_by(model_references.c.added_at))
+            return [{**dict(r._mapping), "manifest": json.loads(r.manifest)} for r in rows]
+
+    def reference(self, sha256: str | None, model: str, version: str) -> dict[str, Any] | None:
+        """The manifest for a model version: by sha256 first, else the newest by name/version."""
+        with self.engine.connect() as conn:
+            row = None
+            if sha256:
+                row = conn.execute(
+                    select(model_references).where(model_references.c.sha256 == sha256)
+                ).first()
+            if row is None:
+                row = conn.execute(
+                    select(model_references)
+                    .where(
+                        and_(
+                            model_references.c.model == model, model_references.c.version == version
+                        )
+                    )
+                    .order_by(model_references.c.added_at.desc())
+                ).first()
+            return json.loads(row.manifest) if row else None
+
+
+def _window_row(item: StoredWindow) -> dict[str, Any]:
+    w = item.window
+    first = w.models[0] if w.models else None
+    p50, p95, p99 = item.latency_ms
+    return {
+        "device": w.device,
+        "fleet": w.fleet,
+        "seq": w.seq,
+        "window_start": w.window_start,
+        "window_end": w.window_end,
+        "received_at": item.received_at,
+        "model": first.name if first else None,
+        "version": first.version if first else None,
+        "requests": sum(m.counts.requests for m in w.models),
+        "inferences": w.inferences,
+        "errors": sum(m.counts.errors for m in w.models),
+        "latency_p50_ms": p50,
+        "latency_p95_ms": p95,
+        "latency_p99_ms": p99,
+        "payload": item.payload,
+    }
+
+
+def _insert_for(dialect: str) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return sqlite.insert if dialect == "sqlite" else postgresql.insert
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _chunks(rows: list[dict[str, Any]], n: int) -> Iterable[list[dict[str, Any]]]:
+    for i in range(0, len(rows), n):
+        yield rows[i : i + n]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
