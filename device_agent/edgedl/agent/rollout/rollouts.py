@@ -16,19 +16,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgedl.bundle import Bundle, Manifest
+from edgedl.bundle import Bundle
 from edgedl.errors import BundleError, EdgeDLError, RolloutError
 
 from ..config import ModelConfig
 from ..repository import ModelRepository
 from ..served import ServedModel
 from .config import DeployOptions, RolloutConfig
+from .restore import adopt, serve_active_version
+from .routing import Rollout, Verdict, check_compatible
 from .store import ModelStore
-from .strategies import Rollout, Verdict, make_rollout
+from .strategies import make_rollout
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,9 @@ class Rollouts:
         """Adopt configured models into the store and serve each model's active version."""
         with self._lock:
             for served in self.repository.models():
-                self._adopt(served)
+                adopt(self.store, served)
             for name in self.store.models():
-                self._restore_model(name)
+                serve_active_version(self, name)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -117,13 +119,15 @@ class Rollouts:
                 )
             if name in self._loading:
                 raise RolloutError(f"another version of {name} is being loaded; try again")
-            live = self._live(name)
+            live = self.live(name)
             if live is not None and live.version == version:
                 raise RolloutError(f"{name} version {version} is already serving")
+            if live is not None:
+                check_compatible(live.manifest, source.manifest)
             self._loading.add(name)
         try:
             self.store.add(source)
-            candidate = self._load_version(name, version, activate=live is None, like=live)
+            candidate = self.load_version(name, version, activate=live is None, like=live)
         except EdgeDLError as exc:
             self.store.record(name, "refused", version=version, reason=str(exc))
             raise
@@ -138,34 +142,17 @@ class Rollouts:
                 )
                 self.store.prune(name)
                 return {"model": name, "version": version, "serving": version, "event": event}
-            try:
-                _check_compatible(live.manifest, candidate.manifest)
-            except RolloutError as exc:
-                self._release(candidate)
-                self.store.record(name, "refused", version=version, reason=str(exc))
-                raise
             rollout = make_rollout(
                 live, candidate, options, self._on_verdict, self.config.shadow_max_pending
             )
             self._rollouts[name] = rollout
-            self.store.set_rollout(
-                name,
-                {
-                    "strategy": options.strategy,
-                    "candidate": version,
-                    "live": live.version,
-                    "started_at": rollout.started_at,
-                    "options": options.model_dump(),
-                },
-            )
-            event = self.store.record(
-                name,
-                "started",
-                strategy=options.strategy,
-                version=version,
-                live=live.version,
-                options=options.model_dump(),
-            )
+            plan = {
+                "strategy": options.strategy,
+                "live": live.version,
+                "options": options.model_dump(),
+            }
+            self.store.set_rollout(name, {**plan, "candidate": version})
+            event = self.store.record(name, "started", version=version, **plan)
             self.repository.set_route(name, rollout.route)
         log.info(
             "%s rollout of %s %s started (live %s)", options.strategy, name, version, live.version
@@ -205,13 +192,13 @@ class Rollouts:
         with self._lock:
             if name in self._loading:
                 raise RolloutError(f"a version of {name} is being loaded; try again")
-            live = self._live(name)
+            live = self.live(name)
             previous = self.store.previous(name)
             if previous is None or (live is not None and previous == live.version):
                 raise RolloutError(f"{name} has no previous version to roll back to")
             self._loading.add(name)
         try:
-            restored = self._load_version(name, previous, activate=True, like=live)
+            restored = self.load_version(name, previous, activate=True, like=live)
         except EdgeDLError as exc:
             self.store.record(name, "refused", version=previous, reason=f"rollback: {exc}")
             raise
@@ -228,7 +215,7 @@ class Rollouts:
                 reason="rolled back by command",
             )
         if live is not None:
-            self._jobs.put(lambda: self._release(live))
+            self._jobs.put(lambda: self.release(live))
             self.wait_idle()
         return {"model": name, "version": previous, "serving": restored.version, "event": event}
 
@@ -241,7 +228,7 @@ class Rollouts:
             models: dict[str, Any] = {}
             for name in names:
                 rollout = self._rollouts.get(name)
-                live = self._live(name)
+                live = self.live(name)
                 state = self.store.read_state(name)
                 models[name] = {
                     "serving": live.version if live else None,
@@ -302,9 +289,10 @@ class Rollouts:
                 )
         log.info("%s %s: %s (%s)", name, candidate.version, verdict.action, verdict.reason)
         released = live if promote else candidate
-        self._jobs.put(lambda: self._release(released, prune=promote))
+        self._jobs.put(lambda: self.release(released, prune=promote))
 
-    def _release(self, served: ServedModel, prune: bool = False) -> None:
+    def release(self, served: ServedModel, prune: bool = False) -> None:
+        """Stop routing to ``served`` and stop it once its queue drains (optionally prune first)."""
         if prune:
             with self._lock:
                 self.store.prune(served.name)
@@ -349,12 +337,13 @@ class Rollouts:
             else "no model is being served"
         )
 
-    def _live(self, name: str) -> ServedModel | None:
+    def live(self, name: str) -> ServedModel | None:
+        """The version of ``name`` that answers by default, None when it is not served."""
         if name not in self.repository.names():
             return None
         return self.repository.get(name)
 
-    def _load_version(
+    def load_version(
         self, name: str, version: str, activate: bool, like: ServedModel | None
     ) -> ServedModel:
         """Load a stored version (verified again) with the batching settings of ``like``."""
@@ -373,60 +362,8 @@ class Rollouts:
                 f"{name} version {version} cannot be loaded: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _adopt(self, served: ServedModel) -> None:
-        name, version = served.name, served.version
-        known = {v.version for v in self.store.versions(name)}
-        try:
-            self.store.add(served.bundle.path)
-        except BundleError as exc:  # e.g. a rebuilt bundle reusing a stored version's name
-            log.warning(
-                "%s %s is served from %s but not kept in the store: %s",
-                name,
-                version,
-                served.bundle.path,
-                exc,
-            )
-            self.store.record(name, "refused", version=version, reason=str(exc))
-            return
-        if version not in known or self.store.current(name) is None:
-            self.store.activate(name, version)
-            self.store.record(name, "activated", version=version, reason="configured bundle")
-
-    def _restore_model(self, name: str) -> None:
-        state = self.store.read_state(name)
-        if state.get("rollout"):
-            interrupted = state["rollout"]
-            self.store.set_rollout(name, None)
-            self.store.record(
-                name,
-                "abandoned",
-                strategy=interrupted.get("strategy"),
-                version=interrupted.get("candidate"),
-                reason="the agent restarted during the rollout",
-            )
-        current = self.store.current(name)
-        live = self._live(name)
-        if current is None or (live is not None and live.version == current):
-            return
-        try:
-            self._load_version(name, current, activate=True, like=live)
-        except EdgeDLError as exc:
-            log.error("%s version %s cannot be served: %s", name, current, exc)
-            previous = self.store.previous(name)
-            if previous is None or live is not None:
-                self.store.record(name, "refused", version=current, reason=f"failed to load: {exc}")
-                return
-            self._load_version(name, previous, activate=True, like=None)
-            self.store.rollback(name)
-            self.store.record(
-                name, "rolled_back", version=current, to=previous, reason=f"failed to load: {exc}"
-            )
-            return
-        if live is not None:
-            self._release(live)
-
     def _result(self, name: str, rollout: Rollout) -> dict[str, Any]:
-        live = self._live(name)
+        live = self.live(name)
         history = self.store.read_state(name).get("history", [])
         return {
             "model": name,
@@ -442,32 +379,3 @@ def _check(rollout: Rollout) -> None:
         rollout.check()
     except Exception:
         log.exception("checking the rollout of %s failed", rollout.name)
-
-
-def _check_compatible(live: Manifest, candidate: Manifest) -> None:
-    """Refuse a candidate that the live version's clients could not call the same way."""
-
-    def shapes(specs: Sequence[Any]) -> dict[str, list[int]]:
-        return {s.name: list(s.shape[1:]) for s in specs}
-
-    for kind, a, b in (
-        ("inputs", shapes(live.inputs), shapes(candidate.inputs)),
-        ("outputs", shapes(live.outputs), shapes(candidate.outputs)),
-    ):
-        if set(a) != set(b) or any(
-            len(a[n]) != len(b[n])
-            or any(x != y and -1 not in (x, y) for x, y in zip(a[n], b[n], strict=True))
-            for n in a
-        ):
-            raise RolloutError(
-                f"version {candidate.version} has other {kind} than the live version "
-                f"{live.version} ({_describe(b)} instead of {_describe(a)}); "
-                "clients could not call it the same way: serve it under another model name"
-            )
-
-
-def _describe(shapes: dict[str, list[int]]) -> str:
-    return ", ".join(
-        f"{n}[?, {', '.join('?' if d == -1 else str(d) for d in s)}]"
-        for n, s in sorted(shapes.items())
-    )
