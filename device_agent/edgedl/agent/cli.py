@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .batch import batch
+from .pipeline.cli import run_pipeline
 from .rollout.cli import deploy, promote, rollback, status
 from .serve import serve
 from .systemd import install_service
@@ -22,6 +23,7 @@ def agent() -> None:
 agent.add_command(serve)
 agent.add_command(batch)
 agent.add_command(install_service)
+agent.add_command(run_pipeline)
 for _command in (deploy, promote, rollback, status):
     agent.add_command(_command)
 

@@ -19,6 +19,8 @@ from starlette.applications import Starlette
 
 from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
+from .pipeline.http import pipeline_routes
+from .pipeline.pipeline_set import PipelineSet
 from .rollout.admin_api import rollout_routes
 from .service import AgentRuntime
 from .systemd import SystemdNotifier
@@ -28,7 +30,12 @@ log = logging.getLogger("edgedl.agent")
 
 def build_app(runtime: AgentRuntime) -> Starlette:
     """The API with every component's routes (components add theirs here)."""
-    return create_app(runtime, extra_routes=[], admin_routes=rollout_routes(runtime))
+    pipelines = PipelineSet.from_configs(runtime.config.pipelines)
+    return create_app(
+        runtime,
+        extra_routes=pipeline_routes(pipelines, runtime.config.server.max_request_bytes),
+        admin_routes=rollout_routes(runtime),
+    )
 
 
 class AgentServer(uvicorn.Server):
