@@ -85,12 +85,12 @@ class Device:
         return self.runtime.repository.versions("digits")
 
 
-def start_device(store: Path, models: list[Path]) -> Device:
+def start_device(store: Path, models: list[Path], shadow_max_pending: int = 1000) -> Device:
     config = AgentConfig(
         models=[ModelConfig(path=str(m)) for m in models],
         store=StoreConfig(path=str(store)),
-        # No shadow copy is ever skipped here, so the comparisons below are exact.
-        rollout=RolloutConfig(shadow_max_pending=1000),
+        # By default no shadow copy is ever skipped, so the comparisons below are exact.
+        rollout=RolloutConfig(shadow_max_pending=shadow_max_pending),
     )
     runtime = AgentRuntime(config)
     runtime.start()
@@ -310,6 +310,44 @@ def test_shadow_candidate_failures_are_recorded_but_never_seen(
     event = device.last_event()
     assert (event["action"], event["version"]) == ("rolled_back", "failing")
     assert device.loaded_versions() == ["1"]
+
+
+def test_a_shadow_that_cannot_keep_up_skips_copies_instead_of_queueing(
+    tmp_path: Path, v1: Path, slow_digits: Path
+) -> None:
+    device = start_device(tmp_path / "store", [v1], shadow_max_pending=2)
+    try:
+        device.rollouts.deploy(slow_digits, options(strategy="shadow"))
+        pair = device.runtime.repository.resolve("digits")
+        futures = [pair.submit({"pixels": x[None]}) for x in X[:20]]  # a burst
+        answers = [f.result(timeout=60) for f in futures]
+        assert len(answers) == 20 and pair.version == "1"
+
+        def accounted() -> int:
+            shadow = device.status()["rollout"]["shadow"]
+            return int(shadow["compared_requests"] + shadow["skipped"])
+
+        deadline = time.monotonic() + 60
+        while accounted() < 20:
+            assert time.monotonic() < deadline, device.status()["rollout"]
+            time.sleep(0.05)
+        shadow = device.status()["rollout"]["shadow"]
+        # Two slow copies in flight at most: most of a burst is skipped, none is lost track of.
+        assert shadow["skipped"] >= 1 and shadow["compared_requests"] >= 2
+        assert shadow["skipped"] + shadow["compared_requests"] == 20
+    finally:
+        device.runtime.stop(timeout=30)
+
+
+def test_the_first_version_of_a_model_is_activated_at_once(tmp_path: Path, v1: Path) -> None:
+    device = start_device(tmp_path / "store", [])
+    try:
+        result = device.rollouts.deploy(v1, options(strategy="canary"))
+        assert (result["serving"], result["event"]["action"]) == ("1", "activated")
+        assert device.ask(X[0][None]).version == "1"
+        assert device.status()["current"] == "1"
+    finally:
+        device.runtime.stop(timeout=30)
 
 
 # -- refusals ----------------------------------------------------------------------------

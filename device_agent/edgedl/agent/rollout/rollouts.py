@@ -24,7 +24,7 @@ from edgedl.bundle import Bundle
 from edgedl.errors import BundleError, EdgeDLError, RolloutError
 
 from ..config import ModelConfig
-from ..repository import ModelRepository
+from ..repository import ModelNotFound, ModelRepository
 from ..served import ServedModel
 from .config import DeployOptions, RolloutConfig
 from .restore import adopt, serve_active_version
@@ -326,9 +326,13 @@ class Rollouts:
     # -- internals -----------------------------------------------------------------------
 
     def _pick(self, model: str | None) -> str:
-        if model:
-            return model
         names = sorted(set(self.repository.names()) | set(self._rollouts))
+        if model:
+            if model not in names:
+                raise ModelNotFound(
+                    f"unknown model {model!r} (serving: {', '.join(names) or 'none'})"
+                )
+            return model
         if len(names) == 1:
             return names[0]
         raise RolloutError(
