@@ -148,6 +148,9 @@ def test_cli_deploys_a_canary_and_rolls_it_back(agent: AgentProcess, v2: Path) -
     assert {answered_by(agent, x[None]) for x in X} == {"1"}
     readable = cli(agent, "status")
     assert "digits: serving 1" in readable.stdout
+    store = Path(json.loads(shown.stdout)["store"])
+    for scratch in (".uploads", ".unpacking"):  # the uploaded .tar left nothing behind
+        assert list((store / scratch).iterdir()) == []
 
 
 def test_cli_shadow_never_returns_the_candidates_answers_until_promoted(

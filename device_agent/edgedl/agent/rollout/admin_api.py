@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_JSON_BYTES = 64 * 1024
 TAR_TYPES = ("application/x-tar", "application/tar", "application/octet-stream")
 
 
@@ -196,7 +197,14 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    body = await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise _TooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         return {}
     try:

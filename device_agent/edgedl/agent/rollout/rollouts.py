@@ -108,7 +108,12 @@ class Rollouts:
         version of a model is activated at once, whatever the strategy.
         """
         options = options or self.config.deploy_defaults()
-        source = Bundle.open(bundle_path)
+        if Path(bundle_path).is_file():  # a .tar: unpack next to the store, not in /tmp
+            with self.store.unpacking(Path(bundle_path)) as unpacked:
+                return self._deploy(Bundle.open(unpacked), options)
+        return self._deploy(Bundle.open(bundle_path), options)
+
+    def _deploy(self, source: Bundle, options: DeployOptions) -> dict[str, Any]:
         name, version = source.manifest.name, source.manifest.version
         with self._lock:
             running = self._rollouts.get(name)

@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgedl.bundle import Bundle
+from edgedl.bundle import MANIFEST_FILE, Bundle
 from edgedl.errors import BundleError
 
 CURRENT = "current"
@@ -106,13 +109,38 @@ class ModelStore:
             self.write_state(m.name, state)
         return self.get(m.name, m.version)
 
+    @contextmanager
+    def unpacking(self, tar_path: Path) -> Iterator[Path]:
+        """Unpack a bundle ``.tar`` in a scratch folder of the store; removed afterwards.
+
+        (``Bundle.open`` on a ``.tar`` unpacks into the system's temporary folder until the
+        process exits, which a months-long agent receiving many versions cannot afford.)
+        """
+        scratch = self.root / ".unpacking"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            into = Path(tmp)
+            try:
+                with tarfile.open(tar_path) as tar:
+                    tar.extractall(into, filter="data")
+            except (tarfile.TarError, OSError) as exc:
+                raise BundleError(f"{tar_path}: not a bundle .tar ({exc})") from exc
+            entries = list(into.iterdir())
+            if not (into / MANIFEST_FILE).is_file() and len(entries) == 1 and entries[0].is_dir():
+                into = entries[0]
+            yield into
+
     # -- reading -------------------------------------------------------------------------
 
     def models(self) -> list[str]:
         """Names of the models that have at least one stored version."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self._version_dirs(p))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and self._version_dirs(p)
+        )
 
     def versions(self, model: str) -> list[StoredVersion]:
         """The stored versions of ``model``, oldest arrival first."""
