@@ -18,8 +18,11 @@ too; over MQTT 5 the content type also goes in the message's content-type proper
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import operator
 import re
+import threading
 import zlib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
@@ -160,7 +163,8 @@ class HistogramData(_Strict):
     def _shape(self) -> HistogramData:
         if len(self.counts) != len(self.edges) + 1:
             raise ValueError(f"{len(self.counts)} counts do not fit {len(self.edges)} edges")
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+        edges = self.edges
+        if any(map(operator.ge, edges, itertools.islice(edges, 1, None))):
             raise ValueError("edges must be increasing")
         return self
 
@@ -377,10 +381,17 @@ def decompress(payload: bytes, max_bytes: int = MAX_DECODED_BYTES) -> bytes:
     if payload.startswith(ZSTD_MAGIC):
         import zstandard
 
+        dctx = _zstd_decompressor()
         try:
-            # A stream reader never trusts the frame header's declared size.
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
-            raw = reader.read(max_bytes + 1)
+            declared = zstandard.frame_content_size(payload)
+            if declared > max_bytes:
+                raise TelemetryError(f"payload decompresses to more than {max_bytes} bytes")
+            if declared > 0:
+                # The frame says how big it is, and that is within bounds: one call.
+                raw = dctx.decompress(payload)
+            else:
+                # Unknown size: read through a bounded stream, never trusting the frame.
+                raw = dctx.stream_reader(io.BytesIO(payload)).read(max_bytes + 1)
         except zstandard.ZstdError as exc:
             raise TelemetryError(f"corrupt zstd payload: {exc}") from exc
     elif payload.startswith(GZIP_MAGIC):
@@ -394,7 +405,20 @@ def decompress(payload: bytes, max_bytes: int = MAX_DECODED_BYTES) -> bytes:
         raise TelemetryError("unknown payload encoding (expected zstd, gzip or a JSON object)")
     if len(raw) > max_bytes:
         raise TelemetryError(f"payload decompresses to more than {max_bytes} bytes")
-    return raw
+    return bytes(raw)
+
+
+_local = threading.local()
+
+
+def _zstd_decompressor() -> Any:
+    """One zstd decompression context per thread (a context is not thread-safe)."""
+    dctx = getattr(_local, "zstd", None)
+    if dctx is None:
+        import zstandard
+
+        dctx = _local.zstd = zstandard.ZstdDecompressor(max_window_size=1 << 23)
+    return dctx
 
 
 def _first_error(exc: ValidationError) -> str:

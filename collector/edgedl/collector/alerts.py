@@ -118,6 +118,8 @@ class AlertBook:
         now: float | None = None,
     ) -> None:
         """Open the alert when ``breached``; resolve it when judged and back under its bound."""
+        if not breached and not self._open:
+            return  # the common case: nothing open, nothing to open
         now = time.time() if now is None else now
         key = subject.key
         if breached and key not in self._open:

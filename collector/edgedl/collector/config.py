@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgedl.errors import ConfigError
-from edgedl.telemetry import MAX_PAYLOAD_BYTES
+from edgedl.errors import ConfigError, TelemetryError
+from edgedl.telemetry import MAX_PAYLOAD_BYTES, validate_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +55,14 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(default=30, ge=5)
     max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, gt=0)
 
+    @field_validator("group")
+    @classmethod
+    def _group_is_a_topic_level(cls, v: str) -> str:
+        try:
+            return validate_id(v, "group")
+        except TelemetryError as exc:
+            raise ValueError(str(exc)) from None
+
 
 class StorageConfig(_Section):
     """``[storage]``: where windows go and how ingest batches its commits."""
@@ -79,6 +87,7 @@ class DriftConfig(_Section):
     min_samples: int = Field(default=200, ge=1)
     baseline_windows: int = Field(default=10, ge=1, description="latency baseline: first K")
     evaluate_interval_s: float = Field(default=0.5, gt=0)
+    max_evaluations_per_s: float = Field(default=500.0, gt=0)
     psi_watch: float = Field(default=0.1, ge=0)
     psi_alert: float = Field(default=0.2, ge=0)
     js_alert: float = Field(default=0.1, ge=0)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -145,6 +146,41 @@ def wasserstein_binned(
     return np.asarray(dist / std, dtype=np.float64)
 
 
+def compare(
+    reference: ArrayLike,
+    current: ArrayLike,
+    positions: ArrayLike,
+    reference_std: ArrayLike,
+    mask: NDArray[np.bool_] | None = None,
+) -> dict[str, FloatArray]:
+    """PSI, JS distance, binned KS and normed Wasserstein at once, sharing the work.
+
+    The same numbers as :func:`psi`, :func:`js_distance`, :func:`ks_binned` and
+    :func:`wasserstein_binned`; shares and CDFs are computed once.
+    """
+    r = shares(reference)
+    c = shares(current)
+    rf, cf = fill_empty(r), fill_empty(c)
+    terms = (cf - rf) * np.log(cf / rf)
+    if mask is not None:
+        terms = np.where(mask, terms, 0.0)
+    m = (r + c) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_r = np.where(r > 0, r * np.log2(np.where(r > 0, r, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
+        kl_c = np.where(c > 0, c * np.log2(np.where(c > 0, c, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
+    div = np.clip((kl_r.sum(axis=-1) + kl_c.sum(axis=-1)) / 2.0, 0.0, 1.0)
+    gap = np.abs(np.cumsum(r, axis=-1) - np.cumsum(c, axis=-1))
+    pos = np.asarray(positions, dtype=np.float64)
+    dist = np.sum(gap[..., :-1] * np.diff(pos, axis=-1), axis=-1)
+    std = np.maximum(np.asarray(reference_std, dtype=np.float64), MIN_STD)
+    return {
+        "psi": np.asarray(terms.sum(axis=-1), dtype=np.float64),
+        "js": np.asarray(np.sqrt(div), dtype=np.float64),
+        "ks": np.asarray(gap.max(axis=-1), dtype=np.float64),
+        "wasserstein": np.asarray(dist / std, dtype=np.float64),
+    }
+
+
 def chi_square(reference: ArrayLike, current: ArrayLike) -> tuple[float, float]:
     """``(statistic, p_value)`` of current class counts against reference shares."""
     observed = np.asarray(current, dtype=np.float64)
@@ -198,27 +234,46 @@ def _gamma_q(a: float, x: float) -> float:
     return min(1.0, math.exp(log_prefix) * h)
 
 
-def percentile(counts: ArrayLike, edges: ArrayLike, q: float, floor: float = 0.0) -> float:
+def percentile(
+    counts: Sequence[float] | NDArray[Any],
+    edges: Sequence[float] | NDArray[Any],
+    q: float,
+    floor: float = 0.0,
+) -> float:
     """The ``q`` quantile (0..1) of a histogram, interpolated linearly inside its bin.
 
     The open bin below the first edge spans ``[floor, edges[0])``; a quantile that falls in
     the open bin above the last edge is reported as the last edge (a lower bound).
     """
-    c = np.asarray(counts, dtype=np.float64)
-    e = np.asarray(edges, dtype=np.float64)
-    total = c.sum()
+    return percentiles(counts, edges, [q], floor)[0]
+
+
+def percentiles(
+    counts: Sequence[float] | NDArray[Any],
+    edges: Sequence[float] | NDArray[Any],
+    qs: Sequence[float],
+    floor: float = 0.0,
+) -> list[float]:
+    """Several quantiles of one histogram at once (see :func:`percentile`); NaN when empty."""
+    # Plain Python: histograms have a few dozen bins, where NumPy's call overhead dominates.
+    c = [float(x) for x in counts]
+    e = [float(x) for x in edges]
+    total = sum(c)
     if total <= 0:
-        return float("nan")
-    target = q * total
-    cum = np.cumsum(c)
-    i = int(np.searchsorted(cum, target, side="left"))
-    if i >= c.size - 1:
-        return float(e[-1])
-    lo = floor if i == 0 else float(e[i - 1])
-    hi = float(e[i])
-    before = float(cum[i - 1]) if i else 0.0
-    frac = (target - before) / c[i] if c[i] else 0.0
-    return lo + (hi - lo) * float(frac)
+        return [float("nan")] * len(qs)
+    out = []
+    for q in qs:
+        target = q * total
+        before = 0.0
+        value = e[-1]
+        for i, n in enumerate(c[:-1]):
+            if before + n >= target and n > 0:
+                lo = floor if i == 0 else e[i - 1]
+                value = lo + (e[i] - lo) * min(max((target - before) / n, 0.0), 1.0)
+                break
+            before += n
+        out.append(value)
+    return out
 
 
 __all__ = [
@@ -226,11 +281,13 @@ __all__ = [
     "bin_positions",
     "chi2_sf",
     "chi_square",
+    "compare",
     "fill_empty",
     "js_distance",
     "ks_binned",
     "pad_counts",
     "percentile",
+    "percentiles",
     "psi",
     "shares",
     "stack",

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from edgedl.errors import TelemetryError
@@ -27,7 +26,7 @@ from edgedl.telemetry import (
     parse_topic,
 )
 
-from .drift import percentile
+from .drift import percentiles
 from .store import DeadLetter, ReceivedStatus, StorageError, Store, StoredWindow
 
 log = logging.getLogger("edgedl.collector.ingest")
@@ -157,10 +156,10 @@ def _same_device(fleet: str, device: str, topic_fleet: str, topic_device: str) -
 def _latency(window: TelemetryWindow) -> tuple[float | None, float | None, float | None]:
     if not window.models:
         return None, None, None
-    counts = np.asarray(window.models[0].latency_ms.counts, dtype=np.float64)
-    if counts.sum() <= 0:
+    counts = window.models[0].latency_ms.counts
+    if sum(counts) <= 0:
         return None, None, None
-    p50, p95, p99 = (percentile(counts, LATENCY_EDGES_MS, q) for q in (0.5, 0.95, 0.99))
+    p50, p95, p99 = percentiles(counts, LATENCY_EDGES_MS, (0.5, 0.95, 0.99))
     return p50, p95, p99
 
 

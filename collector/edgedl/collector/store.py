@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,11 @@ class Store:
             raise StorageError(f"cannot open database {_redact(url)}: {_first_line(exc)}") from exc
         self._write_lock = threading.Lock()
         self._insert = _insert_for(self.dialect)
+        self._insert_window = (
+            self._insert(windows)
+            .on_conflict_do_nothing(index_elements=["device", "seq"])
+            .returning(windows.c.id, windows.c.device, windows.c.seq)
+        )
 
     def close(self) -> None:
         """Release the connections."""
@@ -109,18 +114,15 @@ class Store:
         with self._write_lock, self.engine.begin() as conn:
             if batch:
                 by_key = {(w.window.device, w.window.seq): w for w in batch}
-                rows = [_window_row(w) for w in by_key.values()]
-                for chunk in _chunks(rows, 500):
-                    stmt = (
-                        self._insert(windows)
-                        .values(chunk)
-                        .on_conflict_do_nothing(index_elements=["device", "seq"])
-                        .returning(windows.c.id, windows.c.device, windows.c.seq)
-                    )
-                    for row in conn.execute(stmt):
-                        item = by_key[(row.device, row.seq)]
-                        item.id = int(row.id)
-                        inserted.append(item)
+                # One cached statement, executemany: SQLAlchemy batches it into multi-row
+                # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
+                result = conn.execute(
+                    self._insert_window, [_window_row(w) for w in by_key.values()]
+                )
+                for row in result:
+                    item = by_key[(row.device, row.seq)]
+                    item.id = int(row.id)
+                    inserted.append(item)
                 self._upsert_devices(conn, inserted)
             for st in statuses:
                 self._upsert_status(conn, st)
@@ -407,11 +409,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
-
-
-def _chunks(rows: list[dict[str, Any]], n: int) -> Iterable[list[dict[str, Any]]]:
-    for i in range(0, len(rows), n):
-        yield rows[i : i + n]
 
 
 def _first_line(exc: BaseException) -> str:

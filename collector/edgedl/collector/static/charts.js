@@ -31,7 +31,7 @@ function fmt(v) {
 
 function frame(el, width, height) {
   el.replaceChildren();
-  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img" });
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
   el.appendChild(svg);
   return svg;
 }
@@ -88,7 +88,7 @@ export function lineChart(el, opts) {
     if (!pts.length) return;
     const d = pts.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
     svg.appendChild(svgEl("path", { d, class: "series", stroke: s.color, "data-series": s.name }));
-    svg.appendChild(svgEl("text", { x: PAD.left + 8 + i * 90, y: height - 8, fill: s.color, class: "legend" }, s.name));
+    svg.appendChild(svgEl("text", { x: width - PAD.right - (opts.series.length - i) * 70, y: PAD.top - 2, fill: s.color, class: "legend" }, s.name));
   });
 }
 
@@ -102,23 +102,29 @@ export function barChart(el, opts) {
   }
   const labelW = 190;
   const plotW = width - labelW - PAD.right - 40;
-  const xMax = niceMax(Math.max(...bars.map((b) => b.value || 0), ...(opts.thresholds || []).map((t) => t.value)));
+  // Scale to the bounds, not to an extreme bar, so the bounds stay readable; longer bars are cut.
+  const bounds = (opts.thresholds || []).map((t) => t.value);
+  const cap = bounds.length ? 5 * Math.max(...bounds) : Infinity;
+  const xMax = niceMax(Math.min(cap, Math.max(...bars.map((b) => b.value || 0), ...bounds)));
   const sx = (v) => labelW + (Math.min(v, xMax) / xMax) * plotW;
   bars.forEach((b, i) => {
     const y = PAD.top + i * 22;
     svg.appendChild(svgEl("text", { x: labelW - 6, y: y + 13, "text-anchor": "end", class: "bar-label" }, b.label));
     const w = Math.max(1, sx(b.value || 0) - labelW);
     svg.appendChild(svgEl("rect", { x: labelW, y, width: w, height: 16, fill: b.color, class: "bar", "data-value": b.value }));
+    if ((b.value || 0) > xMax) {
+      svg.appendChild(svgEl("text", { x: labelW + w - 12, y: y + 13, class: "cut" }, "»"));
+    }
     svg.appendChild(svgEl("text", { x: labelW + w + 4, y: y + 13, class: "tick" }, fmt(b.value)));
   });
   const bottom = PAD.top + bars.length * 22;
-  for (const t of opts.thresholds || []) {
+  (opts.thresholds || []).forEach((t, i) => {
     const x = sx(t.value);
     svg.appendChild(svgEl("line", { x1: x, x2: x, y1: PAD.top - 4, y2: bottom, class: "threshold",
       stroke: t.color || "#c0392b", "data-threshold": t.value }));
-    svg.appendChild(svgEl("text", { x, y: bottom + 14, "text-anchor": "middle", class: "threshold-label",
-      fill: t.color || "#c0392b" }, `${t.label} ${fmt(t.value)}`));
-  }
+    svg.appendChild(svgEl("text", { x: x + (i % 2 ? 3 : -3), y: bottom + 14, "text-anchor": i % 2 ? "start" : "end",
+      class: "threshold-label", fill: t.color || "#c0392b" }, `${t.label} ${fmt(t.value)}`));
+  });
   if (opts.yLabel) svg.appendChild(svgEl("text", { x: labelW, y: height - 4, class: "axis-label" }, opts.yLabel));
 }
 

@@ -1,0 +1,373 @@
+"""Benchmark telemetry: bytes on the wire, agent CPU, collector ingest rate, drift time.
+
+One function per measurement, registered in ``MEASUREMENTS``; ``main`` runs the ones asked
+for (all by default), prints a markdown table per measurement and merges the results into
+``bench/results/telemetry.json`` (measurements not run keep their previous figures).
+
+Collector measurements (cloud side):
+
+  ingest_direct   windows/s through ``Ingestor.ingest`` (validation + one transaction per
+                  batch of 500 + drift folding off), straight into SQLite and PostgreSQL,
+                  with 1,000 simulated devices. No broker: the collector's own ceiling.
+  ingest_mqtt     windows/s end to end: a publisher process sends 1,000 devices' windows
+                  (QoS 1) through a Mosquitto started with the collector's tuned config
+                  (collector/edgedl/collector/mosquitto.conf) to an in-process ``Collector``
+                  (manual acks after commit, drift monitor on), into SQLite and PostgreSQL.
+  drift           time to compute every drift figure for 1,000 devices x 20 statistics
+                  (PSI, JS, KS, Wasserstein on 12-bin histograms), vectorised, and per device.
+
+Usage: python bench/telemetry.py [--only ingest_direct,drift] [--devices 1000] [--windows 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "telemetry.json"
+TUNED_CONF = ROOT / "collector" / "edgedl" / "collector" / "mosquitto.conf"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+Row = dict[str, Any]
+
+
+def machine() -> dict[str, object]:
+    """CPU, cores, Python: where the figures were taken."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------- simulated fleet
+
+
+def reference_manifest() -> Any:
+    """A digits-like manifest: 8x8 images, 10 classes, a 10-bin reference profile."""
+    from edgedl.bundle import Manifest, TensorSpec
+    from edgedl.profile import Profile
+
+    inputs, outputs = _batch(np.random.default_rng(0), 2000)
+    return Manifest(
+        name="digits", version="1", target="tflite-int8", runtime="litert",
+        model_file="model.tflite", sha256="5e" * 32, size_bytes=1,
+        inputs=[TensorSpec(name="image", shape=[-1, 8, 8, 1], dtype="float32")],
+        outputs=[TensorSpec(name="probs", shape=[-1, 10], dtype="float32")],
+        profile=Profile.from_reference(inputs, outputs, bins=10).to_dict(),
+    )  # fmt: skip
+
+
+def _batch(rng: np.random.Generator, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    z = rng.normal(0, 2, (n, 10))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return {"image": rng.random((n, 8, 8, 1))}, {"probs": e / e.sum(axis=1, keepdims=True)}
+
+
+def fleet_payloads(devices: int, windows: int, fleet: str = "bench") -> list[tuple[str, bytes]]:
+    """Encoded windows (zstd) of ``devices`` devices, ``windows`` each, 100 inferences a window.
+
+    A handful of distinct windows is built and re-addressed, so building 20,000 stays fast;
+    every (device, seq) is distinct.
+    """
+    from edgedl.telemetry import (
+        TelemetryWindow,
+        batch_size_histogram,
+        encode_window,
+        latency_histogram,
+        telemetry_topic,
+    )  # fmt: skip
+
+    manifest = reference_manifest()
+    ref = manifest.reference_profile()
+    rng = np.random.default_rng(1)
+    templates = []
+    for _ in range(8):
+        live = ref.empty_like()
+        live.observe(*_batch(rng, 100))
+        lat, bs = latency_histogram(), batch_size_histogram()
+        lat.add(rng.gamma(4, 0.5, 100))
+        bs.add(np.ones(100))
+        templates.append((live.to_dict(), lat.to_dict(), bs.to_dict()))
+    out = []
+    now = time.time()
+    for seq in range(windows):
+        for d in range(devices):
+            profile, lat, bs = templates[(seq + d) % len(templates)]
+            w = TelemetryWindow(
+                fleet=fleet, device=f"dev-{d:04d}", seq=seq, window_start=now - 60 + seq,
+                window_end=now + seq, agent_version="bench",
+                models=[{"name": "digits", "version": "1", "sha256": "5e" * 32,
+                         "counts": {"requests": 100, "inferences": 100},
+                         "latency_ms": lat, "batch_size": bs, "profile": profile}],
+                system={"cpu_percent": 3.0, "memory_rss_bytes": 40_000_000, "memory_percent": 1.0},
+            )  # fmt: skip
+            out.append((telemetry_topic(fleet, w.device), encode_window(w)[0]))
+    return out
+
+
+# ---------------------------------------------------------------- databases
+
+
+def _pg_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def databases(work: Path) -> list[tuple[str, str, Callable[[], None]]]:
+    """``(label, url, cleanup)`` for SQLite and, when it answers, a fresh PostgreSQL database."""
+    out: list[tuple[str, str, Callable[[], None]]] = []
+    out.append(
+        ("SQLite (WAL)", f"sqlite:///{work / f'bench-{uuid.uuid4().hex[:6]}.db'}", lambda: None)
+    )
+    if _pg_available():
+        import psycopg
+
+        name = f"edgedl_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+        def drop(name: str = name) -> None:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        out.append(("PostgreSQL", PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", drop))
+    else:
+        print("PostgreSQL does not answer on 127.0.0.1:5432: skipped")
+    return out
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def measure_ingest_direct(args: argparse.Namespace) -> list[Row]:
+    """Windows/s through Ingestor.ingest in batches of 500, no broker."""
+    from edgedl.collector.ingest import Ingestor, Message
+    from edgedl.collector.store import Store
+
+    payloads = fleet_payloads(args.devices, args.windows)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, url, cleanup in databases(Path(tmp)):
+            store = Store(url)
+            ingestor = Ingestor(store)
+            messages = [Message(t, p, time.time()) for t, p in payloads]
+            started = time.perf_counter()
+            stored = 0
+            for i in range(0, len(messages), 500):
+                stored += len(ingestor.ingest(messages[i : i + 500]).stored)
+            elapsed = time.perf_counter() - started
+            assert stored == len(payloads) == store.count_windows()
+            store.close()
+            cleanup()
+            rows.append({"storage": label, "path": "Ingestor.ingest (no broker)", "devices": args.devices,
+                         "windows": stored, "seconds": round(elapsed, 2),
+                         "windows_per_s": round(stored / elapsed)})  # fmt: skip
+    return rows
+
+
+def _publisher(host: str, port: int, payloads: list[tuple[str, bytes]], ready: Any) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(host, port)
+    client.loop_start()
+    ready.wait()
+    infos = [client.publish(t, p, qos=1) for t, p in payloads]
+    for info in infos:
+        info.wait_for_publish(120)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        TUNED_CONF.read_text()
+        + f"\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    )
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def measure_ingest_mqtt(args: argparse.Namespace) -> list[Row]:
+    """Windows/s end to end through a tuned Mosquitto into an in-process Collector."""
+    from edgedl.collector.config import load_config
+    from edgedl.collector.service import Collector
+
+    payloads = fleet_payloads(args.devices, args.windows)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, port = _start_broker(Path(tmp))
+        try:
+            for label, url, cleanup in databases(Path(tmp)):
+                manifest = Path(tmp) / "manifest.json"
+                manifest.write_text(reference_manifest().model_dump_json())
+                config = load_config(None, env={}, overrides={
+                    "mqtt.url": f"mqtt://127.0.0.1:{port}", "mqtt.group": f"b{uuid.uuid4().hex[:6]}",
+                    "mqtt.client_id": f"bench-{uuid.uuid4().hex[:6]}", "storage.url": url,
+                    "http.port": 0, "references": [str(manifest)],
+                })  # fmt: skip
+                collector = Collector(config).start()
+                assert collector.mqtt is not None and collector.mqtt.subscribed.wait(10)
+                ready = multiprocessing.Event()
+                pub = multiprocessing.Process(
+                    target=_publisher, args=("127.0.0.1", port, payloads, ready)
+                )
+                pub.start()
+                time.sleep(0.5)
+                started = time.perf_counter()
+                ready.set()
+                total = len(payloads)
+                deadline = time.monotonic() + 300
+                while collector.store.count_windows() < total and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                elapsed = time.perf_counter() - started
+                stored = collector.store.count_windows()
+                pub.join(60)
+                collector.stop()
+                cleanup()
+                rows.append({"storage": label, "path": "MQTT QoS 1 via tuned Mosquitto, drift on",
+                             "devices": args.devices, "windows": stored, "seconds": round(elapsed, 2),
+                             "windows_per_s": round(stored / elapsed)})  # fmt: skip
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    return rows
+
+
+def measure_drift(args: argparse.Namespace) -> list[Row]:
+    """Every drift figure for 1,000 devices x 20 statistics: vectorised and one device at a time."""
+    from edgedl.collector import drift
+
+    rng = np.random.default_rng(2)
+    devices, stats, bins = args.devices, 20, 12
+    ref = rng.integers(50, 500, (stats, bins)).astype(float)
+    positions = np.tile(np.arange(bins, dtype=float), (stats, 1))
+    std = rng.random(stats) + 0.5
+    mask = np.ones((stats, bins), dtype=bool)
+    cur = rng.integers(0, 300, (devices, stats, bins)).astype(float)
+
+    def all_figures(
+        r: np.ndarray, c: np.ndarray, p: np.ndarray, s: np.ndarray, m: np.ndarray
+    ) -> None:
+        drift.psi(r, c, m)
+        drift.js_distance(r, c)
+        drift.ks_binned(r, c)
+        drift.wasserstein_binned(r, c, p, s)
+
+    started = time.perf_counter()
+    all_figures(
+        np.broadcast_to(ref, cur.shape), cur, np.broadcast_to(positions, cur.shape),
+        np.broadcast_to(std, (devices, stats)), np.broadcast_to(mask, cur.shape),
+    )  # fmt: skip
+    vectorised = time.perf_counter() - started
+    started = time.perf_counter()
+    for d in range(devices):
+        all_figures(ref, cur[d], positions, std, mask)
+    per_device = time.perf_counter() - started
+    figures = devices * stats * 4
+    return [
+        {"how": "all devices in one call", "devices": devices, "statistics": stats, "figures": figures,
+         "seconds": round(vectorised, 4), "us_per_statistic": round(vectorised / (devices * stats) * 1e6, 2)},
+        {"how": "one call per device (as the monitor does)", "devices": devices, "statistics": stats,
+         "figures": figures, "seconds": round(per_device, 4),
+         "us_per_statistic": round(per_device / (devices * stats) * 1e6, 2)},
+    ]  # fmt: skip
+
+
+MEASUREMENTS: dict[str, tuple[str, Callable[[argparse.Namespace], list[Row]]]] = {
+    "ingest_direct": ("Collector ingest, straight into storage", measure_ingest_direct),
+    "ingest_mqtt": ("Collector ingest through the broker", measure_ingest_mqtt),
+    "drift": ("Drift computation, 20 statistics per device", measure_drift),
+}
+
+
+def markdown(rows: list[Row]) -> str:
+    """A markdown table of rows that share their keys."""
+    if not rows:
+        return "(nothing measured)"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the asked measurements, print their tables, merge them into the JSON results."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default=",".join(MEASUREMENTS), help="comma-separated measurements"
+    )
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--windows", type=int, default=20, help="windows per device")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    chosen = [m.strip() for m in args.only.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MEASUREMENTS]
+    if unknown:
+        parser.error(f"unknown measurement(s) {unknown}; known: {', '.join(MEASUREMENTS)}")
+    results: dict[str, Any] = {}
+    if args.out.exists():
+        results = json.loads(args.out.read_text())
+    results.setdefault("measurements", {})
+    for name in chosen:
+        title, fn = MEASUREMENTS[name]
+        rows = fn(args)
+        print(f"\n### {title} ({name})\n\n{markdown(rows)}")
+        results["measurements"][name] = {
+            "title": title,
+            "rows": rows,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    results["machine"] = machine()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
