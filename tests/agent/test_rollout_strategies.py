@@ -366,6 +366,7 @@ def test_refused_deployments_leave_the_current_version_serving(
     with pytest.raises(EdgeDLError, match=r"ONNX Runtime cannot load|cannot be loaded"):
         device.rollouts.deploy(garbage)
     assert device.last_event()["action"] == "refused"
+    assert not device.rollouts.store.has("digits", "4"), "a version that never served is not kept"
 
     other_inputs = as_version(
         make_onnx_bundle(tmp_path, "digits", [_identity()], [], "n"), tmp_path / "o", "5"

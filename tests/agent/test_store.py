@@ -181,3 +181,17 @@ def test_decisions_survive_in_the_state_file(bundle: Path, tmp_path: Path) -> No
     assert state["history"][-1]["action"] == "promoted"
     assert state["history"][-1]["reason"] == "probation passed"
     assert state["rollout"] == {"strategy": "canary", "candidate": "2"}
+
+
+def test_discard_removes_a_version_that_never_served_but_never_the_active_one(
+    bundle: Path, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    for v in ("1", "2"):
+        store.add(copy_as_version(bundle, tmp_path, v))
+    store.activate("digits", "1")
+    with pytest.raises(BundleError, match="active or previous"):
+        store.discard("digits", "1")
+    store.discard("digits", "2")
+    assert not store.has("digits", "2")
+    assert [v.version for v in store.versions("digits")] == ["1"]

@@ -3,8 +3,10 @@
 :class:`Rollouts` joins the :class:`~edgedl.agent.rollout.store.ModelStore` (what is on disk,
 which version is active, every decision) and the agent's
 :class:`~edgedl.agent.repository.ModelRepository` (what is loaded and who answers requests).
-It is a component of the agent (``start()``/``stop()``): its one thread records verdicts,
-releases versions no longer needed, and ends time-bound probations when no request comes.
+It is a component of the agent (``start()``/``stop()``). A verdict is recorded by whichever
+thread reaches it, at once; the component's one thread then releases the version no longer
+needed (once its queue drains), prunes the store, and ends time-bound probations when no
+request comes.
 
 The store's ``current`` pointer moves only when a version is promoted (or rolled back to):
 during a rollout it still names the version that was serving before, so an agent restarted
@@ -77,7 +79,7 @@ class Rollouts:
             self._thread.start()
 
     def stop(self) -> None:
-        """Finish recording pending decisions and stop the thread (the models stop with the agent)."""
+        """Finish pending releases and stop the thread (the models stop with the agent)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(None)
@@ -92,9 +94,15 @@ class Rollouts:
         """Adopt configured models into the store and serve each model's active version."""
         with self._lock:
             for served in self.repository.models():
-                adopt(self.store, served)
+                try:
+                    adopt(self.store, served)
+                except (OSError, EdgeDLError):  # serve it anyway; the store is best effort here
+                    log.exception("cannot keep %s %s in the store", served.name, served.version)
             for name in self.store.models():
-                serve_active_version(self, name)
+                try:
+                    serve_active_version(self, name)
+                except (OSError, EdgeDLError):
+                    log.exception("cannot restore the active version of %s", name)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -130,10 +138,14 @@ class Rollouts:
             if live is not None:
                 check_compatible(live.manifest, source.manifest)
             self._loading.add(name)
+        arrived = False
         try:
+            arrived = version not in {v.version for v in self.store.versions(name)}
             self.store.add(source)
             candidate = self.load_version(name, version, activate=live is None, like=live)
         except EdgeDLError as exc:
+            if arrived and self.store.has(name, version):  # never served: do not keep it
+                self.store.discard(name, version)
             self.store.record(name, "refused", version=version, reason=str(exc))
             raise
         finally:

@@ -152,6 +152,10 @@ class ModelStore:
         ]
         return sorted(found, key=lambda v: (v.added_at, v.version))
 
+    def has(self, model: str, version: str) -> bool:
+        """Whether ``version`` of ``model`` is in the store."""
+        return (self._model_dir(model) / version / MANIFEST_FILE).is_file()
+
     def get(self, model: str, version: str) -> StoredVersion:
         """One stored version; :class:`BundleError` when it is not in the store."""
         path = self._model_dir(model) / version
@@ -197,6 +201,16 @@ class ModelStore:
             self._set_pointer(model, PREVIOUS, old)
         return prev
 
+    def discard(self, model: str, version: str) -> None:
+        """Delete one version that never served (one that failed to load); not the active one."""
+        if version in (self.current(model), self.previous(model)):
+            raise BundleError(f"version {version} of {model} is active or previous: not discarded")
+        self._remove(self.get(model, version))
+        with self._state_lock:
+            state = self.read_state(model)
+            state.get("added", {}).pop(version, None)
+            self.write_state(model, state)
+
     def prune(self, model: str, protect: tuple[str, ...] = ()) -> list[str]:
         """Delete the oldest versions past ``keep``; never the active, previous or ``protect``.
 
@@ -208,10 +222,7 @@ class ModelStore:
         excess = len(stored) - self.keep
         removed: list[str] = []
         for v in removable[: max(excess, 0)]:
-            # Rename first so a half-deleted directory never looks like a version.
-            doomed = v.path.with_name(f".removing-{v.version}-{os.getpid()}")
-            v.path.rename(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            self._remove(v)
             removed.append(v.version)
         if removed:
             with self._state_lock:
@@ -262,6 +273,13 @@ class ModelStore:
         if not model or "/" in model or model.startswith(".") or model in (CURRENT, PREVIOUS):
             raise BundleError(f"invalid model name {model!r}")
         return self.root / model
+
+    @staticmethod
+    def _remove(stored: StoredVersion) -> None:
+        # Rename first so a half-deleted directory never looks like a version.
+        doomed = stored.path.with_name(f".removing-{stored.version}-{os.getpid()}")
+        stored.path.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     @staticmethod
     def _version_dirs(model_dir: Path) -> list[Path]:
