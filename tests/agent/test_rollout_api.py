@@ -263,3 +263,13 @@ def test_a_restarted_agent_serves_the_version_it_promoted(
     shown = status(second)
     assert (shown["serving"], shown["current"], shown["previous"]) == ("2", "2", "1")
     assert [e["action"] for e in shown["history"]][-2:] == ["started", "promoted"]
+
+
+def test_the_commands_find_the_agent_and_token_in_its_agent_toml(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    device_toml = tmp_path / "device.toml"  # what the device's own agent.toml would say
+    device_toml.write_text(f'[server]\nport = {agent.port}\nadmin_token = "{TOKEN}"\n')
+    shown = run_edgedl("agent", "status", "--config", device_toml, "--json")
+    assert shown.code == 0, shown.stderr
+    assert json.loads(shown.stdout)["models"]["digits"]["serving"] == "1"
