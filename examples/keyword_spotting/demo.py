@@ -139,7 +139,9 @@ def main() -> None:
     truth = json.loads((out / "test_stream.json").read_text())
     engines = list(VAD_ENGINES) if args.vad == "all" else [args.vad]
     results = [evaluate(config_path, out / "test_stream.wav", truth, vad) for vad in engines]
-    print("\n| VAD | precision | recall | detections | keywords | audio kept | silence dropped |")
+    print(
+        "\n| VAD | precision | recall | detections | keywords | audio kept | far from words dropped |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['vad']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['detections']} "

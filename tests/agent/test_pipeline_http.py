@@ -85,3 +85,13 @@ def test_bad_requests_get_a_4xx_and_the_pipeline_keeps_working(words, config, ag
         events += client.post("/v2/pipelines/loud/stream?end=true").json()["events"]
         assert len([e for e in events if e["label"] == "speech"]) >= len(words.speech)
         assert client.get("/v2/health/live").status_code == 200
+
+
+def test_the_agent_refuses_to_start_with_a_pipeline_it_cannot_build(tmp_path, agent_process):
+    config = tmp_path / "agent.toml"
+    config.write_text(pipeline_toml(tmp_path / "no-such-bundle"))
+    agent = agent_process("--config", config, wait=False)
+    assert agent.proc.wait(60) == 1
+    lines = [ln for ln in agent.output.splitlines() if ln.strip()]
+    assert "pipeline 'loud', stage 'model': bundle not found" in lines[-1]
+    assert "Traceback" not in agent.output

@@ -40,8 +40,11 @@ def test_each_engine_keeps_the_speech_and_drops_the_silence(utterance, engine):
     silence[: RATE * 3 // 2] = silence[-RATE * 3 // 2 :] = True  # the quiet room at both ends
     assert kept[speech].mean() > 0.98
     assert 1 - kept[silence].mean() > 0.75
-    # One stretch of speech, and the stage's own counters agree with what came out.
-    assert stage.segments == 1
+    # The utterance is kept in one piece (the energy engine may also keep the start of the
+    # noise, until its floor catches up), and the stage's own counters agree.
+    (start, end) = utterance.speech[0]
+    assert kept[start:end].all()
+    assert 1 <= stage.segments <= 2
     assert stage.stats.passed == kept.sum()
     assert stage.extra_stats()["kept_share"] == pytest.approx(kept.mean(), abs=1e-3)
 

@@ -55,7 +55,7 @@ class EnergyVadConfig(_Vad):
     frame_ms: float = Field(20, gt=0, le=100)
     threshold_db: float = Field(6, ge=0, description="How far above the noise floor is speech.")
     floor_window_s: float = Field(
-        3, gt=0, description="The floor is the quietest frame of this many seconds."
+        1, gt=0, description="The floor is the quietest frame of this many seconds."
     )
     min_floor_db: float = Field(-60, description="Floor for the floor: digital silence is not 0.")
 

@@ -23,7 +23,7 @@ class EnergyEngine:
         sample_rate: int,
         frame_ms: float = 20,
         threshold_db: float = 6,
-        floor_window_s: float = 3,
+        floor_window_s: float = 1,
         min_floor_db: float = -60,
     ) -> None:
         self.frame_size = max(1, round(sample_rate * frame_ms / 1000))
