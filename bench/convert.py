@@ -71,9 +71,18 @@ def mobilenet_sources(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path, P
     model = keras.applications.MobileNetV2(
         weights=None, input_shape=(224, 224, 3), classifier_activation=None
     )
+    calibration = crops(n_cal)
+    # Freshly initialised, the network's activations shrink layer by layer: its logits are
+    # about 1e-11, below anything int8 can represent, and every int8 artifact outputs zeros.
+    # Setting each BatchNorm's moving statistics from one batch of the photographs (momentum
+    # 0, one forward pass in training mode) gives the activations a trained network's scale.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(calibration[:32], training=True)
     path = work / "mobilenetv2.keras"
     model.save(path)
-    np.savez(work / "mnv2_cal.npz", x=crops(n_cal))
+    np.savez(work / "mnv2_cal.npz", x=calibration)
     np.savez(work / "mnv2_val.npz", x=crops(n_val))
     return path, work / "mnv2_cal.npz", work / "mnv2_val.npz"
 
