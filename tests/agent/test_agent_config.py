@@ -113,3 +113,12 @@ def test_the_cli_reports_a_missing_bundle_in_one_line(tmp_path: Path) -> None:
     assert result.code != 0
     assert "bundle not found" in result.last_error_line
     assert "Traceback" not in result.stderr
+
+
+def test_the_docs_describe_every_server_and_model_key() -> None:
+    from edgedl.agent.config import ModelConfig, ServerConfig
+
+    docs = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
+    for model in (ServerConfig, ModelConfig):
+        for key in model.model_fields:
+            assert f"| `{key}` |" in docs, f"docs/agent.md does not describe {key}"

@@ -233,3 +233,47 @@ def test_queue_depth_is_reported() -> None:
         batcher.stop()
     assert depths[:3] == [1, 2, 3]
     assert depths[-1] == 0
+
+
+def test_a_blocking_caller_runs_in_its_own_thread_when_the_model_is_idle() -> None:
+    threads: list[str] = []
+
+    def run(worker: int, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"] + 1}
+
+    batcher = Batcher(run, max_batch_size=4)
+    batcher.start()
+    try:
+        future = batcher.call(one(1), 1, far())
+        assert future.done()
+        np.testing.assert_array_equal(future.result()["y"], np.full((1, 3), 2.0))
+    finally:
+        batcher.stop()
+    assert threads == [threading.current_thread().name]
+
+
+def test_blocking_callers_queue_while_the_model_is_busy_and_all_get_their_answer() -> None:
+    model = Doubler()
+    batcher = Batcher(model, max_batch_size=8, workers=2)
+    batcher.start()
+    results: dict[int, float] = {}
+
+    def caller(i: int) -> None:
+        for j in range(20):
+            value = i * 100 + j
+            results[value] = float(batcher.call(one(value), 1, far()).result(10)["y"][0, 0])
+
+    try:
+        callers = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(30)
+    finally:
+        batcher.stop()
+    assert len(results) == 160
+    assert all(v == 2 * k for k, v in results.items())
+    assert sum(model.batches) == 160
+    with pytest.raises(ShuttingDown):
+        batcher.call(one(1), 1, far())

@@ -208,7 +208,7 @@ def test_metrics_count_requests_latency_batches_system_and_live_profile(
     digits_bundle: Any,
 ) -> None:
     model = ModelConfig(path=str(digits_bundle("tflite-int8")), latency_threshold_ms=0.001)
-    with serve_in_process(agent_config(model)) as agent:
+    with serve_in_process(agent_config(model, profile_max_cpu=1.0)) as agent:
         x = digit_images(10)
         with agent.client() as client:
             for i in range(10):
@@ -247,6 +247,21 @@ def test_metrics_count_requests_latency_batches_system_and_live_profile(
         mean = profile.histograms["input/pixels/mean"]
         assert mean.count == 10
         np.testing.assert_array_equal(mean.edges, reference.histograms["input/pixels/mean"].edges)
+
+
+def test_the_live_profile_keeps_to_its_cpu_budget_by_sampling(digits_bundle: Any) -> None:
+    model = ModelConfig(path=str(digits_bundle("tflite-int8")))
+    with serve_in_process(agent_config(model, profile_max_cpu=0.0001)) as agent:
+        x = digit_images(20)
+        with agent.client() as client:
+            for i in range(20):
+                client.infer("digits", x[i : i + 1])
+        agent.runtime.metrics.profiles.flush()
+        text = httpx.get(f"{agent.url}/metrics").text
+    binned = metric(text, "edgedl_profile_samples_total", model="digits")
+    skipped = metric(text, "edgedl_profile_skipped_batches_total", reason="cpu_budget")
+    assert 1 <= binned < 20
+    assert binned + skipped == 20
 
 
 def test_a_model_with_a_fixed_batch_of_one_still_serves_concurrent_requests(

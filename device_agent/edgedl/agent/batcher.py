@@ -106,6 +106,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self._busy: set[int] = set()  # worker slots running a batch (or lent to a caller)
 
     @property
     def depth(self) -> int:
@@ -162,23 +163,61 @@ class Batcher:
             self._queue.append(_Request(inputs, size, time.monotonic(), deadline, future))
             self._queued_samples += size
             depth = len(self._queue)
-            self._cond.notify()
+            if self._busy:  # a waiting worker may be one whose slot is taken: wake them all
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
         if self._on_queue_depth is not None:
             self._on_queue_depth(depth)
         return future
 
+    def call(self, inputs: Tensors, size: int, deadline: float) -> Future[Tensors]:
+        """Like :meth:`submit`, for a caller that will block on the result anyway.
+
+        When nothing is queued and a worker slot is idle, the request runs at once in the
+        caller's thread with that slot's interpreter: no hand-off to a worker thread, whose
+        wake-up costs tens of microseconds (milliseconds on a loaded machine). Otherwise it
+        is queued like any other. The returned future is done when it ran inline.
+        """
+        slot = None
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the agent is shutting down and takes no new requests")
+            if not self._queue and self._threads:
+                slot = next((i for i in range(self.workers) if i not in self._busy), None)
+                if slot is not None:
+                    self._busy.add(slot)
+        if slot is None:
+            return self.submit(inputs, size, deadline)
+        future: Future[Tensors] = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(dict(self._run_batch(slot, inputs)))
+        except Exception as exc:
+            future.set_exception(exc)
+        finally:
+            with self._cond:
+                self._busy.discard(slot)
+                if self._queue:
+                    self._cond.notify_all()
+        return future
+
     def _work(self, worker: int) -> None:
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(worker)
             if batch is None:
                 return
-            self._run(worker, batch)
+            try:
+                self._run(worker, batch)
+            finally:
+                with self._cond:
+                    self._busy.discard(worker)
 
-    def _next_batch(self) -> list[_Request] | None:
+    def _next_batch(self, worker: int) -> list[_Request] | None:
         with self._cond:
             while True:
-                while not self._queue:
-                    if self._stopping:
+                while not self._queue or worker in self._busy:
+                    if self._stopping and not self._queue:
                         return None
                     self._cond.wait()
                 if self.max_queue_delay_s > 0 and self.max_batch_size > 1:
@@ -188,7 +227,7 @@ class Batcher:
                         if remaining <= 0:
                             break
                         self._cond.wait(remaining)
-                    if not self._queue:  # another worker took them meanwhile
+                    if not self._queue or worker in self._busy:  # taken meanwhile
                         continue
                 batch: list[_Request] = []
                 total = 0
@@ -202,6 +241,7 @@ class Batcher:
                     total += head.size
                     if total >= self.max_batch_size:
                         break
+                self._busy.add(worker)
                 depth = len(self._queue)
                 if self._queue:
                     self._cond.notify()  # let an idle worker take the rest

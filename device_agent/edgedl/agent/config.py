@@ -52,6 +52,7 @@ class ServerConfig(BaseModel):
     admin_token: str | None = None
     admin_token_file: str | None = None
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    profile_max_cpu: float = Field(default=0.05, gt=0, le=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
 

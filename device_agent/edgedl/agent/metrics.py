@@ -17,9 +17,10 @@
   edges (``reference.empty_like()``), exported as ``edgedl_profile_samples_total``,
   ``edgedl_predicted_class_total{output,label}`` and ``edgedl_input_nonfinite_values_total``.
   Binning a batch costs about a millisecond for a 224x224x3 image, so it runs on a
-  background thread (:class:`ProfileRecorder`) and never on the request path; batches it
-  cannot keep up with are dropped from the profile and counted
-  (``edgedl_profile_dropped_batches_total``). :meth:`AgentMetrics.profile` returns a copy.
+  background thread (:class:`ProfileRecorder`), never on the request path, and within a CPU
+  budget (``server.profile_max_cpu`` of one core); the batches it leaves out are counted
+  (``edgedl_profile_skipped_batches_total{reason}``). :meth:`AgentMetrics.profile` returns
+  a copy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -77,16 +79,26 @@ class _ModelSeries:
 
 
 class ProfileRecorder:
-    """Bins batches into live profiles on its own thread (a bounded queue; drops are counted)."""
+    """Bins batches into live profiles on its own thread, within a CPU budget.
 
-    def __init__(self, repository: ModelRepository, queue_size: int = 64) -> None:
+    Binning may use at most ``max_cpu`` of one core: after a batch took ``t`` seconds to bin,
+    batches arriving in the next ``t / max_cpu`` seconds are skipped (a sample of the
+    traffic, which keeps the histograms' shares unbiased), and so are batches that find the
+    queue full. Both are counted in :attr:`skipped`.
+    """
+
+    def __init__(
+        self, repository: ModelRepository, max_cpu: float = 0.05, queue_size: int = 64
+    ) -> None:
         self._repository = repository
+        self.max_cpu = max_cpu
+        self._next_at = 0.0
         self._queue: queue.Queue[tuple[str, str, Mapping[str, Array], Mapping[str, Array]] | None]
         self._queue = queue.Queue(maxsize=queue_size)
         self._profiles: dict[tuple[str, str], Profile | None] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.dropped = 0
+        self.skipped = {"cpu_budget": 0, "queue_full": 0}
 
     def start(self) -> None:
         """Start the background thread."""
@@ -105,10 +117,13 @@ class ProfileRecorder:
         self, model: str, version: str, inputs: Mapping[str, Array], outputs: Mapping[str, Array]
     ) -> None:
         """Queue one batch for binning (never blocks)."""
+        if self._next_at and time.monotonic() < self._next_at:
+            self.skipped["cpu_budget"] += 1
+            return
         try:
             self._queue.put_nowait((model, version, inputs, outputs))
         except queue.Full:
-            self.dropped += 1
+            self.skipped["queue_full"] += 1
 
     def flush(self) -> None:
         """Wait until every queued batch is binned (for tests and shutdown)."""
@@ -137,12 +152,16 @@ class ProfileRecorder:
                     return
                 model, version, inputs, outputs = item
                 key = (model, version)
+                started = time.monotonic()
                 with self._lock:
                     if key not in self._profiles:
                         self._profiles[key] = self._start_profile(model, version)
                     live = self._profiles[key]
                     if live is not None:
                         live.observe(inputs, outputs)
+                if self.max_cpu < 1.0:
+                    took = time.monotonic() - started
+                    self._next_at = started + took / self.max_cpu
             except Exception:
                 log.exception("could not bin a batch into the live profile")
             finally:
@@ -159,12 +178,17 @@ class ProfileRecorder:
 class AgentMetrics:
     """The Prometheus side of the agent: an observer plus scrape-time collectors."""
 
-    def __init__(self, repository: ModelRepository, default_threshold_ms: float = 100.0) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        default_threshold_ms: float = 100.0,
+        profile_max_cpu: float = 0.05,
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double the text on a device
         self.registry = CollectorRegistry()
         self.repository = repository
         self.default_threshold_s = default_threshold_ms / 1000.0
-        self.profiles = ProfileRecorder(repository)
+        self.profiles = ProfileRecorder(repository, max_cpu=profile_max_cpu)
         labels = ("model", "version")
         reg = self.registry
         self._requests = Counter("edgedl_requests", "Requests answered.", labels, registry=reg)
@@ -358,9 +382,12 @@ class _ScrapeCollector(Collector):
             labels=["model", "version"],
         )
         dropped = CounterMetricFamily(
-            "edgedl_profile_dropped_batches", "Batches the live profile could not keep up with."
+            "edgedl_profile_skipped_batches",
+            "Batches left out of the live profile (its CPU budget, or its queue full).",
+            labels=["reason"],
         )
-        dropped.add_metric([], float(m.profiles.dropped))
+        for reason, count in m.profiles.skipped.items():
+            dropped.add_metric([reason], float(count))
         labels_of = {(s.name, s.version): s.manifest.labels for s in m.repository.models()}
         for served in m.repository.models():
             nonfinite.add_metric([served.name, served.version], float(served.nonfinite_values))

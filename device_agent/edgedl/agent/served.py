@@ -295,11 +295,16 @@ class ServedModel:
         obs.on_request(self.name, self.version, latency, False)
 
     def infer(self, inputs: Mapping[str, Array], timeout_s: float | None = None) -> Tensors:
-        """Run one request in process, through the batcher, and record it like an API call."""
+        """Run one request in process and record it like an API call.
+
+        It runs in the caller's thread when the model is idle (see
+        :meth:`~edgedl.agent.batcher.Batcher.call`), through the queue otherwise.
+        """
         started = time.perf_counter()
         wait = timeout_s if timeout_s is not None else self._timeout_s
         try:
-            future = self.submit(inputs, wait)
+            checked, size = self.validate(inputs)
+            future = self._batcher.call(checked, size, time.monotonic() + wait)
             try:
                 outputs = future.result(timeout=wait)
             except (FutureTimeout, CancelledError) as exc:
@@ -325,7 +330,11 @@ class ServedModel:
     def _run_batch(self, worker: int, inputs: Tensors) -> Tensors:
         started = time.perf_counter()
         try:
-            outputs = self._runners[worker].run(inputs)
+            # Runner.run without its input checks: validate() already did them.
+            raw = self._runners[worker].run_raw(
+                {s.name: runtime.quantize(inputs[s.name], s) for s in self.manifest.inputs}
+            )
+            outputs = {s.name: runtime.dequantize(raw[s.name], s) for s in self.manifest.outputs}
         except Exception as exc:
             log.warning("%s %s: inference failed: %s", self.name, self.version, exc)
             raise InferenceFailed(
@@ -335,7 +344,7 @@ class ServedModel:
         latency = time.perf_counter() - started
         size = next(iter(inputs.values())).shape[0]
         self.observers.on_batch(self.name, self.version, size, latency, inputs, outputs)
-        return dict(outputs)
+        return outputs
 
     def _queue_depth(self, depth: int) -> None:
         self.observers.on_queue_depth(self.name, depth)

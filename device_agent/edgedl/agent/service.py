@@ -50,7 +50,7 @@ class AgentRuntime:
         self.config = config
         self.repository = ModelRepository()
         self.observers = Observers()
-        self.metrics = AgentMetrics(self.repository)
+        self.metrics = AgentMetrics(self.repository, profile_max_cpu=config.server.profile_max_cpu)
         self.observers.add(self.metrics)
         self.in_flight = 0  # HTTP requests being answered (touched on the event loop only)
         self._draining = threading.Event()
