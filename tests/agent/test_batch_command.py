@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from tests.agent.serving_helpers import digit_images
-from tests.conftest import run_edgedl
+from tests.conftest import EDGEDL, run_edgedl
 
 from edgedl import runtime
 
@@ -77,3 +81,22 @@ def test_batch_reports_bad_input_in_one_line_and_writes_nothing(
     result = run_edgedl("agent", "batch", "--model", bundle, "--input", empty, "--output", out)
     assert result.code != 0
     assert "holds no .npy or .npz files" in result.last_error_line
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux script for a TTY")
+def test_batch_shows_progress_on_a_terminal_only(digits_bundle: Any, tmp_path: Path) -> None:
+    bundle = digits_bundle("tflite-int8")
+    np.save(tmp_path / "x.npy", digit_images(40))
+    out = tmp_path / "preds.jsonl"
+    command = shlex.join([EDGEDL, "agent", "batch", "--model", str(bundle), "--input",
+                          str(tmp_path / "x.npy"), "--output", str(out), "--batch-size", "8"])  # fmt: skip
+    on_tty = subprocess.run(
+        ["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=120
+    )
+    assert on_tty.returncode == 0
+    assert "predicting" in on_tty.stdout
+    assert "40/40" in on_tty.stdout
+    piped = run_edgedl("agent", "batch", "--model", bundle, "--input", tmp_path / "x.npy",
+                       "--output", out)  # fmt: skip
+    assert piped.code == 0
+    assert "predicting" not in piped.stderr
