@@ -16,6 +16,11 @@ Collector measurements (cloud side):
   drift           time to compute every drift figure for 1,000 devices x 20 statistics
                   (PSI, JS, KS, Wasserstein on 12-bin histograms), vectorised, and per device.
 
+Ingest rows give wall-clock windows/s and windows per CPU-second of the collector process
+(``time.process_time``: all its threads, not the broker's or the publisher's). The machine is
+shared; the second figure says what the collector's work costs whatever the load average
+(recorded too).
+
 Usage: python bench/telemetry.py [--only ingest_direct,drift] [--devices 1000] [--windows 20]
 """
 
@@ -57,6 +62,11 @@ def machine() -> dict[str, object]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def _load() -> float:
+    """The 1-minute load average: how busy the shared machine was."""
+    return round(os.getloadavg()[0], 1)
 
 
 # ---------------------------------------------------------------- simulated fleet
@@ -174,17 +184,18 @@ def measure_ingest_direct(args: argparse.Namespace) -> list[Row]:
             store = Store(url)
             ingestor = Ingestor(store)
             messages = [Message(t, p, time.time()) for t, p in payloads]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             stored = 0
             for i in range(0, len(messages), 500):
                 stored += len(ingestor.ingest(messages[i : i + 500]).stored)
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             assert stored == len(payloads) == store.count_windows()
             store.close()
             cleanup()
             rows.append({"storage": label, "path": "Ingestor.ingest (no broker)", "devices": args.devices,
                          "windows": stored, "seconds": round(elapsed, 2),
-                         "windows_per_s": round(stored / elapsed)})  # fmt: skip
+                         "windows_per_s": round(stored / elapsed), "cpu_s": round(cpu, 2),
+                         "windows_per_cpu_s": round(stored / cpu), "load_avg": _load()})  # fmt: skip
     return rows
 
 
@@ -257,20 +268,21 @@ def measure_ingest_mqtt(args: argparse.Namespace) -> list[Row]:
                 )
                 pub.start()
                 time.sleep(0.5)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 ready.set()
                 total = len(payloads)
                 deadline = time.monotonic() + 300
                 while collector.store.count_windows() < total and time.monotonic() < deadline:
                     time.sleep(0.05)
-                elapsed = time.perf_counter() - started
+                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
                 stored = collector.store.count_windows()
                 pub.join(60)
                 collector.stop()
                 cleanup()
                 rows.append({"storage": label, "path": "MQTT QoS 1 via tuned Mosquitto, drift on",
                              "devices": args.devices, "windows": stored, "seconds": round(elapsed, 2),
-                             "windows_per_s": round(stored / elapsed)})  # fmt: skip
+                             "windows_per_s": round(stored / elapsed), "cpu_s": round(cpu, 2),
+                             "windows_per_cpu_s": round(stored / cpu), "load_avg": _load()})  # fmt: skip
         finally:
             broker.terminate()
             broker.wait(10)

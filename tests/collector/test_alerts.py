@@ -287,3 +287,43 @@ def test_latency_against_the_devices_own_baseline(
     assert alert["value"] > 2.0
     latency = get_json(f"{collector.url}/api/v1/drift?device=slowing")[0]["latency"]
     assert latency["p95_ms"] > 2 * latency["baseline_p95_ms"]
+
+
+def test_errors_raise_an_errors_alert(
+    broker: Broker,
+    sqlite_url: str,
+    publisher: Publisher,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    collector = start_collector(collector_config(broker, sqlite_url))
+    for seq in range(5):
+        publisher.publish(*windows.payload("flaky", seq, errors=10))  # 10 of 50 requests fail
+    alert = wait_until(
+        lambda: [a for a in _alerts(collector, state="open") if a["kind"] == "errors"],
+        what="an errors alert",
+    )[0]
+    assert alert["metric"] == "error_rate" and alert["value"] == pytest.approx(0.2)
+
+
+def test_a_restarted_collector_picks_up_each_devices_sliding_window(
+    broker: Broker,
+    sqlite_url: str,
+    manifest_file: Path,
+    publisher: Publisher,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    config = collector_config(broker, sqlite_url, references=[str(manifest_file)])
+    first = start_collector(config)
+    for seq in range(6):
+        publisher.publish(*windows.payload("cam", seq))
+    wait_until(lambda: first.store.count_windows() == 6, what="6 windows")
+    first.stop()
+    second = start_collector(config)
+    publisher.publish(*windows.payload("cam", 6))
+    result = wait_until(
+        lambda: (r := get_json(f"{second.url}/api/v1/drift?device=cam")) and r[0],
+        what="cam evaluated after the restart",
+    )
+    assert result["samples"] == 7 * 50  # six windows from before the restart, one after
