@@ -37,5 +37,5 @@ def test_an_environment_error_names_the_variable() -> None:
 def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     conf = tmp_path / "collector.toml"
     conf.write_text("[drift]\npsi_alrt = 0.3\n")
-    with pytest.raises(ConfigError, match="drift.psi_alrt"):
+    with pytest.raises(ConfigError, match=r"drift\.psi_alrt"):
         load_config(conf, env={})
