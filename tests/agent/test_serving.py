@@ -76,6 +76,8 @@ def test_tritonclient_works_unchanged(
         result = client.infer("digits", [tensor], outputs=[wanted], request_id="r-1")
         np.testing.assert_allclose(result.as_numpy("output_0"), expected, rtol=0, atol=1e-6)
         assert result.get_response()["id"] == "r-1"
+        zipped = client.infer("digits", [tensor], request_compression_algorithm="gzip")
+        np.testing.assert_allclose(zipped.as_numpy("output_0"), expected, rtol=0, atol=1e-6)
         # Without requested outputs tritonclient asks for every output as binary data.
         default = client.infer("digits", [tensor], model_version="1")
         np.testing.assert_allclose(default.as_numpy("output_0"), expected, rtol=0, atol=1e-6)
@@ -152,6 +154,29 @@ def test_64_concurrent_clients_are_all_answered_in_batches(
         before, "edgedl_batch_size_bucket", le="1.0", **labels
     )
     assert singles < batches
+
+
+def test_several_instances_serve_concurrent_requests(digits_bundle: Any) -> None:
+    bundle = digits_bundle("tflite-int8")
+    model = ModelConfig(path=str(bundle), instances=2, threads=1, max_batch_size=4)
+    x = digit_images(24)
+    expected = runtime.load(bundle).run({"pixels": x})["output_0"]
+    with serve_in_process(agent_config(model)) as agent:
+        assert len(agent.runtime.repository.get("digits")._runners) == 2
+        outputs: dict[int, np.ndarray] = {}
+
+        def send(i: int) -> None:
+            with agent.client() as client:
+                outputs[i] = client.infer("digits", x[i : i + 1])["output_0"]
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert sorted(outputs) == list(range(24))
+    for i, out in outputs.items():
+        np.testing.assert_allclose(out, expected[i : i + 1], atol=1e-6)
 
 
 def test_a_full_queue_answers_429_at_once_and_nothing_else_breaks(digits_bundle: Any) -> None:

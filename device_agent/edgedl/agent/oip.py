@@ -93,6 +93,8 @@ def decode_request(
         doc = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON in the request: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("malformed JSON in the request: nested too deeply") from exc
     if not isinstance(doc, dict):
         raise BadRequest("the request must be a JSON object")
     raw_inputs = doc.get("inputs")
@@ -187,7 +189,7 @@ def _decode_tensor(
         raise BadRequest(f'input {name!r}: "data" must be a list of numbers')
     try:
         arr = np.array(data, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BadRequest(f"input {name!r}: data is not a list of {expected} numbers") from exc
     if arr.size != count:
         raise BadRequest(
