@@ -48,6 +48,14 @@ class ReferenceModel:
     samples: int = 0
 
     @property
+    def edge_lists(self) -> list[list[float]]:
+        """Each statistic's edges as a list (what a decoded window holds), for quick checks."""
+        return self._edge_lists
+
+    def __post_init__(self) -> None:
+        self._edge_lists = [list(e) for e in self.edges]
+
+    @property
     def width(self) -> int:
         """Columns of the count matrices."""
         return int(self.counts.shape[1]) if self.counts.ndim == 2 else 0

@@ -9,8 +9,6 @@ what it evicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -21,83 +19,130 @@ from .references import ReferenceModel
 LATENCY_BINS = len(LATENCY_EDGES_MS) + 1
 
 
-@dataclass
-class Contribution:
-    """Figures of one or more model windows on a reference's rows (summable)."""
+_REQUESTS, _ERRORS, _INFERENCES, _SAMPLES = range(LATENCY_BINS, LATENCY_BINS + 4)
 
-    counts: NDArray[np.float64]
-    sums: NDArray[np.float64]
-    ns: NDArray[np.float64]
-    classes: dict[str, NDArray[np.float64]] = field(default_factory=dict)
-    latency: NDArray[np.float64] = field(default_factory=lambda: np.zeros(LATENCY_BINS))
-    requests: int = 0
-    errors: int = 0
-    inferences: int = 0
-    samples: int = 0
-    seq: int = -1
+
+class Contribution:
+    """Figures of one or more model windows on a reference's rows (summable).
+
+    Packed in two arrays so that adding one contribution to another is a couple of NumPy
+    operations: ``table`` holds per statistic the bin counts, then the sum and the count of
+    the values; ``scalars`` holds the latency histogram, then requests, errors, inferences and
+    profile samples.
+    """
+
+    __slots__ = ("classes", "scalars", "seq", "table", "width")
+
+    def __init__(
+        self,
+        table: NDArray[np.float64],
+        scalars: NDArray[np.float64],
+        classes: dict[str, NDArray[np.float64]],
+        width: int,
+        seq: int = -1,
+    ) -> None:
+        self.table = table
+        self.scalars = scalars
+        self.classes = classes
+        self.width = width
+        self.seq = seq
 
     @classmethod
     def empty(cls, reference: ReferenceModel | None) -> Contribution:
         """Nothing counted, shaped for ``reference`` (or for latency only when None)."""
         rows = len(reference.stats) if reference else 0
         width = reference.width if reference else 0
-        return cls(
-            counts=np.zeros((rows, width)),
-            sums=np.zeros(rows),
-            ns=np.zeros(rows),
-            classes={k: np.zeros_like(v) for k, v in reference.class_counts.items()}
-            if reference
-            else {},
+        classes = (
+            {k: np.zeros_like(v) for k, v in reference.class_counts.items()} if reference else {}
         )
+        return cls(np.zeros((rows, width + 2)), np.zeros(LATENCY_BINS + 4), classes, width)
 
     @classmethod
     def from_window(
         cls, seq: int, model: ModelWindow, reference: ReferenceModel | None
     ) -> tuple[Contribution, int]:
         """A model window on ``reference``'s rows; also how many histograms did not fit."""
-        c = cls.empty(reference)
-        c.seq = seq
-        c.latency = np.asarray(model.latency_ms.counts, dtype=np.float64)
-        c.requests = model.counts.requests
-        c.errors = model.counts.errors
-        c.inferences = model.counts.inferences
-        mismatched = 0
+        counts = model.counts
         profile = model.profile
-        if reference is not None and profile is not None:
-            c.samples = profile.samples
-            for i, (stat, edges) in enumerate(zip(reference.stats, reference.edges, strict=True)):
-                hist = profile.histograms.get(stat)
-                if hist is None:
-                    continue
-                if tuple(hist.edges) != edges:
-                    mismatched += 1
-                    continue
-                c.counts[i, : len(hist.counts)] = hist.counts
-                c.sums[i] = hist.sum
-                c.ns[i] = hist.count
-            for key, ref_counts in reference.class_counts.items():
-                live = profile.class_counts.get(key)
-                if live is not None and len(live) == ref_counts.size:
-                    c.classes[key] = np.asarray(live, dtype=np.float64)
-                elif live is not None:
-                    mismatched += 1
-        return c, mismatched
+        samples = profile.samples if (profile is not None and reference is not None) else 0
+        scalars = np.array(
+            [*model.latency_ms.counts, counts.requests, counts.errors, counts.inferences, samples],
+            dtype=np.float64,
+        )
+        mismatched = 0
+        classes: dict[str, NDArray[np.float64]] = {}
+        if reference is None:
+            return cls(np.zeros((0, 2)), scalars, classes, 0, seq), 0
+        width = reference.width
+        rows: list[list[float]] = []
+        histograms = profile.histograms if profile is not None else {}
+        for stat, edges in zip(reference.stats, reference.edge_lists, strict=True):
+            hist = histograms.get(stat)
+            if hist is None or hist.edges != edges:
+                mismatched += hist is not None
+                rows.append([0.0] * (width + 2))
+                continue
+            rows.append([*hist.counts, *([0] * (width - len(hist.counts))), hist.sum, hist.count])
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), width + 2)
+        live_classes = profile.class_counts if profile is not None else {}
+        for key, ref_counts in reference.class_counts.items():
+            live = live_classes.get(key)
+            if live is not None and len(live) == ref_counts.size:
+                classes[key] = np.array(live, dtype=np.float64)
+            else:
+                mismatched += live is not None
+                classes[key] = np.zeros_like(ref_counts)
+        return cls(table, scalars, classes, width, seq), mismatched
 
     def add(self, other: Contribution, sign: float = 1.0) -> None:
         """Add (or with ``sign=-1`` subtract) another contribution in place."""
-        if other.counts.shape == self.counts.shape:
-            self.counts += sign * other.counts
-            self.sums += sign * other.sums
-            self.ns += sign * other.ns
+        if other.table.shape == self.table.shape:
+            self.table += sign * other.table
         for key, value in other.classes.items():
             mine = self.classes.get(key)
             if mine is not None and mine.shape == value.shape:
                 mine += sign * value
-        self.latency += sign * other.latency
-        self.requests += int(sign * other.requests)
-        self.errors += int(sign * other.errors)
-        self.inferences += int(sign * other.inferences)
-        self.samples += int(sign * other.samples)
+        self.scalars += sign * other.scalars
+
+    @property
+    def counts(self) -> NDArray[np.float64]:
+        """Bin counts, one row per reference statistic."""
+        return self.table[:, : self.width]
+
+    @property
+    def sums(self) -> NDArray[np.float64]:
+        """Sum of the values of each statistic."""
+        return self.table[:, self.width]
+
+    @property
+    def ns(self) -> NDArray[np.float64]:
+        """How many values of each statistic were counted."""
+        return self.table[:, self.width + 1]
+
+    @property
+    def latency(self) -> NDArray[np.float64]:
+        """The latency histogram's counts (on LATENCY_EDGES_MS)."""
+        return self.scalars[:LATENCY_BINS]
+
+    @property
+    def requests(self) -> int:
+        """Requests counted."""
+        return int(self.scalars[_REQUESTS])
+
+    @property
+    def errors(self) -> int:
+        """Errors counted."""
+        return int(self.scalars[_ERRORS])
+
+    @property
+    def inferences(self) -> int:
+        """Inferences counted."""
+        return int(self.scalars[_INFERENCES])
+
+    @property
+    def samples(self) -> int:
+        """Profile samples counted."""
+        return int(self.scalars[_SAMPLES])
 
 
 class SlidingWindow:
