@@ -16,6 +16,9 @@ Collector measurements (cloud side):
   drift           time to compute every drift figure for 1,000 devices x 20 statistics
                   (PSI, JS, KS, Wasserstein on 12-bin histograms), vectorised, and per device.
 
+Both ingest measurements tune the garbage collector as ``edgedl collector run`` does
+(``edgedl.collector.service.tune_gc``).
+
 Ingest rows give wall-clock windows/s and windows per CPU-second of the collector process
 (``time.process_time``: all its threads, not the broker's or the publisher's). The machine is
 shared; the second figure says what the collector's work costs whatever the load average
@@ -175,6 +178,7 @@ def databases(work: Path) -> list[tuple[str, str, Callable[[], None]]]:
 def measure_ingest_direct(args: argparse.Namespace) -> list[Row]:
     """Windows/s through Ingestor.ingest in batches of 500, no broker."""
     from edgedl.collector.ingest import Ingestor, Message
+    from edgedl.collector.service import tune_gc
     from edgedl.collector.store import Store
 
     payloads = fleet_payloads(args.devices, args.windows)
@@ -184,6 +188,7 @@ def measure_ingest_direct(args: argparse.Namespace) -> list[Row]:
             store = Store(url)
             ingestor = Ingestor(store)
             messages = [Message(t, p, time.time()) for t, p in payloads]
+            tune_gc()  # as `edgedl collector run` does
             started, cpu = time.perf_counter(), time.process_time()
             stored = 0
             for i in range(0, len(messages), 500):
@@ -243,50 +248,92 @@ def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def measure_ingest_mqtt(args: argparse.Namespace) -> list[Row]:
-    """Windows/s end to end through a tuned Mosquitto into an in-process Collector."""
+    """Windows/s end to end through a tuned Mosquitto into an in-process Collector.
+
+    Two ways: *live*, the publisher process sending while the collector ingests (both, and
+    the broker, share the two cores); *backlog*, everything published while the collector is
+    away (its persistent session queues it in the broker), then drained by the collector.
+    """
     from edgedl.collector.config import load_config
-    from edgedl.collector.service import Collector
+    from edgedl.collector.service import Collector, tune_gc
 
     payloads = fleet_payloads(args.devices, args.windows)
+    total = len(payloads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         broker, port = _start_broker(Path(tmp))
+        manifest = Path(tmp) / "manifest.json"
+        manifest.write_text(reference_manifest().model_dump_json())
         try:
             for label, url, cleanup in databases(Path(tmp)):
-                manifest = Path(tmp) / "manifest.json"
-                manifest.write_text(reference_manifest().model_dump_json())
-                config = load_config(None, env={}, overrides={
-                    "mqtt.url": f"mqtt://127.0.0.1:{port}", "mqtt.group": f"b{uuid.uuid4().hex[:6]}",
-                    "mqtt.client_id": f"bench-{uuid.uuid4().hex[:6]}", "storage.url": url,
-                    "http.port": 0, "references": [str(manifest)],
-                })  # fmt: skip
-                collector = Collector(config).start()
-                assert collector.mqtt is not None and collector.mqtt.subscribed.wait(10)
-                ready = multiprocessing.Event()
-                pub = multiprocessing.Process(
-                    target=_publisher, args=("127.0.0.1", port, payloads, ready)
-                )
-                pub.start()
-                time.sleep(0.5)
-                started, cpu = time.perf_counter(), time.process_time()
-                ready.set()
-                total = len(payloads)
-                deadline = time.monotonic() + 300
-                while collector.store.count_windows() < total and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-                stored = collector.store.count_windows()
-                pub.join(60)
-                collector.stop()
+                for mode in ("live", "backlog"):
+                    config = load_config(None, env={}, overrides={
+                        "mqtt.url": f"mqtt://127.0.0.1:{port}", "mqtt.group": f"b{uuid.uuid4().hex[:6]}",
+                        "mqtt.client_id": f"bench-{uuid.uuid4().hex[:6]}", "storage.url": url,
+                        "http.port": 0, "references": [str(manifest)],
+                    })  # fmt: skip
+                    collector = _started(Collector(config))
+                    tune_gc()  # as `edgedl collector run` does
+                    ready = multiprocessing.Event()
+                    pub = multiprocessing.Process(
+                        target=_publisher, args=("127.0.0.1", port, payloads, ready)
+                    )
+                    pub.start()
+                    if mode == "backlog":
+                        collector.stop()  # the broker keeps its session and queues for it
+                        ready.set()
+                        pub.join(300)
+                        collector = Collector(config)
+                    else:
+                        time.sleep(0.5)
+                    base = collector.store.count_windows()
+                    started, cpu = time.perf_counter(), time.process_time()
+                    if mode == "backlog":
+                        _started(collector)
+                    ready.set()
+                    deadline = time.monotonic() + 300
+                    while (
+                        collector.store.count_windows() - base < total
+                        and time.monotonic() < deadline
+                    ):
+                        time.sleep(0.05)
+                    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+                    stored = collector.store.count_windows() - base
+                    pub.join(60)
+                    collector.stop()
+                    what = (
+                        "publisher sending meanwhile"
+                        if mode == "live"
+                        else "backlog queued in the broker"
+                    )
+                    rows.append({"storage": label, "path": f"MQTT QoS 1, tuned Mosquitto, drift on; {what}",
+                                 "devices": args.devices, "windows": stored, "seconds": round(elapsed, 2),
+                                 "windows_per_s": round(stored / elapsed), "cpu_s": round(cpu, 2),
+                                 "windows_per_cpu_s": round(stored / cpu), "load_avg": _load()})  # fmt: skip
+                    _wipe(url)
                 cleanup()
-                rows.append({"storage": label, "path": "MQTT QoS 1 via tuned Mosquitto, drift on",
-                             "devices": args.devices, "windows": stored, "seconds": round(elapsed, 2),
-                             "windows_per_s": round(stored / elapsed), "cpu_s": round(cpu, 2),
-                             "windows_per_cpu_s": round(stored / cpu), "load_avg": _load()})  # fmt: skip
         finally:
             broker.terminate()
             broker.wait(10)
     return rows
+
+
+def _started(collector: Any) -> Any:
+    collector.start()
+    assert collector.mqtt is not None and collector.mqtt.subscribed.wait(10)
+    return collector
+
+
+def _wipe(url: str) -> None:
+    """Empty the windows and devices tables between two runs on one database."""
+    from edgedl.collector.schema import devices, windows
+    from edgedl.collector.store import Store
+
+    store = Store(url)
+    with store.engine.begin() as conn:
+        conn.execute(windows.delete())
+        conn.execute(devices.delete())
+    store.close()
 
 
 def measure_drift(args: argparse.Namespace) -> list[Row]:

@@ -67,7 +67,7 @@ def run(
 ) -> None:
     """Run the collector until SIGTERM or SIGINT (then finish the batch in hand and exit 0)."""
     from .config import load_config
-    from .service import Collector
+    from .service import Collector, tune_gc
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -100,6 +100,7 @@ def run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service = Collector(config).start()
+    tune_gc()
     click.echo(
         f"edgedl collector: dashboard and API on {service.url}, broker {config.mqtt.url}, "
         f"group {config.mqtt.group}, client id {service.mqtt.client_id if service.mqtt else '-'}",

@@ -87,7 +87,7 @@ class DriftConfig(_Section):
     min_samples: int = Field(default=200, ge=1)
     baseline_windows: int = Field(default=10, ge=1, description="latency baseline: first K")
     evaluate_interval_s: float = Field(default=0.5, gt=0)
-    max_evaluations_per_s: float = Field(default=500.0, gt=0)
+    max_evaluations_per_s: float = Field(default=250.0, gt=0)
     psi_watch: float = Field(default=0.1, ge=0)
     psi_alert: float = Field(default=0.2, ge=0)
     js_alert: float = Field(default=0.1, ge=0)

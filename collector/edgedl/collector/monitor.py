@@ -285,8 +285,10 @@ class DriftMonitor:
         ) -> None:
             if value is None or not np.isfinite(value):
                 return
-            subject = AlertSubject(kind, scope, fleet, device, model, version, metric)
             breached = judged and abs(value) > threshold
+            if not breached and not self.alerts.open_count:
+                return  # nothing to open, nothing open to resolve
+            subject = AlertSubject(kind, scope, fleet, device, model, version, metric)
             where = device or f"fleet {fleet}"
             self.alerts.observe(
                 subject,
