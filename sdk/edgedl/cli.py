@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import BundleError, EdgeDLError, UsageError
+from .signing_cli import keys, sign, verify
 
 # name -> ("module:attribute", extra that provides it, one-line help)
 _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -142,6 +143,10 @@ def inspect(bundle: str, as_json: bool) -> None:
                 str(q.zero_point) if q else "-",
             )
     console.print(table)
+
+
+for _command in (keys, sign, verify):  # signed bundles (edgedl.signing)
+    cli.add_command(_command)
 
 
 def _one_line(message: str) -> str:

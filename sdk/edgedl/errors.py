@@ -82,3 +82,12 @@ class ServingError(EdgeDLError):
 class RolloutError(EdgeDLError):
     """A deployment, promotion or rollback cannot be done (one is already running, nothing to
     roll back to, a candidate that does not fit the live version's inputs)."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, made by a key that is not trusted, or does not match
+    the manifest, or its model file no longer matches the signed manifest."""
+
+
+class KeyFileError(EdgeDLError):
+    """A signing key file is missing, unreadable, not an Ed25519 PEM key, or already exists."""

@@ -8,6 +8,7 @@ One pydantic model per section; :class:`AgentConfig` composes them::
     [rollout]       rollout defaults (edgedl.agent.rollout)
     [[pipelines]]   streaming pipelines (edgedl.agent.pipeline)
     [telemetry]     MQTT telemetry (edgedl.agent.telemetry)
+    [security]      trusted signing keys for bundles (edgedl.agent.security)
 
 Environment variables override the file: ``EDGEDL_AGENT__SERVER__PORT=8081`` sets
 ``server.port``; a list element is addressed by its index
@@ -32,6 +33,7 @@ from edgedl.errors import ConfigError
 
 from .pipeline.config import PipelineConfig
 from .rollout.config import RolloutConfig, StoreConfig
+from .security import SecurityConfig
 from .telemetry.config import TelemetryConfig
 
 if sys.version_info >= (3, 11):
@@ -94,6 +96,7 @@ class AgentConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     pipelines: list[PipelineConfig] = Field(default_factory=list)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
 
 def load_config(

@@ -30,6 +30,7 @@ log = logging.getLogger("edgedl.agent")
 
 def build_app(runtime: AgentRuntime) -> Starlette:
     """The API with every component's routes (components add theirs here)."""
+    runtime.admission.admit_pipelines(runtime.config.pipelines)
     pipelines = PipelineSet.from_configs(runtime.config.pipelines)
     return create_app(
         runtime,

@@ -22,12 +22,14 @@ import logging
 import threading
 from typing import Protocol
 
+from edgedl.bundle import Bundle
 from edgedl.errors import ConfigError
 
 from .config import AgentConfig, ModelConfig
 from .metrics import AgentMetrics
 from .observe import InferenceObserver
 from .repository import ModelConflict, ModelRepository
+from .security import BundleAdmission
 from .served import Observers, ServedModel
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class AgentRuntime:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.repository = ModelRepository()
+        # Which bundles may be served ([security]): every load below goes through it.
+        self.admission = BundleAdmission.from_config(config.security)
         self.observers = Observers()
         self.metrics = AgentMetrics(self.repository, profile_max_cpu=config.server.profile_max_cpu)
         self.observers.add(self.metrics)
@@ -84,8 +88,13 @@ class AgentRuntime:
             component.start()
 
     def load_model(self, model: ModelConfig, activate: bool = True) -> ServedModel:
-        """Load, start and serve a bundle; raise BundleError/RuntimeUnavailableError if unusable."""
-        served = ServedModel.load(model.path, model, self.observers)
+        """Load, start and serve a bundle; raise BundleError/RuntimeUnavailableError if unusable.
+
+        The bundle must pass ``[security]`` first (a SignatureError says why it does not).
+        """
+        bundle = Bundle.open(model.path, verify=False)
+        self.admission.admit(bundle)  # verifies the model file too
+        served = ServedModel(bundle, model, self.observers)
         self.metrics.set_latency_threshold(served.name, model.latency_threshold_ms)
         self.repository.add(served, activate=activate)
         served.start()

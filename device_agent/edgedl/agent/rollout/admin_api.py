@@ -63,7 +63,7 @@ def rollout_routes(runtime: AgentRuntime) -> list[BaseRoute]:
         log.warning("rollouts are off: %s", problem)
         return admin_routes(None, problem)
     rollouts = Rollouts(
-        ModelStore(store_config.path, keep=store_config.keep),
+        ModelStore(store_config.path, keep=store_config.keep, admit=runtime.admission.admit),
         runtime.repository,
         runtime.load_model,
         runtime.config.rollout,

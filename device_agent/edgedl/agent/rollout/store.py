@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +60,18 @@ class StoredVersion:
 class ModelStore:
     """Bundle versions under one root directory, with an atomically switched active pointer."""
 
-    def __init__(self, root: str | os.PathLike[str], keep: int = 3) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        keep: int = 3,
+        admit: Callable[[Bundle], object] | None = None,
+    ) -> None:
         if keep < 2:
             raise BundleError(f"store.keep must be at least 2 (active and previous), not {keep}")
         self.root = Path(root)
         self.keep = keep
+        # Raises (a SignatureError) for a bundle this agent must not take ([security]).
+        self._admit = admit
         # State files are read-modify-written from the event loop and from loader threads.
         self._state_lock = threading.RLock()
 
@@ -73,12 +80,16 @@ class ModelStore:
     def add(self, bundle: Bundle | str | os.PathLike[str]) -> StoredVersion:
         """Copy a bundle (directory, ``.tar`` or opened) into the store; return the stored version.
 
-        The bundle is verified before and after the copy. Adding a version that is already
+        The bundle is verified before and after the copy, and must pass ``admit`` (the
+        agent's signature check) before it is copied. Adding a version that is already
         stored with the same sha256 returns it unchanged; with another sha256 it is refused,
         since a version must never change under the same name.
         """
         source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        source.verify()
+        if self._admit is not None:
+            self._admit(source)  # verifies the model file too
+        else:
+            source.verify()
         m = source.manifest
         model_dir = self._model_dir(m.name)
         dest = model_dir / m.version
