@@ -72,6 +72,7 @@ MAX_NAME = 128
 _MAX_INT = 2**63 - 1
 
 SHARED_TELEMETRY_SUBSCRIPTION = "$share/{group}/" + TOPIC_ROOT + "/+/+/telemetry"
+TELEMETRY_SUBSCRIPTION = TOPIC_ROOT + "/+/+/telemetry"
 STATUS_SUBSCRIPTION = TOPIC_ROOT + "/+/+/status"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -495,6 +496,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SHARED_TELEMETRY_SUBSCRIPTION",
     "STATUS_SUBSCRIPTION",
+    "TELEMETRY_SUBSCRIPTION",
     "Counts",
     "DeviceStatus",
     "HistogramData",

@@ -21,6 +21,12 @@ from tests.collector.helpers import (
     port_answers,
     sample_batch,
 )
+from tests.mqtt_broker import (  # noqa: F401  (fixtures for test_broker_connections.py)
+    mosquitto_broker,
+    password_broker,
+    tls_broker,
+    tls_files,
+)
 
 from edgedl.bundle import Manifest, TensorSpec
 from edgedl.collector.config import CollectorConfig

@@ -14,6 +14,7 @@ from tests.collector.helpers import (
     WindowMaker,
     collector_config,
     get_json,
+    metric,
     wait_until,
 )
 
@@ -207,3 +208,54 @@ def _device(url: str) -> Any:
 
     r = httpx.get(url, timeout=5)
     return r.json() if r.status_code == 200 else None
+
+
+def test_lost_database_connections_lose_no_window(
+    broker: Broker,
+    postgres_server: str | None,
+    publisher: Publisher,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    """PostgreSQL drops the collector's connections mid-stream: batches that fail stay
+    unacknowledged, are retried, and every window is stored once."""
+    import threading
+    import time
+
+    import psycopg
+    import pytest
+    from tests.collector.conftest import _create_pg_database
+
+    if postgres_server is None:
+        pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
+    url, drop = _create_pg_database(postgres_server)
+    try:
+        collector = start_collector(collector_config(broker, url))
+        name = url.rsplit("/", 1)[1]
+        stop = threading.Event()
+
+        def cut_connections() -> None:
+            with psycopg.connect(postgres_server, autocommit=True) as admin:
+                while not stop.wait(0.15):
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (name,),
+                    )
+
+        cutter = threading.Thread(target=cut_connections)
+        cutter.start()
+        try:
+            for seq in range(150):
+                publisher.publish(*windows.payload("pi", seq, n=5))
+                time.sleep(0.005)
+        finally:
+            stop.set()
+            cutter.join()
+        wait_until(lambda: collector.store.count_windows() == 150, timeout=60, what="150 windows")
+        assert sorted(s for _, s in collector.store.window_keys()) == list(range(150))
+        assert collector.store.device("pi")["inferences"] == 150 * 5
+        print("storage errors retried:", metric(collector, "edgedl_collector_storage_errors_total"))
+        collector.stop()
+    finally:
+        drop()

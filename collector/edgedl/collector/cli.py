@@ -54,6 +54,7 @@ def run(
     http_host: str | None,
     http_port: int | None,
     group: str | None,
+    shared: bool | None,
     client_id: str | None,
     username: str | None,
     password: str | None,
@@ -76,6 +77,7 @@ def run(
     flags: dict[str, Any] = {
         "mqtt.url": mqtt_url,
         "mqtt.group": group,
+        "mqtt.shared": shared,
         "mqtt.client_id": client_id,
         "mqtt.username": username,
         "mqtt.password": password,

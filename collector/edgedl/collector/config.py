@@ -45,6 +45,9 @@ class MqttConfig(_Section):
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str | None = None
     group: str = "edgedl-collectors"
+    # False: a plain subscription, for a single collector. Mosquitto 2.0 does not keep shared
+    # subscriptions over a broker restart (docs/collector.md); plain ones it keeps.
+    shared: bool = True
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None

@@ -114,6 +114,10 @@ class Ingestor:
                 result.ignored += 1
         except TelemetryError as exc:
             result.dead.append(DeadLetter(msg.topic, str(exc), msg.payload, msg.received_at))
+        except Exception as exc:  # a message must never stop ingest, whatever it holds
+            log.exception("unexpected error reading a message on %s", msg.topic[:200])
+            reason = f"unreadable message ({type(exc).__name__}: {exc})"
+            result.dead.append(DeadLetter(msg.topic, reason, msg.payload, msg.received_at))
 
     def _one_by_one(
         self,

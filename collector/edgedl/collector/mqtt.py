@@ -29,7 +29,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgedl.errors import ConfigError
-from edgedl.telemetry import STATUS_SUBSCRIPTION, shared_telemetry_subscription
+from edgedl.telemetry import (
+    STATUS_SUBSCRIPTION,
+    TELEMETRY_SUBSCRIPTION,
+    shared_telemetry_subscription,
+)
 
 from .config import MqttConfig, StorageConfig
 from .ingest import Ingestor, Message
@@ -147,12 +151,12 @@ class MqttConsumer:
             log.warning("broker %s:%s refused the connection: %s", self.host, self.port, reason)
             return
         options = SubscribeOptions(qos=1)
-        client.subscribe(
-            [
-                (shared_telemetry_subscription(self.cfg.group), options),
-                (STATUS_SUBSCRIPTION, options),
-            ]
+        telemetry = (
+            shared_telemetry_subscription(self.cfg.group)
+            if self.cfg.shared
+            else TELEMETRY_SUBSCRIPTION
         )
+        client.subscribe([(telemetry, options), (STATUS_SUBSCRIPTION, options)])
         self.connected.set()
         log.info("connected to %s:%s as %s", self.host, self.port, self.client_id)
 
@@ -225,8 +229,10 @@ class MqttConsumer:
             try:
                 result = self.ingestor.ingest(batch)
                 break
-            except StorageError as exc:
+            except Exception as exc:  # StorageError, or a bug: keep the batch, keep running
                 self.metrics.storage_errors.inc()
+                if not isinstance(exc, StorageError):
+                    log.exception("ingest failed")
                 log.error("%s; retrying in %.1f s (messages stay unacknowledged)", exc, backoff)
                 if self._stopping.wait(backoff):
                     return  # not acknowledged: the broker delivers them again
