@@ -318,10 +318,6 @@ class AgentMetrics:
         """Track the queue depth."""
         self._queue_depth.labels(model).set(depth)
 
-    def recent_latencies(self, model: str, version: str) -> list[float]:
-        """The latencies of the last requests of a model version (seconds)."""
-        return list(self._model(model, version).recent)
-
 
 class _ScrapeCollector(Collector):
     """Figures computed when /metrics is read: quantiles, system load, live profiles."""

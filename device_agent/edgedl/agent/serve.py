@@ -111,8 +111,10 @@ def run_agent(config: AgentConfig) -> None:
             access_log=config.server.access_log,
             timeout_graceful_shutdown=int(config.server.shutdown_timeout_s),
             lifespan="off",
-            http="h11",
-            loop="asyncio",
+            # httptools and uvloop when installed (the agent extra brings them where wheels
+            # exist): about twice the requests per second of h11 and asyncio's loop.
+            http="auto",
+            loop="auto",
         )
         server = AgentServer(server_config, runtime, notifier)
         server.run()

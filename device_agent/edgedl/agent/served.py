@@ -195,6 +195,7 @@ class ServedModel:
             runtime.load(bundle, backend=config.backend, threads=config.threads)
             for _ in range(config.instances)
         ]
+        self._quantizers = [InputQuantizer(self.manifest.inputs) for _ in self._runners]
         # A model exported with a fixed batch dimension runs one sample at a time anyway.
         self.fixed_batch = any(s.shape and s.shape[0] != -1 for s in self.manifest.inputs)
         self._batcher = Batcher(
@@ -261,7 +262,9 @@ class ServedModel:
             if batch not in (-1, shape[0]):
                 raise BadInput("all inputs must have the same batch size")
             batch = shape[0]
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            # A finite sum means no NaN/Inf (either would make it NaN or Inf) and costs no
+            # temporary array; only a non-finite sum pays for the element-wise count.
+            if arr.dtype.kind == "f" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
                 bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
                 if self._reject_nonfinite:
                     raise BadInput(
@@ -331,9 +334,7 @@ class ServedModel:
         started = time.perf_counter()
         try:
             # Runner.run without its input checks: validate() already did them.
-            raw = self._runners[worker].run_raw(
-                {s.name: runtime.quantize(inputs[s.name], s) for s in self.manifest.inputs}
-            )
+            raw = self._runners[worker].run_raw(self._quantizers[worker](inputs))
             outputs = {s.name: runtime.dequantize(raw[s.name], s) for s in self.manifest.outputs}
         except Exception as exc:
             log.warning("%s %s: inference failed: %s", self.name, self.version, exc)
@@ -348,6 +349,42 @@ class ServedModel:
 
     def _queue_depth(self, depth: int) -> None:
         self.observers.on_queue_depth(self.name, depth)
+
+
+class InputQuantizer:
+    """Float inputs to the model's own dtypes, as :func:`edgedl.runtime.quantize` does them.
+
+    Same arithmetic, but into buffers kept from one call to the next (one quantizer per
+    worker slot, so one thread at a time): a 224x224x3 image otherwise allocates four
+    600 kB temporaries per request, which costs a few percent of a MobileNetV2 inference.
+    The returned arrays are overwritten by the next call.
+    """
+
+    def __init__(self, specs: list[TensorSpec]) -> None:
+        self._specs = specs
+        self._buffers: dict[str, tuple[NDArray[np.float32], Array]] = {}
+
+    def __call__(self, inputs: Mapping[str, Array]) -> Tensors:
+        out: Tensors = {}
+        for spec in self._specs:
+            dtype = np.dtype(spec.dtype)
+            q = spec.quantization
+            if q is None or dtype.kind not in "iu":
+                out[spec.name] = runtime.quantize(inputs[spec.name], spec)
+                continue
+            x = np.asarray(inputs[spec.name], dtype=np.float32)
+            buffers = self._buffers.get(spec.name)
+            if buffers is None or buffers[0].shape != x.shape:
+                buffers = (np.empty(x.shape, np.float32), np.empty(x.shape, dtype))
+                self._buffers[spec.name] = buffers
+            scratch, target = buffers
+            info = np.iinfo(dtype)
+            np.divide(x, q.scale, out=scratch)
+            np.rint(scratch, out=scratch)
+            np.add(scratch, q.zero_point, out=scratch)
+            np.clip(scratch, info.min, info.max, out=target, casting="unsafe")
+            out[spec.name] = target
+        return out
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
