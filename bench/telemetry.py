@@ -386,7 +386,7 @@ def _full_evaluations(devices: int) -> tuple[float, int]:
     """Seconds for ``monitor.evaluate`` on ``devices`` sliding windows of a 20-statistic model."""
     from edgedl.bundle import Manifest, TensorSpec
     from edgedl.collector.config import DriftConfig
-    from edgedl.collector.monitor import evaluate
+    from edgedl.collector.evaluation import evaluate
     from edgedl.collector.references import ReferenceModel
     from edgedl.collector.sliding import Contribution, LatencyBaseline
     from edgedl.profile import Profile

@@ -13,7 +13,7 @@ from tests.collector.helpers import WindowMaker
 from edgedl.bundle import Manifest
 from edgedl.collector import drift
 from edgedl.collector.config import DriftConfig
-from edgedl.collector.monitor import evaluate
+from edgedl.collector.evaluation import evaluate
 from edgedl.collector.references import ReferenceModel
 from edgedl.collector.sliding import Contribution, SlidingWindow
 from edgedl.profile import Histogram

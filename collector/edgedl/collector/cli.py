@@ -24,6 +24,12 @@ def collector() -> None:
 @click.option("--http-port", type=int, help="Port of the API and dashboard (0: any free one).")
 @click.option("--group", help="Shared-subscription group: collectors of one group split the load.")
 @click.option(
+    "--shared/--no-shared",
+    default=None,
+    help="Shared subscription (default) so collectors of a group split the load; "
+    "--no-shared for a single collector whose subscription survives broker restarts.",
+)
+@click.option(
     "--client-id", help="MQTT client id (stable, one per collector: it names the session)."
 )
 @click.option("--username", help="MQTT user name.")
