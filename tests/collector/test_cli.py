@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from tests.collector.helpers import Broker, Publisher, WindowMaker, get_json, wa
 from edgedl.collector.store import Store
 
 EDGEDL = str(Path(sys.executable).with_name("edgedl"))
+# Test sessions on a shared broker should not outlive the test by a day.
+SHORT_SESSIONS = {**os.environ, "EDGEDL_COLLECTOR__MQTT__SESSION_EXPIRY_S": "120"}
 
 
 def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
@@ -22,6 +25,7 @@ def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=SHORT_SESSIONS,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -54,6 +54,7 @@ def test_a_killed_collector_loses_nothing_and_duplicates_nothing(
     tmp_path: Any,
 ) -> None:
     """SIGKILL between receipt and commit: the broker redelivers, (device, seq) dedups."""
+    import os
     import signal
     import subprocess
     import sys
@@ -80,7 +81,10 @@ def test_a_killed_collector_loses_nothing_and_duplicates_nothing(
     ]
 
     def launch() -> subprocess.Popen[str]:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {**os.environ, "EDGEDL_COLLECTOR__MQTT__SESSION_EXPIRY_S": "120"}
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert "edgedl collector" in line, proc.stderr.read() if proc.stderr else ""
