@@ -263,3 +263,28 @@ def test_lost_database_connections_lose_no_window(
         collector.stop()
     finally:
         drop()
+
+
+def test_windows_and_dead_letters_older_than_the_retention_are_deleted(
+    broker: Broker,
+    sqlite_url: str,
+    publisher: Publisher,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    import time
+
+    collector = start_collector(
+        collector_config(broker, sqlite_url, **{"storage.retention_days": 1})
+    )
+    publisher.publish(*windows.payload("pi", 0))
+    publisher.publish(telemetry_topic(windows.fleet, "pi"), b"junk")
+    wait_until(
+        lambda: collector.store.count_windows() == 1 and collector.store.count_dead_letters() == 1,
+        what="a window and a dead letter",
+    )
+    collector.monitor.tick(now=time.time() + 3600)  # an hour on: kept
+    assert collector.store.count_windows() == 1
+    collector.monitor.tick(now=time.time() + 2 * 86400)  # two days on: gone
+    assert collector.store.count_windows() == 0 and collector.store.count_dead_letters() == 0
+    assert collector.store.device("pi")["inferences"] == 50  # the device's total stays

@@ -74,6 +74,7 @@ class StorageConfig(_Section):
     batch_size: int = Field(default=500, ge=1)
     batch_delay_ms: float = Field(default=50.0, ge=0)
     dead_letter_bytes: int = Field(default=1024, ge=0)
+    retention_days: float = Field(default=30.0, gt=0, description="windows and dead letters")
 
 
 class HttpConfig(_Section):

@@ -43,6 +43,7 @@ log = logging.getLogger("edgedl.collector.monitor")
 DeviceKey = tuple[str, str, str, str]  # fleet, device, model, version
 FleetKey = tuple[str, str, str]  # fleet, model, version
 HISTORY = 120
+PRUNE_EVERY_S = 600.0
 
 
 class DriftMonitor:
@@ -56,6 +57,7 @@ class DriftMonitor:
         drift_config: DriftConfig,
         alerts_config: AlertsConfig,
         on_evaluated: Callable[[int], None] | None = None,
+        retention_s: float | None = None,
     ) -> None:
         self.store = store
         self.references = references
@@ -78,6 +80,8 @@ class DriftMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_offline_check = 0.0
+        self._last_prune = 0.0
+        self.retention_s = retention_s
         self.mismatched_histograms = 0
         self.thresholds = {
             "psi_watch": drift_config.psi_watch,
@@ -141,6 +145,11 @@ class DriftMonitor:
         if now - self._last_offline_check >= 1.0:
             self._last_offline_check = now
             self.check_offline(now)
+        if self.retention_s and now - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = now
+            pruned = self.store.prune(now - self.retention_s)
+            if pruned:
+                log.info("retention: deleted %d windows and dead letters", pruned)
 
     # ---------------------------------------------------------------- folding
 

@@ -71,6 +71,7 @@ class Collector:
             config.drift,
             config.alerts,
             on_evaluated=self.metrics.evaluations.inc,
+            retention_s=config.storage.retention_days * 86400.0,
         )
         self.ingestor = Ingestor(
             self.store, config.mqtt.max_payload_bytes, on_stored=self.monitor.submit

@@ -286,6 +286,15 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(dead_letter)).scalar_one())
 
+    def prune(self, before: float) -> int:
+        """Delete windows and dead letters received before ``before``; how many rows went."""
+        with self._write_lock, self.engine.begin() as conn:
+            gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
+            gone += conn.execute(
+                dead_letter.delete().where(dead_letter.c.received_at < before)
+            ).rowcount
+        return int(gone or 0)
+
     # ---------------------------------------------------------------- alerts
 
     def open_alert(self, alert: dict[str, Any]) -> int | None:
