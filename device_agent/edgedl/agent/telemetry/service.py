@@ -1,0 +1,193 @@
+"""Telemetry as one service: cut a window on a timer, encode it, spool it, publish it.
+
+:class:`TelemetryService` ties the three parts together and is what ``edgedl agent serve``
+starts when ``[telemetry] mqtt`` (or ``--mqtt``) is set:
+
+* its :attr:`~TelemetryService.observer` (a :class:`WindowBuilder`) is registered with the
+  served models and counts what they do;
+* a timer thread cuts a window every ``interval_s`` seconds, or as soon as the window holds
+  ``max_inferences_per_window`` inferences, encodes it (zstd or gzip) and commits it to the
+  :class:`Spool` with the next sequence number;
+* the :class:`Publisher` drains the spool to the broker.
+
+Windows are sent even when nothing was served: an empty window is the device's heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edgedl._version import __version__
+from edgedl.telemetry import DeviceStatus, ModelRef, encode_window
+
+from .config import TelemetryConfig
+from .publisher import Publisher
+from .spool import Spool
+from .window import UNKNOWN_SHA256, ModelInfo, ModelResolver, WindowBuilder
+
+log = logging.getLogger("edgedl.agent.telemetry")
+
+
+def resolver_for(repository: Any) -> ModelResolver:
+    """A :data:`ModelResolver` over the agent's model repository (``get(name, version)``)."""
+
+    def resolve(name: str, version: str) -> ModelInfo | None:
+        try:
+            served = repository.get(name, version)
+        except Exception:
+            return None
+        manifest = served.manifest
+        config = getattr(served, "config", None)
+        return ModelInfo(
+            name=name,
+            version=version,
+            sha256=manifest.sha256,
+            reference=getattr(served, "reference", None) or manifest.reference_profile(),
+            latency_threshold_ms=getattr(config, "latency_threshold_ms", None),
+        )
+
+    return resolve
+
+
+def attach(
+    runtime: Any, pipelines: Callable[[], Mapping[str, Any]] | None = None
+) -> TelemetryService | None:
+    """Wire telemetry into a running agent when ``[telemetry] mqtt`` is set; else None.
+
+    ``runtime`` is the :class:`~edgedl.agent.service.AgentRuntime`: the window builder becomes
+    one of its observers and the service one of its components (started and stopped with it).
+    ``pipelines()`` returns ``{pipeline name: pipeline.stats()}``.
+    """
+    config: TelemetryConfig = runtime.config.telemetry
+    if not config.enabled:
+        return None
+    repository = runtime.repository
+
+    def models() -> list[ModelRef]:
+        return [
+            ModelRef(name=m.name, version=m.version, sha256=m.manifest.sha256)
+            for m in repository.models()
+        ]
+
+    service = TelemetryService(
+        config, resolve=resolver_for(repository), pipelines=pipelines, models=models
+    )
+    runtime.add_observer(service.observer)
+    runtime.add_component(service)
+    return service
+
+
+class TelemetryService:
+    """Windows of telemetry from the serving path to the broker; :meth:`start`/:meth:`stop`."""
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        resolve: ModelResolver | None = None,
+        pipelines: Callable[[], Mapping[str, Any]] | None = None,
+        models: Callable[[], list[ModelRef]] | None = None,
+    ) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_path, config.spool_max_bytes, config.spool_max_windows)
+        self.builder = WindowBuilder(
+            config.fleet,
+            config.device,
+            resolve=resolve,
+            pipelines=pipelines,
+            sample_rate=config.sample_rate,
+            max_samples=config.max_samples_per_window,
+            max_inferences=config.max_inferences_per_window,
+            on_full=self._window_full,
+        )
+        self._models = models
+        self.publisher = Publisher(config, self.spool, self._status)
+        self._cut_now = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.windows = 0
+        """Windows spooled since :meth:`start`."""
+
+    @property
+    def observer(self) -> WindowBuilder:
+        """The :class:`~edgedl.agent.observe.InferenceObserver` to register with the models."""
+        return self.builder
+
+    def start(self) -> None:
+        """Start publishing (in the background) and the window timer."""
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self.publisher.start()
+        self._thread = threading.Thread(
+            target=self._run, name="edgedl-telemetry-window", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, flush_timeout_s: float = 5.0) -> None:
+        """Spool the current window, send what the broker takes in ``flush_timeout_s``, stop.
+
+        Whatever is not acknowledged by then stays in the spool for the next start.
+        """
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        self._cut_now.set()
+        thread.join()
+        self._thread = None
+        self.flush()
+        self.publisher.stop(flush_timeout_s)
+        self.spool.close()
+
+    def flush(self) -> int:
+        """Cut the current window now and spool it; its sequence number."""
+
+        def build(seq: int, dropped: int) -> bytes:
+            window = self.builder.cut(seq=seq, dropped=dropped, pending=len(self.spool))
+            payload, _ = encode_window(window, self.config.compression)
+            return payload
+
+        seq = self.spool.enqueue(build)
+        self.windows += 1
+        self.publisher.notify()
+        return seq
+
+    def _window_full(self) -> None:
+        self._cut_now.set()
+
+    def _run(self) -> None:
+        interval = self.config.interval_s
+        next_cut = time.monotonic() + interval
+        while not self._stopping.is_set():
+            self._cut_now.wait(max(0.0, next_cut - time.monotonic()))
+            if self._stopping.is_set():
+                return
+            self._cut_now.clear()
+            try:
+                self.flush()
+            except Exception:
+                # The window is lost but serving and the next windows are not.
+                log.exception("telemetry: could not spool a window")
+            next_cut = time.monotonic() + interval
+
+    def _status(self, online: bool) -> DeviceStatus:
+        if self._models is not None:
+            models = self._models()
+        else:
+            models = [
+                ModelRef(name=i.name, version=i.version, sha256=i.sha256)
+                for i in self.builder.models()
+                if i.sha256 != UNKNOWN_SHA256
+            ]
+        return DeviceStatus(
+            fleet=self.config.fleet,
+            device=self.config.device,
+            online=online,
+            agent_version=__version__,
+            models=models[:16],
+            since=time.time(),
+        )

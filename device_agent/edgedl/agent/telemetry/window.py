@@ -1,0 +1,345 @@
+"""The telemetry window: what the serving path did since the last cut, as counts and histograms.
+
+:class:`WindowBuilder` is an :class:`~edgedl.agent.observe.InferenceObserver`. Per served
+model version it keeps request/inference/error/rejection counts, latency and batch-size
+histograms on the contract's fixed edges, and the input/output profile on the edges of the
+bundle's reference profile. Its size depends on the number of models and bins, never on the
+number of inferences. :meth:`WindowBuilder.cut` swaps in a fresh window under the lock and
+turns the finished one into a :class:`~edgedl.telemetry.TelemetryWindow` outside it.
+
+Hot path: latency and batch size are binned with :func:`bisect.bisect_right` on Python lists
+(a few hundred nanoseconds); a batch's per-sample statistics are computed before taking the
+lock, so serving threads only contend for the additions.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgedl._version import __version__
+from edgedl.profile import FloatArray, Profile, batch_statistics
+from edgedl.telemetry import (
+    BATCH_SIZE_EDGES,
+    LATENCY_EDGES_MS,
+    MAX_MODELS,
+    MAX_SAMPLES,
+    Counts,
+    HistogramData,
+    ModelWindow,
+    ProfileData,
+    SpoolFigures,
+    TelemetryWindow,
+)
+
+from ..observe import Tensors
+from .system import pipeline_figures, system_figures
+
+UNKNOWN_SHA256 = "0" * 64
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the window needs to know about a served model version."""
+
+    name: str
+    version: str
+    sha256: str
+    reference: Profile | None = None
+    latency_threshold_ms: float | None = None
+
+
+#: Looks up a model version the builder has not seen yet (None when unknown).
+ModelResolver = Callable[[str, str], "ModelInfo | None"]
+
+
+class _Bins:
+    """A histogram on fixed edges kept in Python lists: cheap for one value at a time."""
+
+    __slots__ = ("count", "counts", "edges", "last", "total", "total_sq")
+
+    def __init__(self, edges: tuple[float, ...]) -> None:
+        self.edges = edges
+        self.last = len(edges) - 1
+        self.counts = [0] * (len(edges) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+
+    def add(self, value: float) -> None:
+        i = bisect_right(self.edges, value)
+        if i == len(self.edges) and value == self.edges[-1]:
+            i = self.last  # the last inner bin is closed on the right, as in Histogram
+        self.counts[i] += 1
+        self.count += 1
+        self.total += value
+        self.total_sq += value * value
+
+    def to_data(self) -> HistogramData:
+        return HistogramData(
+            edges=list(self.edges),
+            counts=list(self.counts),
+            count=self.count,
+            sum=self.total,
+            sum_sq=self.total_sq,
+        )
+
+
+class _Counts:
+    """The window's counters as plain ints (a pydantic model is slow to increment)."""
+
+    __slots__ = ("errors", "inferences", "latency_violations", "rejected", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.inferences = 0
+        self.errors = 0
+        self.rejected = 0
+        self.latency_violations = 0
+
+    def to_data(self) -> Counts:
+        return Counts(
+            requests=self.requests,
+            inferences=self.inferences,
+            errors=self.errors,
+            rejected=self.rejected,
+            latency_violations=self.latency_violations,
+        )
+
+
+@dataclass
+class _ModelAccumulator:
+    info: ModelInfo
+    counts: _Counts = field(default_factory=_Counts)
+    latency: _Bins = field(default_factory=lambda: _Bins(LATENCY_EDGES_MS))
+    batch_size: _Bins = field(default_factory=lambda: _Bins(BATCH_SIZE_EDGES))
+    profile: Profile | None = None
+
+    def __post_init__(self) -> None:
+        if self.info.reference is not None:
+            self.profile = self.info.reference.empty_like()
+
+    def to_window(self) -> ModelWindow:
+        profile = ProfileData.model_validate(self.profile.to_dict()) if self.profile else None
+        return ModelWindow(
+            name=self.info.name,
+            version=self.info.version,
+            sha256=self.info.sha256,
+            counts=self.counts.to_data(),
+            latency_ms=self.latency.to_data(),
+            batch_size=self.batch_size.to_data(),
+            profile=profile,
+        )
+
+
+@dataclass
+class _Window:
+    start: float
+    models: dict[tuple[str, str], _ModelAccumulator] = field(default_factory=dict)
+    inferences: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WindowBuilder:
+    """Accumulates serving events into the current window; :meth:`cut` hands it over.
+
+    ``sample_rate`` (0 = off) keeps that share of inferences as raw records: the per-sample
+    statistics and the prediction, never the input tensors. At most ``max_samples`` per window.
+    ``on_full`` is called (outside the lock) once the window holds ``max_inferences``.
+    """
+
+    def __init__(
+        self,
+        fleet: str,
+        device: str,
+        resolve: ModelResolver | None = None,
+        pipelines: Callable[[], Mapping[str, Any]] | None = None,
+        sample_rate: float = 0.0,
+        max_samples: int = 16,
+        max_inferences: int | None = None,
+        on_full: Callable[[], None] | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.device = device
+        self._resolve = resolve
+        self._pipelines = pipelines
+        self._sample_rate = sample_rate
+        self._max_samples = min(max_samples, MAX_SAMPLES)
+        self._max_inferences = max_inferences
+        self._on_full = on_full
+        self._known: dict[tuple[str, str], ModelInfo] = {}
+        self._lock = threading.Lock()
+        self._window = _Window(start=time.time())
+        self._random = random.Random()
+
+    def register(self, info: ModelInfo) -> None:
+        """Tell the builder about a model version (its sha256, reference profile, threshold)."""
+        with self._lock:
+            self._known[(info.name, info.version)] = info
+
+    def models(self) -> list[ModelInfo]:
+        """The model versions the builder knows, by name and version."""
+        with self._lock:
+            return sorted(self._known.values(), key=lambda i: (i.name, i.version))
+
+    # ------------------------------------------------------------ InferenceObserver
+
+    def on_request(self, model: str, version: str, latency_s: float, ok: bool) -> None:
+        """Count a finished request; a successful one also goes into the latency histogram."""
+        ms = latency_s * 1000.0
+        with self._lock:
+            acc = self._model(model, version)
+            if acc is None:
+                return
+            acc.counts.requests += 1
+            if ok:
+                acc.latency.add(ms)
+                limit = acc.info.latency_threshold_ms
+                if limit is not None and ms > limit:
+                    acc.counts.latency_violations += 1
+
+    def on_batch(
+        self,
+        model: str,
+        version: str,
+        batch_size: int,
+        latency_s: float,
+        inputs: Tensors,
+        outputs: Tensors,
+    ) -> None:
+        """Count a batch's inferences, its size, and its inputs/outputs into the profile."""
+        stats: dict[str, FloatArray] | None = None
+        classes: dict[str, Any] = {}
+        info = self._known.get((model, version))
+        if info is None:
+            with self._lock:
+                self._model(model, version)  # resolves and remembers the model version
+            info = self._known.get((model, version))
+        wants_profile = info is not None and info.reference is not None
+        if wants_profile or self._sample_rate > 0:
+            stats, classes = batch_statistics(inputs, outputs)
+        full = False
+        with self._lock:
+            acc = self._model(model, version)
+            if acc is None:
+                return
+            acc.counts.inferences += batch_size
+            acc.batch_size.add(float(batch_size))
+            profile = acc.profile
+            if profile is not None and stats is not None:
+                for key, values in stats.items():
+                    hist = profile.histograms.get(key)
+                    if hist is not None:
+                        hist.add(values)
+                for key, predicted in classes.items():
+                    counts = profile.class_counts.get(key)
+                    if counts is not None:
+                        counts += np.bincount(predicted, minlength=counts.size)[: counts.size]
+                profile.samples += batch_size
+            window = self._window
+            window.inferences += batch_size
+            if stats is not None and self._sample_rate > 0:
+                self._sample(window, model, version, batch_size, stats, classes)
+            full = self._max_inferences is not None and window.inferences >= self._max_inferences
+        if full and self._on_full is not None:
+            self._on_full()
+
+    def on_error(self, model: str, version: str, kind: str) -> None:
+        """Count a failed request."""
+        with self._lock:
+            acc = self._model(model, version)
+            if acc is not None:
+                acc.counts.errors += 1
+
+    def on_rejected(self, model: str, version: str, reason: str) -> None:
+        """Count a request turned away before it ran."""
+        with self._lock:
+            acc = self._model(model, version)
+            if acc is not None:
+                acc.counts.rejected += 1
+
+    def on_queue_depth(self, model: str, depth: int) -> None:
+        """Queue depth is a Prometheus gauge, not a window figure."""
+
+    # ------------------------------------------------------------ the window
+
+    @property
+    def inferences(self) -> int:
+        """Inferences in the current window so far."""
+        with self._lock:
+            return self._window.inferences
+
+    def cut(self, seq: int = 0, dropped: int = 0, pending: int = 0) -> TelemetryWindow:
+        """Close the current window, start a fresh one, and return the closed one.
+
+        ``seq`` is the window's sequence number; ``dropped`` and ``pending`` describe the spool.
+        """
+        now = time.time()
+        with self._lock:
+            finished, self._window = self._window, _Window(start=now)
+        models = sorted(finished.models.values(), key=lambda a: (a.info.name, a.info.version))
+        return TelemetryWindow(
+            fleet=self.fleet,
+            device=self.device,
+            seq=seq,
+            window_start=finished.start,
+            window_end=max(now, finished.start),
+            agent_version=__version__,
+            models=[acc.to_window() for acc in models],
+            system=system_figures(),
+            pipelines=pipeline_figures(self._pipelines() if self._pipelines else {}),
+            spool=SpoolFigures(pending=pending, dropped=dropped),
+            samples=finished.samples or None,
+        )
+
+    def _model(self, name: str, version: str) -> _ModelAccumulator | None:
+        """The accumulator of a model version in the current window (call with the lock)."""
+        key = (name, version)
+        acc = self._window.models.get(key)
+        if acc is not None:
+            return acc
+        info = self._known.get(key)
+        if info is None and self._resolve is not None:
+            info = self._resolve(name, version)
+            if info is not None:
+                self._known[key] = info
+        if info is None:
+            info = ModelInfo(name, version, UNKNOWN_SHA256)
+            self._known[key] = info
+        if len(self._window.models) >= MAX_MODELS:
+            return None  # more versions than a window may carry: the rest are not counted
+        acc = _ModelAccumulator(info)
+        self._window.models[key] = acc
+        return acc
+
+    def _sample(
+        self,
+        window: _Window,
+        model: str,
+        version: str,
+        batch_size: int,
+        stats: Mapping[str, FloatArray],
+        classes: Mapping[str, Any],
+    ) -> None:
+        room = self._max_samples - len(window.samples)
+        if room <= 0:
+            return
+        rng = self._random
+        picked = [i for i in range(batch_size) if rng.random() < self._sample_rate][:room]
+        now = time.time()
+        for i in picked:
+            record: dict[str, Any] = {"model": model, "version": version, "time": now}
+            for key, values in stats.items():
+                v = float(values[i])
+                if np.isfinite(v):
+                    record[key] = v
+            for key, predicted in classes.items():
+                record[f"{key}/class"] = int(predicted[i])
+            window.samples.append(record)
