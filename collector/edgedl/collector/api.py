@@ -132,6 +132,7 @@ def create_app(collector: Collector) -> Starlette:
                 version=q.get("version"),
                 scope=scope,
                 fleet=q.get("fleet"),
+                history=q.get("history") in ("1", "true"),
             )
         )
 

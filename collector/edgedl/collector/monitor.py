@@ -385,8 +385,9 @@ class DriftMonitor:
         version: str | None = None,
         scope: str | None = None,
         fleet: str | None = None,
+        history: bool = False,
     ) -> list[dict[str, Any]]:
-        """The latest evaluation of every matching key."""
+        """The latest evaluation of every matching key (with its PSI history if asked)."""
         with self._lock:
             items = list(self._results.items())
         out = []
@@ -395,7 +396,9 @@ class DriftMonitor:
                 continue
             if (model and m != model) or (version and v != version):
                 continue
-            out.append({**result, "history": list(self._history.get((s, f, d, m, v), []))})
+            if history:
+                result = {**result, "history": list(self._history.get((s, f, d, m, v), []))}
+            out.append(result)
         return sorted(
             out, key=lambda r: (r["scope"], r["fleet"], r["device"] or "", r["model"], r["version"])
         )

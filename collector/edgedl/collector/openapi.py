@@ -77,6 +77,7 @@ OPENAPI: dict[str, Any] = {
                         "scope", "device or fleet", {"type": "string", "enum": ["device", "fleet"]}
                     ),
                     _query("fleet_wide", "true: fleet-wide results only (same as scope=fleet)"),
+                    _query("history", "true: add each key's PSI history (last 120 evaluations)"),
                 ],
                 "responses": {"200": _json(_array(_ref("Drift")))},
             }

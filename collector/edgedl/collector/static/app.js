@@ -153,7 +153,7 @@ async function renderDevice(name) {
   const [detail, windows, drift] = await Promise.all([
     getJSON(`/api/v1/devices/${encodeURIComponent(name)}`),
     getJSON(`/api/v1/windows?device=${encodeURIComponent(name)}&limit=120`),
-    getJSON(`/api/v1/drift?device=${encodeURIComponent(name)}&scope=device`),
+    getJSON(`/api/v1/drift?device=${encodeURIComponent(name)}&scope=device&history=true`),
   ]);
   document.getElementById("device-model").textContent = detail.model ? `${detail.model} ${detail.version}` : "";
   const rows = windows.slice().reverse();
@@ -167,7 +167,7 @@ async function renderDevice(name) {
   });
   const result = drift[0] || null;
   barChart(document.getElementById("drift-chart"), result ? driftBars(result) : { bars: [] });
-  const hist = result ? result.history : [];
+  const hist = (result && result.history) || [];
   const t = (result && result.thresholds) || {};
   lineChart(document.getElementById("drift-history"), {
     xTime: true, yLabel: "PSI",
