@@ -88,6 +88,9 @@ def test_the_dashboard_shows_devices_drift_and_alerts(
         assert page.locator("#fleet-drift .drift-chart svg rect.bar").count() >= 7
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
+        # The page refreshes by itself: a device that appears now shows up without a reload.
+        publisher.publish(*windows.payload("porch-cam", 0))
+        page.wait_for_selector("#devices tbody tr[data-device=porch-cam]", timeout=15_000)
         # Click the other device: its charts replace the first one's.
         page.locator("#devices tbody tr[data-device=kitchen-cam]").click()
         page.wait_for_function(
