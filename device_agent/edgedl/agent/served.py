@@ -262,9 +262,7 @@ class ServedModel:
             if batch not in (-1, shape[0]):
                 raise BadInput("all inputs must have the same batch size")
             batch = shape[0]
-            # A finite sum means no NaN/Inf (either would make it NaN or Inf) and costs no
-            # temporary array; only a non-finite sum pays for the element-wise count.
-            if arr.dtype.kind == "f" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
                 if self._reject_nonfinite:
                     raise BadInput(
