@@ -194,6 +194,7 @@ def create_app(collector: Collector) -> Starlette:
                 "status": "ok",
                 "mqtt_connected": mqtt is not None and mqtt.connected.is_set(),
                 "mqtt_subscribed": mqtt is not None and mqtt.subscribed.is_set(),
+                "mqtt_error": mqtt.last_error if mqtt is not None else None,
             }
         )
 

@@ -79,6 +79,7 @@ class MqttConsumer:
         self.client_id = cfg.client_id or f"edgedl-collector-{socket.gethostname()}"
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.last_error: str | None = None
         self._queue: queue.Queue[Message] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,6 +109,7 @@ class MqttConsumer:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_connect_fail = self._on_connect_fail
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -148,8 +150,10 @@ class MqttConsumer:
         self, client: Client, _userdata: Any, flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("broker %s:%s refused the connection: %s", self.host, self.port, reason)
+            self.last_error = f"the broker refused the connection: {reason}"
+            log.warning("broker %s:%s: %s", self.host, self.port, self.last_error)
             return
+        self.last_error = None
         options = SubscribeOptions(qos=1)
         telemetry = (
             shared_telemetry_subscription(self.cfg.group)
@@ -159,6 +163,10 @@ class MqttConsumer:
         client.subscribe([(telemetry, options), (STATUS_SUBSCRIPTION, options)])
         self.connected.set()
         log.info("connected to %s:%s as %s", self.host, self.port, self.client_id)
+
+    def _on_connect_fail(self, _client: Client, _userdata: Any) -> None:
+        self.last_error = "cannot connect (broker unreachable, or TLS refused)"
+        log.warning("broker %s:%s: %s; retrying", self.host, self.port, self.last_error)
 
     def _on_subscribe(
         self, _client: Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _props: Any
@@ -174,6 +182,8 @@ class MqttConsumer:
     ) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        if reason.is_failure and not self._stopping.is_set() and self.last_error is None:
+            self.last_error = f"disconnected: {reason}"
         if not self._stopping.is_set():
             log.warning("disconnected from %s:%s (%s); reconnecting", self.host, self.port, reason)
 
