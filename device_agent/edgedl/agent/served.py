@@ -270,6 +270,9 @@ class ServedModel:
                         '(the agent is configured with nonfinite = "reject")'
                     )
                 self.nonfinite_values += bad
+                if spec.quantization is not None:
+                    # An integer tensor has no NaN: count it as 0 (±Inf saturates anyway).
+                    arr = np.where(np.isnan(arr), np.zeros((), arr.dtype), arr)
             checked[name] = arr
         return checked, batch
 
