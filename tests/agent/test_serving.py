@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,7 @@ def test_a_full_queue_answers_429_at_once_and_nothing_else_breaks(digits_bundle:
     model = ModelConfig(
         path=str(digits_bundle("tflite-int8")),
         max_batch_size=64,
-        max_queue_delay_ms=1500,
+        max_queue_delay_ms=3000,
         queue_size=4,
     )
     x = digit_images(1)
@@ -199,8 +200,10 @@ def test_a_full_queue_answers_429_at_once_and_nothing_else_breaks(digits_bundle:
         first = [threading.Thread(target=send) for _ in range(4)]
         for t in first:
             t.start()
+        deadline = time.monotonic() + 2.5
         while served.batcher.depth < 4:
-            threading.Event().wait(0.01)
+            assert time.monotonic() < deadline, "the first requests never queued"
+            time.sleep(0.01)
         rejected = httpx.post(url, json=json_request("pixels", x), timeout=30)
         for t in first:
             t.join(30)

@@ -103,7 +103,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(
     bundle = digits_bundle("tflite-int8")
     # A long queue delay keeps the requests in flight while the signal arrives.
     agent = agent_process(
-        "--model", bundle, "--max-batch-size", "64", "--max-queue-delay-ms", "2500"
+        "--model", bundle, "--max-batch-size", "64", "--max-queue-delay-ms", "4000"
     )
     x = digit_images(8)
     expected = runtime.load(bundle).run({"pixels": x})["output_0"]
@@ -119,7 +119,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(
     threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 3.5
     while metric(httpx.get(f"{agent.url}/metrics").text, "edgedl_queue_depth") < 8:
         assert time.monotonic() < deadline, "the requests never queued"
         time.sleep(0.02)
