@@ -134,6 +134,19 @@ def shared_telemetry_subscription(group: str) -> str:
     return SHARED_TELEMETRY_SUBSCRIPTION.format(group=validate_id(group, "group"))
 
 
+def telemetry_subscription(fleet: str = "+", group: str | None = None) -> str:
+    """The telemetry of one fleet (or of all, ``+``), shared by ``group`` when given."""
+    fleet = fleet if fleet == "+" else validate_id(fleet, "fleet")
+    plain = f"{TOPIC_ROOT}/{fleet}/+/telemetry"
+    return f"$share/{validate_id(group, 'group')}/{plain}" if group else plain
+
+
+def status_subscription(fleet: str = "+") -> str:
+    """The status messages of one fleet (or of all, ``+``)."""
+    fleet = fleet if fleet == "+" else validate_id(fleet, "fleet")
+    return f"{TOPIC_ROOT}/{fleet}/+/status"
+
+
 def parse_topic(topic: str) -> tuple[str, str, str]:
     """``(fleet, device, kind)`` of a device topic; :class:`TelemetryError` for any other."""
     parts = topic.split("/")
@@ -519,7 +532,9 @@ __all__ = [
     "latency_histogram",
     "parse_topic",
     "shared_telemetry_subscription",
+    "status_subscription",
     "status_topic",
+    "telemetry_subscription",
     "telemetry_topic",
     "validate_id",
 ]

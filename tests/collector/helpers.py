@@ -87,7 +87,7 @@ class WindowMaker:
         shift: float = 0.0,
         latency_ms: float = 2.0,
         errors: int = 0,
-        span_s: float = 1.0,
+        span_s: float = 60.0,
         seed: int | None = None,
     ) -> TelemetryWindow:
         rng = np.random.default_rng(seed if seed is not None else hash((device, seq)) & 0xFFFFFFFF)
@@ -159,7 +159,9 @@ class Publisher:
         self.client.loop_stop()
 
 
-def collector_config(broker: Broker, db: str, **overrides: Any) -> CollectorConfig:
+def collector_config(
+    broker: Broker, db: str, fleet: str | None = None, **overrides: Any
+) -> CollectorConfig:
     """A config for a collector of its own: unique group and client id, any free HTTP port."""
     base: dict[str, Any] = {
         "mqtt.url": broker.url,
@@ -170,6 +172,10 @@ def collector_config(broker: Broker, db: str, **overrides: Any) -> CollectorConf
         "http.port": 0,
         "drift.evaluate_interval_s": 0.2,
     }
+    if fleet is not None:
+        # Only the test's own fleet: retained statuses other tests left on a shared broker
+        # stay out of this test's database.
+        base["mqtt.fleets"] = [fleet]
     base.update(overrides)
     return load_config(None, env={}, overrides=base)
 

@@ -101,7 +101,10 @@ def test_shifted_inputs_raise_one_drift_alert_and_unshifted_ones_none(
     start_collector: Callable[..., Collector],
 ) -> None:
     config = collector_config(
-        broker, db_url, **{"alerts.webhook": webhook.url, "references": [str(manifest_file)]}
+        broker,
+        db_url,
+        windows.fleet,
+        **{"alerts.webhook": webhook.url, "references": [str(manifest_file)]},
     )
     collector = start_collector(config)
     for seq in range(8):
@@ -172,7 +175,9 @@ def test_a_drift_alert_resolves_when_the_data_comes_back(
     listener: AlertListener,
     start_collector: Callable[..., Collector],
 ) -> None:
-    config = collector_config(broker, sqlite_url, **{"drift.window_count": 6, "drift.fleet": False})
+    config = collector_config(
+        broker, sqlite_url, windows.fleet, **{"drift.window_count": 6, "drift.fleet": False}
+    )
     collector = start_collector(config)
     import httpx
 
@@ -211,7 +216,10 @@ def test_small_samples_do_not_raise_alerts(
     start_collector: Callable[..., Collector],
 ) -> None:
     config = collector_config(
-        broker, sqlite_url, **{"references": [str(manifest_file)], "drift.min_samples": 200}
+        broker,
+        sqlite_url,
+        windows.fleet,
+        **{"references": [str(manifest_file)], "drift.min_samples": 200},
     )
     collector = start_collector(config)
     for seq in range(3):
@@ -237,7 +245,9 @@ def test_a_silent_device_raises_an_offline_alert_that_resolves_when_it_returns(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    config = collector_config(broker, sqlite_url, **{"alerts.offline_after_windows": 2})
+    config = collector_config(
+        broker, sqlite_url, windows.fleet, **{"alerts.offline_after_windows": 2}
+    )
     collector = start_collector(config)
     publisher.publish(*windows.payload("quiet", 0, span_s=0.5))  # 0.5 s windows: offline after 1 s
     publisher.publish(*windows.payload("chatty", 0, span_s=60))
@@ -266,6 +276,7 @@ def test_latency_against_the_devices_own_baseline(
     config = collector_config(
         broker,
         sqlite_url,
+        windows.fleet,
         **{
             "drift.baseline_windows": 4,
             "drift.window_count": 4,
@@ -296,7 +307,7 @@ def test_errors_raise_an_errors_alert(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    collector = start_collector(collector_config(broker, sqlite_url))
+    collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
     for seq in range(5):
         publisher.publish(*windows.payload("flaky", seq, errors=10))  # 10 of 50 requests fail
     alert = wait_until(
@@ -314,7 +325,7 @@ def test_a_restarted_collector_picks_up_each_devices_sliding_window(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    config = collector_config(broker, sqlite_url, references=[str(manifest_file)])
+    config = collector_config(broker, sqlite_url, windows.fleet, references=[str(manifest_file)])
     first = start_collector(config)
     for seq in range(6):
         publisher.publish(*windows.payload("cam", seq))

@@ -28,7 +28,7 @@ def test_devices_windows_and_openapi(
     start_collector: Callable[..., Collector],
 ) -> None:
     collector = start_collector(
-        collector_config(broker, sqlite_url, references=[str(manifest_file)])
+        collector_config(broker, sqlite_url, windows.fleet, references=[str(manifest_file)])
     )
     publisher.publish_many([windows.payload("pi-1", seq, n=30) for seq in range(5)])
     wait_until(lambda: collector.store.count_windows() == 5, what="5 windows")
@@ -101,3 +101,27 @@ def test_references_are_registered_and_bad_ones_refused(
     assert r.status_code == 201
     assert r.json() == {"model": "digits", "version": "1", "sha256": "5e" * 32, "statistics": 7}
     assert [(x["model"], x["version"]) for x in get_json(url)] == [("digits", "1")]
+
+
+def test_an_empty_heartbeat_window_keeps_the_devices_model(
+    broker: Broker,
+    db_url: str,
+    publisher: Publisher,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    from edgedl.telemetry import encode_window, telemetry_topic
+
+    collector = start_collector(collector_config(broker, db_url, windows.fleet))
+    publisher.publish(*windows.payload("pi", 0))
+    wait_until(lambda: collector.store.count_windows() == 1, what="a window")
+    heartbeat = windows.window("pi", 1).model_copy(update={"models": []})
+    publisher.publish(telemetry_topic(windows.fleet, "pi"), encode_window(heartbeat)[0])
+    wait_until(lambda: collector.store.count_windows() == 2, what="the heartbeat")
+    device = get_json(f"{collector.url}/api/v1/devices/pi")
+    assert (device["model"], device["version"], device["last_seq"], device["inferences"]) == (
+        "digits",
+        "1",
+        1,
+        50,
+    )

@@ -60,6 +60,8 @@ def test_run_serves_and_stops_cleanly_on_a_signal(
         "--reference",
         str(manifest_file),
         "--shared" if sig == signal.SIGTERM else "--no-shared",
+        "--fleet",
+        windows.fleet,
     )
     publisher.publish_many([windows.payload("pi", seq) for seq in range(10)])
     wait_until(lambda: len(get_json(f"{url}/api/v1/windows?device=pi")) == 10, what="10 windows")

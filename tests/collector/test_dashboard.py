@@ -43,11 +43,13 @@ def test_the_dashboard_shows_devices_drift_and_alerts(
     from playwright.sync_api import sync_playwright
 
     collector = start_collector(
-        collector_config(broker, sqlite_url, references=[str(manifest_file)])
+        collector_config(broker, sqlite_url, windows.fleet, references=[str(manifest_file)])
     )
     for seq in range(8):
-        publisher.publish(*windows.payload("kitchen-cam", seq))
-        publisher.publish(*windows.payload("garage-cam", seq, shift=0.12, latency_ms=4.0))
+        publisher.publish(*windows.payload("kitchen-cam", seq, span_s=60))
+        publisher.publish(
+            *windows.payload("garage-cam", seq, shift=0.12, latency_ms=4.0, span_s=60)
+        )
     wait_until(
         lambda: [
             a

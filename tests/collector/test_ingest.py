@@ -34,7 +34,7 @@ def test_every_window_is_stored_once_even_when_sent_twice(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    collector = start_collector(collector_config(broker, db_url))
+    collector = start_collector(collector_config(broker, db_url, windows.fleet))
     sent = [windows.payload(f"cam-{d}", seq) for d in range(3) for seq in range(20)]
     publisher.publish_many(sent)
     publisher.publish_many(sent[:25])  # the agent resends what it was not sure about
@@ -78,6 +78,8 @@ def test_a_killed_collector_loses_nothing_and_duplicates_nothing(
         f"g{uuid.uuid4().hex[:6]}",
         "--client-id",
         f"c-{uuid.uuid4().hex[:6]}",
+        "--fleet",
+        windows.fleet,
     ]
 
     def launch() -> subprocess.Popen[str]:
@@ -122,7 +124,7 @@ def test_hostile_messages_go_to_dead_letter_while_good_ones_keep_flowing(
     start_collector: Callable[..., Collector],
 ) -> None:
     collector = start_collector(
-        collector_config(broker, db_url, **{"mqtt.max_payload_bytes": 20_000})
+        collector_config(broker, db_url, windows.fleet, **{"mqtt.max_payload_bytes": 20_000})
     )
     topic = telemetry_topic(windows.fleet, "cam-1")
     good = windows.window("cam-1", 0)
@@ -184,7 +186,7 @@ def test_status_messages_say_when_a_device_comes_and_goes(
 ) -> None:
     from edgedl.telemetry import DeviceStatus, encode_status
 
-    collector = start_collector(collector_config(broker, sqlite_url))
+    collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
     topic = status_topic(windows.fleet, "pi-9")
     online = DeviceStatus(
         fleet=windows.fleet,
@@ -234,7 +236,7 @@ def test_lost_database_connections_lose_no_window(
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
     url, drop = _create_pg_database(postgres_server)
     try:
-        collector = start_collector(collector_config(broker, url))
+        collector = start_collector(collector_config(broker, url, windows.fleet))
         name = url.rsplit("/", 1)[1]
         stop = threading.Event()
 
@@ -275,7 +277,7 @@ def test_windows_and_dead_letters_older_than_the_retention_are_deleted(
     import time
 
     collector = start_collector(
-        collector_config(broker, sqlite_url, **{"storage.retention_days": 1})
+        collector_config(broker, sqlite_url, windows.fleet, **{"storage.retention_days": 1})
     )
     publisher.publish(*windows.payload("pi", 0))
     publisher.publish(telemetry_topic(windows.fleet, "pi"), b"junk")

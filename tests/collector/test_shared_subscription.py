@@ -31,8 +31,8 @@ def test_two_collectors_split_the_windows_and_store_each_once(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    first = collector_config(broker, db_url)
-    second = collector_config(broker, db_url, **{"mqtt.group": first.mqtt.group})
+    first = collector_config(broker, db_url, windows.fleet)
+    second = collector_config(broker, db_url, windows.fleet, **{"mqtt.group": first.mqtt.group})
     a, b = start_collector(first), start_collector(second)
     sent = [windows.payload(f"dev-{d}", seq, n=5) for seq in range(30) for d in range(20)]
     publisher.publish_many(sent)

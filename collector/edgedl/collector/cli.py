@@ -24,6 +24,12 @@ def collector() -> None:
 @click.option("--http-port", type=int, help="Port of the API and dashboard (0: any free one).")
 @click.option("--group", help="Shared-subscription group: collectors of one group split the load.")
 @click.option(
+    "--fleet",
+    "fleets",
+    multiple=True,
+    help="Only this fleet's devices (repeatable; default: every fleet).",
+)
+@click.option(
     "--shared/--no-shared",
     default=None,
     help="Shared subscription (default) so collectors of a group split the load; "
@@ -60,6 +66,7 @@ def run(
     http_host: str | None,
     http_port: int | None,
     group: str | None,
+    fleets: tuple[str, ...],
     shared: bool | None,
     client_id: str | None,
     username: str | None,
@@ -84,6 +91,7 @@ def run(
         "mqtt.url": mqtt_url,
         "mqtt.group": group,
         "mqtt.shared": shared,
+        "mqtt.fleets": list(fleets) if fleets else None,
         "mqtt.client_id": client_id,
         "mqtt.username": username,
         "mqtt.password": password,

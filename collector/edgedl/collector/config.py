@@ -48,6 +48,8 @@ class MqttConfig(_Section):
     # False: a plain subscription, for a single collector. Mosquitto 2.0 does not keep shared
     # subscriptions over a broker restart (docs/collector.md); plain ones it keeps.
     shared: bool = True
+    # Only these fleets' topics (empty: every fleet). One collector group per set of fleets.
+    fleets: list[str] = Field(default_factory=list)
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
@@ -63,6 +65,14 @@ class MqttConfig(_Section):
     def _group_is_a_topic_level(cls, v: str) -> str:
         try:
             return validate_id(v, "group")
+        except TelemetryError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("fleets")
+    @classmethod
+    def _fleets_are_topic_levels(cls, v: list[str]) -> list[str]:
+        try:
+            return [validate_id(f, "fleet") for f in v]
         except TelemetryError as exc:
             raise ValueError(str(exc)) from None
 

@@ -29,11 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgedl.errors import ConfigError
-from edgedl.telemetry import (
-    STATUS_SUBSCRIPTION,
-    TELEMETRY_SUBSCRIPTION,
-    shared_telemetry_subscription,
-)
+from edgedl.telemetry import status_subscription, telemetry_subscription
 
 from .config import MqttConfig, StorageConfig
 from .ingest import Ingestor, Message
@@ -155,12 +151,12 @@ class MqttConsumer:
             return
         self.last_error = None
         options = SubscribeOptions(qos=1)
-        telemetry = (
-            shared_telemetry_subscription(self.cfg.group)
-            if self.cfg.shared
-            else TELEMETRY_SUBSCRIPTION
-        )
-        client.subscribe([(telemetry, options), (STATUS_SUBSCRIPTION, options)])
+        group = self.cfg.group if self.cfg.shared else None
+        topics = []
+        for fleet in self.cfg.fleets or ["+"]:
+            topics.append((telemetry_subscription(fleet, group), options))
+            topics.append((status_subscription(fleet), options))
+        client.subscribe(topics)
         self.connected.set()
         log.info("connected to %s:%s as %s", self.host, self.port, self.client_id)
 

@@ -192,8 +192,9 @@ class Store:
                 ),
                 "last_seq": latest("last_seq"),
                 "window_s": latest("window_s"),
-                "model": latest("model"),
-                "version": latest("version"),
+                # A heartbeat window (no model served in it) leaves model and version as they were.
+                "model": func.coalesce(latest("model"), devices.c.model),
+                "version": func.coalesce(latest("version"), devices.c.version),
                 "agent_version": latest("agent_version"),
                 "inferences": devices.c.inferences + stmt.excluded.inferences,
                 "windows": devices.c.windows + stmt.excluded.windows,
