@@ -290,3 +290,21 @@ def test_windows_and_dead_letters_older_than_the_retention_are_deleted(
     collector.monitor.tick(now=time.time() + 2 * 86400)  # two days on: gone
     assert collector.store.count_windows() == 0 and collector.store.count_dead_letters() == 0
     assert collector.store.device("pi")["inferences"] == 50  # the device's total stays
+
+
+def test_a_collector_for_some_fleets_takes_only_theirs(
+    broker: Broker,
+    sqlite_url: str,
+    publisher: Publisher,
+    windows: WindowMaker,
+    reference_manifest: Any,
+    start_collector: Callable[..., Collector],
+) -> None:
+    other = WindowMaker(reference_manifest, windows.fleet + "-other")
+    collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
+    publisher.publish(*other.payload("elsewhere", 0))
+    publisher.publish(*windows.payload("here", 0))
+    wait_until(lambda: collector.store.count_windows() >= 1, what="a window")
+    publisher.publish(*windows.payload("here", 1))
+    wait_until(lambda: collector.store.count_windows() >= 2, what="two windows")
+    assert {d for d, _ in collector.store.window_keys()} == {"here"}
