@@ -58,6 +58,8 @@ class MqttConfig(_Section):
     session_expiry_s: int = Field(default=24 * 3600, ge=0)
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     keepalive_s: int = Field(default=30, ge=5)
+    reconnect_min_s: float = Field(default=0.25, gt=0)
+    reconnect_max_s: float = Field(default=2.0, gt=0)
     max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, gt=0)
 
     @field_validator("group")

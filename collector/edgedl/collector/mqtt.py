@@ -87,7 +87,9 @@ class MqttConsumer:
         )
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(1, 30)
+        # Retry soon and often (one client, cheap): after a broker restart the collector should
+        # be subscribed again before the devices, which back off for longer, come back.
+        self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         username = cfg.username or user
         if username:
             self.client.username_pw_set(username, cfg.password or password)
