@@ -143,9 +143,11 @@ def load_config(
         where = next(
             (f" (from {var})" for keys, var in from_env.items() if loc[: len(keys)] == keys), ""
         )
+        # A broker URL or a password may carry a secret: never echo those back.
+        secret = loc[-1:] in (("password",), ("mqtt",), ("admin_token",))
         got = (
             f" (got {err['input']!r})"
-            if "input" in err and not isinstance(err["input"], dict)
+            if "input" in err and not isinstance(err["input"], dict) and not secret
             else ""
         )
         raise ConfigError(f"{source}: {key}: {err['msg']}{got}{where}") from exc

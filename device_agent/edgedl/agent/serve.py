@@ -24,6 +24,7 @@ from .pipeline.pipeline_set import PipelineSet
 from .rollout.admin_api import rollout_routes
 from .service import AgentRuntime
 from .systemd import SystemdNotifier
+from .telemetry.service import attach as attach_telemetry
 
 log = logging.getLogger("edgedl.agent")
 
@@ -32,6 +33,7 @@ def build_app(runtime: AgentRuntime) -> Starlette:
     """The API with every component's routes (components add theirs here)."""
     runtime.admission.admit_pipelines(runtime.config.pipelines)
     pipelines = PipelineSet.from_configs(runtime.config.pipelines)
+    attach_telemetry(runtime, pipelines.stats)
     return create_app(
         runtime,
         extra_routes=pipeline_routes(pipelines, runtime.config.server.max_request_bytes),
@@ -143,6 +145,15 @@ def run_agent(config: AgentConfig) -> None:
 @click.option(
     "--max-queue-delay-ms", default=None, type=click.FloatRange(min=0), help="For --model."
 )
+@click.option("--mqtt", default=None, help="Send telemetry to this broker (mqtt:// or mqtts://).")
+@click.option("--fleet", default=None, help="Fleet id in telemetry topics.")
+@click.option("--device", default=None, help="Device id in telemetry topics.")
+@click.option(
+    "--telemetry-interval",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds per telemetry window (default 60).",
+)
 def serve(
     config_path: str | None,
     models: tuple[str, ...],
@@ -150,9 +161,22 @@ def serve(
     port: int | None,
     max_batch_size: int | None,
     max_queue_delay_ms: float | None,
+    mqtt: str | None,
+    fleet: str | None,
+    device: str | None,
+    telemetry_interval: float | None,
 ) -> None:
     """Serve bundles over the Open Inference Protocol until SIGTERM."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {
+        f"telemetry.{key}": value
+        for key, value in (
+            ("mqtt", mqtt),
+            ("fleet", fleet),
+            ("device", device),
+            ("interval_s", telemetry_interval),
+        )
+        if value is not None
+    }
     if host is not None:
         overrides["server.host"] = host
     if port is not None:

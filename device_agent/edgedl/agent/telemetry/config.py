@@ -101,7 +101,7 @@ class TelemetryConfig(BaseModel):
             return v
         parts = urlsplit(v)
         if parts.scheme not in _SCHEMES:
-            raise ValueError(f"{v!r}: the broker URL must start with mqtt:// or mqtts://")
+            raise ValueError("the broker URL must start with mqtt:// or mqtts://")
         try:
             parts.port  # noqa: B018 - urlsplit checks the port only when asked
         except ValueError as exc:

@@ -100,7 +100,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._hold_until = 0.0
         self._refused: str | None = None
-        self._flush_timeout_s = 5.0
+        self._stop_deadline = 0.0
         self.acknowledged = 0
         """Windows the broker acknowledged since :meth:`start`."""
         self.connects = 0
@@ -115,8 +115,6 @@ class Publisher:
         if self._thread is not None:
             return
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="edgedl-telemetry-mqtt", daemon=True)
-        self._thread.start()
         log.info(
             "telemetry to %s as %s (fleet %s, device %s)",
             self.config.redacted_url(),
@@ -124,16 +122,19 @@ class Publisher:
             self.config.fleet,
             self.config.device,
         )
+        self._thread = threading.Thread(target=self._run, name="edgedl-telemetry-mqtt", daemon=True)
+        self._thread.start()
 
     def stop(self, flush_timeout_s: float = 5.0) -> None:
         """Send what the spool holds for up to ``flush_timeout_s``, mark offline, disconnect.
 
-        Windows still unacknowledged stay in the spool for the next start.
+        Meanwhile it keeps (re)connecting if it has to. Windows still unacknowledged at the
+        end stay in the spool for the next start.
         """
         thread = self._thread
         if thread is None:
             return
-        self._flush_timeout_s = flush_timeout_s
+        self._stop_deadline = time.monotonic() + flush_timeout_s
         self._stopping.set()
         self._wake.set()
         thread.join(flush_timeout_s + 15)
@@ -167,11 +168,11 @@ class Publisher:
 
     def _run(self) -> None:
         attempt = 0
-        while not self._stopping.is_set():
+        while self._keep_going():
             client = self._client
             if client is None or not self._connected.is_set():
                 if not self._connect():
-                    self._stopping.wait(
+                    self._pause(
                         backoff_delay(
                             attempt, self.config.reconnect_min_s, self.config.reconnect_max_s
                         )
@@ -188,6 +189,20 @@ class Publisher:
                 self._wake.clear()
             self._drain(client)
         self._goodbye()
+
+    def _keep_going(self) -> bool:
+        """Until stop(); then only while there is something to send and time to send it."""
+        if not self._stopping.is_set():
+            return True
+        if time.monotonic() >= self._stop_deadline:
+            return False
+        return self.inflight > 0 or bool(self.spool.pending(1))
+
+    def _pause(self, seconds: float) -> None:
+        if self._stopping.is_set():
+            time.sleep(max(0.0, min(seconds, self._stop_deadline - time.monotonic())))
+        else:
+            self._stopping.wait(seconds)
 
     def _connect(self) -> bool:
         """One connection attempt, up to CONNACK; whether the broker accepted it."""
@@ -212,7 +227,7 @@ class Publisher:
             self._note_failure(f"cannot connect to {self.config.redacted_url()}: {exc}")
             return False
         deadline = time.monotonic() + max(10.0, self.config.keepalive_s)
-        while time.monotonic() < deadline and not self._stopping.is_set():
+        while time.monotonic() < deadline and self._keep_going():
             rc = client.loop(timeout=_LOOP_TIMEOUT_S)
             if self._connected.is_set():
                 return True
@@ -361,17 +376,10 @@ class Publisher:
         self.last_error = why
 
     def _goodbye(self) -> None:
-        """On stop: flush for a while, then retain ``offline`` and disconnect cleanly."""
+        """On stop, after the flush: retain ``offline`` and disconnect cleanly."""
         client = self._client
         if client is None or not self._connected.is_set():
             return
-        deadline = time.monotonic() + self._flush_timeout_s
-        while time.monotonic() < deadline and self._connected.is_set():
-            self._drain(client)
-            if not self.inflight and not self.spool.pending(1):
-                break
-            if client.loop(timeout=_LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
         info = client.publish(
             self._status_topic, encode_status(self._status(False)), qos=1, retain=True
         )
