@@ -116,6 +116,9 @@ class DriftConfig(_Section):
     # on a few hundred samples their sampling noise alone reaches about 0.1 (docs/collector.md).
     alert_on: list[str] = Field(default_factory=lambda: ["psi", "class_psi", "confidence_shift"])
     fleet: bool = True
+    # Also fold in windows that other collectors of the group stored in the shared database,
+    # so that every collector judges each device's whole sliding window.
+    read_shared_store: bool = True
 
 
 class AlertsConfig(_Section):

@@ -44,6 +44,8 @@ DeviceKey = tuple[str, str, str, str]  # fleet, device, model, version
 FleetKey = tuple[str, str, str]  # fleet, model, version
 HISTORY = 120
 PRUNE_EVERY_S = 600.0
+SYNC_EVERY_S = 1.0
+SYNC_LAG_IDS = 5000
 
 
 class DriftMonitor:
@@ -81,6 +83,9 @@ class DriftMonitor:
         self._thread: threading.Thread | None = None
         self._last_offline_check = 0.0
         self._last_prune = 0.0
+        self._last_sync = 0.0
+        self._watermark = 0
+        self._seen_ids: set[int] = set()
         self.retention_s = retention_s
         self.mismatched_histograms = 0
         self.thresholds = {
@@ -101,6 +106,7 @@ class DriftMonitor:
         """Start the monitor thread."""
         # Only devices with windows stored before this start have state worth loading.
         self._known_at_start = {d["device"] for d in self.store.devices() if d["windows"]}
+        self._watermark = self.store.max_window_id()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgedl-drift", daemon=True)
         self._thread.start()
@@ -139,6 +145,9 @@ class DriftMonitor:
                 break
             for item in batch:
                 self._fold(item)
+        if self.cfg.read_shared_store and now - self._last_sync >= SYNC_EVERY_S:
+            self._last_sync = now
+            self.sync_from_store()
         evaluated = self.evaluate_dirty(now)
         if self._on_evaluated is not None and evaluated:
             self._on_evaluated(evaluated)
@@ -153,7 +162,34 @@ class DriftMonitor:
 
     # ---------------------------------------------------------------- folding
 
+    def sync_from_store(self) -> int:
+        """Fold in windows other collectors stored in the same database; how many.
+
+        With a shared subscription each collector receives part of every device's windows;
+        reading the rest from the shared table gives each of them the whole sliding window.
+        Ids are re-read ``SYNC_LAG_IDS`` below the highest seen, because PostgreSQL can make a
+        transaction with lower ids visible after one with higher ids. A window folded twice
+        (here and from ingest) is ignored the second time: sliding windows keep one per seq.
+        """
+        ids = self.store.window_ids_after(max(0, self._watermark - SYNC_LAG_IDS))
+        unseen = [i for i in ids if i not in self._seen_ids]
+        if ids:
+            self._watermark = max(self._watermark, ids[-1])
+        if unseen:
+            for id_, payload, received_at in self.store.payloads(unseen):
+                try:
+                    window = decode_window(payload)
+                except TelemetryError:
+                    continue
+                self._fold(StoredWindow(window, payload, received_at, id=id_))
+        floor = self._watermark - SYNC_LAG_IDS
+        if len(self._seen_ids) > 4 * SYNC_LAG_IDS:
+            self._seen_ids = {i for i in self._seen_ids if i > floor}
+        return len(unseen)
+
     def _fold(self, item: StoredWindow) -> None:
+        if item.id is not None:
+            self._seen_ids.add(item.id)
         w = item.window
         if w.device not in self._loaded:
             self._loaded.add(w.device)

@@ -268,6 +268,30 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
+    def max_window_id(self) -> int:
+        """The highest window id stored (0 when none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(windows.c.id), 0))).scalar_one())
+
+    def window_ids_after(self, after: int, limit: int = 100_000) -> list[int]:
+        """Ids of windows above ``after``, ascending."""
+        q = select(windows.c.id).where(windows.c.id > after).order_by(windows.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [int(r.id) for r in conn.execute(q)]
+
+    def payloads(self, ids: Sequence[int]) -> list[tuple[int, bytes, float]]:
+        """``(id, payload, received_at)`` of these windows."""
+        out: list[tuple[int, bytes, float]] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                q = select(windows.c.id, windows.c.payload, windows.c.received_at).where(
+                    windows.c.id.in_(ids[i : i + 500])
+                )
+                out.extend(
+                    (int(r.id), bytes(r.payload), float(r.received_at)) for r in conn.execute(q)
+                )
+        return out
+
     def window_keys(self) -> list[tuple[str, int]]:
         """Every stored ``(device, seq)``: for tests and audits."""
         with self.engine.connect() as conn:
