@@ -86,6 +86,7 @@ class DriftMonitor:
         self._last_sync = 0.0
         self._watermark = 0
         self._seen_ids: set[int] = set()
+        self._unseen_before: set[int] = set()
         self.retention_s = retention_s
         self.mismatched_histograms = 0
         self.thresholds = {
@@ -172,7 +173,11 @@ class DriftMonitor:
         (here and from ingest) is ignored the second time: sliding windows keep one per seq.
         """
         ids = self.store.window_ids_after(max(0, self._watermark - SYNC_LAG_IDS))
-        unseen = [i for i in ids if i not in self._seen_ids]
+        unseen_now = {i for i in ids if i not in self._seen_ids}
+        # Only ids unseen at the previous sync too: this collector's own windows may be
+        # committed a moment before ingest hands them over, and should not be read back.
+        unseen = sorted(unseen_now & self._unseen_before)
+        self._unseen_before = unseen_now - set(unseen)
         if ids:
             self._watermark = max(self._watermark, ids[-1])
         if unseen:
