@@ -16,6 +16,16 @@ Collector measurements (cloud side):
   drift           time to compute every drift figure for 1,000 devices x 20 statistics
                   (PSI, JS, KS, Wasserstein on 12-bin histograms), vectorised, and per device.
 
+Agent measurements (device side):
+
+  wire            bytes on the wire (MQTT 5 QoS 1 PUBLISH + PUBACK) per window and per 1,000
+                  inferences, windows of 10 to 10,000 inferences (zstd, gzip, plain JSON),
+                  against one JSON message per inference (with its tensors, or with only the
+                  statistics a window keeps).
+  agent_cpu       CPU time of the window builder per inference (the observer calls of the
+                  serving path: the batch's statistics binned on the reference edges, latency
+                  and batch size), and of cut + zstd encode per window, amortised.
+
 Both ingest measurements tune the garbage collector as ``edgedl collector run`` does
 (``edgedl.collector.service.tune_gc``).
 
@@ -433,10 +443,123 @@ def _full_evaluations(devices: int) -> tuple[float, int]:
     return time.perf_counter() - started, len(reference.stats)
 
 
+# ---------------------------------------------------------------- agent side
+
+
+def _agent_builder(sample_rate: float = 0.0) -> Any:
+    """A WindowBuilder that knows the digits-like model (reference profile and all)."""
+    from edgedl.agent.telemetry.window import ModelInfo, WindowBuilder
+
+    manifest = reference_manifest()
+    builder = WindowBuilder("bench", "pi-42", sample_rate=sample_rate, max_samples=16)
+    builder.register(ModelInfo("digits", "1", manifest.sha256, manifest.reference_profile(), 100.0))
+    return builder
+
+
+def _mqtt_bytes(topic: str, payload: int, content_type: str | None) -> int:
+    """Bytes of a QoS 1 PUBLISH on the wire (fixed header, topic, packet id, MQTT 5
+    properties with the content type) plus the broker's 4-byte PUBACK."""
+    props = 3 + len(content_type) if content_type else 0
+    body = 2 + len(topic) + 2 + 1 + props + payload
+    length_bytes = 1 if body < 128 else 2 if body < 16_384 else 3 if body < 2_097_152 else 4
+    return 1 + length_bytes + body + 4
+
+
+def measure_wire(args: argparse.Namespace) -> list[Row]:
+    """Bytes on the wire per window and per 1,000 inferences: windows against one record each."""
+    from edgedl.profile import batch_statistics
+    from edgedl.telemetry import CONTENT_TYPES, encode_window, telemetry_topic
+
+    topic = telemetry_topic("bench", "pi-42")
+    rng = np.random.default_rng(3)
+    rows: list[Row] = []
+    for per_window in (10, 100, 1_000, 10_000):
+        builder = _agent_builder()
+        done = 0
+        while done < per_window:
+            n = min(8, per_window - done)
+            inputs, outputs = _batch(rng, n)
+            builder.on_batch("digits", "1", n, 0.002, inputs, outputs)
+            for _ in range(n):
+                builder.on_request("digits", "1", float(rng.gamma(4, 0.0005)), True)
+            done += n
+        window = builder.cut(seq=1)
+        for compression in ("zstd", "gzip", "none"):
+            payload, ctype = encode_window(window, compression)
+            wire = _mqtt_bytes(topic, len(payload), ctype)
+            rows.append({
+                "what": f"window, {compression}", "inferences per window": per_window,
+                "payload bytes": len(payload), "wire bytes per window": wire,
+                "wire bytes per 1,000 inferences": round(wire * 1000 / per_window),
+            })  # fmt: skip
+    # The alternative: every inference its own JSON message, QoS 1, on the same topic.
+    inputs, outputs = _batch(rng, 1)
+    stats, classes = batch_statistics(inputs, outputs)
+    common = {"fleet": "bench", "device": "pi-42", "model": "digits", "version": "1",
+              "time": time.time(), "latency_ms": 2.1}  # fmt: skip
+    records = {
+        "one JSON record per inference (inputs and outputs)": {
+            **common,
+            "inputs": {"image": [round(float(v), 4) for v in inputs["image"].ravel()]},
+            "outputs": {"probs": [round(float(v), 4) for v in outputs["probs"].ravel()]},
+        },
+        "one JSON record per inference (statistics and prediction only)": {
+            **common,
+            **{k: round(float(v[0]), 4) for k, v in stats.items()},
+            **{f"{k}/class": int(v[0]) for k, v in classes.items()},
+        },
+    }
+    for what, record in records.items():
+        size = len(json.dumps(record, separators=(",", ":")).encode())
+        wire = _mqtt_bytes(topic, size, CONTENT_TYPES["none"])
+        rows.append({
+            "what": what, "inferences per window": 1, "payload bytes": size,
+            "wire bytes per window": wire, "wire bytes per 1,000 inferences": wire * 1000,
+        })  # fmt: skip
+    return rows
+
+
+def measure_agent_cpu(args: argparse.Namespace) -> list[Row]:
+    """Agent CPU spent on telemetry per inference: the observer calls, then cut + encode."""
+    from edgedl.telemetry import encode_window
+
+    rng = np.random.default_rng(4)
+    rows: list[Row] = []
+    for batch in (1, 8, 32):
+        inputs, outputs = _batch(rng, batch)
+        inputs["image"] = inputs["image"].astype(np.float32)
+        outputs["probs"] = outputs["probs"].astype(np.float32)
+        builder = _agent_builder()
+        calls = max(200, 20_000 // batch)
+        start = time.process_time()
+        for _ in range(calls):
+            builder.on_batch("digits", "1", batch, 0.002, inputs, outputs)
+            for _ in range(batch):
+                builder.on_request("digits", "1", 0.0021, True)
+        observer_s = time.process_time() - start
+        per_inference = observer_s / (calls * batch)
+        start = time.process_time()
+        cuts = 50
+        for _ in range(cuts):
+            builder.on_batch("digits", "1", batch, 0.002, inputs, outputs)
+            encode_window(builder.cut(seq=1), "zstd")
+        cut_s = (time.process_time() - start) / cuts
+        for per_window in (100, 1_000):
+            rows.append({
+                "batch size": batch, "inferences per window": per_window,
+                "observer µs per inference": round(per_inference * 1e6, 1),
+                "cut + encode ms per window": round(cut_s * 1e3, 2),
+                "total µs per inference": round((per_inference + cut_s / per_window) * 1e6, 1),
+            })  # fmt: skip
+    return rows
+
+
 MEASUREMENTS: dict[str, tuple[str, Callable[[argparse.Namespace], list[Row]]]] = {
     "ingest_direct": ("Collector ingest, straight into storage", measure_ingest_direct),
     "ingest_mqtt": ("Collector ingest through the broker", measure_ingest_mqtt),
     "drift": ("Drift computation, 20 statistics per device", measure_drift),
+    "wire": ("Agent: bytes on the wire, windows against one message per inference", measure_wire),
+    "agent_cpu": ("Agent: CPU spent on telemetry per inference", measure_agent_cpu),
 }
 
 
