@@ -382,6 +382,98 @@ class Recorder:
         self.client.loop_stop()
 
 
+class MQTT311Only:
+    """A TCP front for a real broker that behaves like a broker too old for MQTT 5.
+
+    An MQTT 5 CONNECT gets the 3.1.1 answer "unacceptable protocol version" (CONNACK return
+    code 1) and the connection is closed; any other connection is piped to the broker behind.
+    Mosquitto itself cannot be told to refuse MQTT 5, so this is how a test meets an old one.
+    """
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.target_port = target_port
+        self.refused_v5 = 0
+        self.piped = 0
+        self._server = socket.create_server((host, 0))
+        self.port = int(self._server.getsockname()[1])
+        self._closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:PORT`` of the front."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read_packet(conn: socket.socket) -> bytes:
+        def read(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = conn.recv(n - len(data))
+                if not chunk:
+                    raise OSError("closed")
+                data += chunk
+            return data
+
+        header = read(1)
+        length_bytes, length, multiplier = b"", 0, 1
+        while True:
+            b = read(1)
+            length_bytes += b
+            length += (b[0] & 0x7F) * multiplier
+            multiplier *= 128
+            if not b[0] & 0x80:
+                break
+        return header + length_bytes + read(length)
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            packet = self._read_packet(conn)
+            body_start = 2
+            while packet[body_start - 1] & 0x80:
+                body_start += 1
+            protocol_level = packet[body_start + 6]  # after the name "MQTT" and its length
+            if protocol_level == 5:
+                self.refused_v5 += 1
+                conn.sendall(b"\x20\x02\x00\x01")
+                conn.close()
+                return
+            upstream = socket.create_connection((self.host, self.target_port))
+            upstream.sendall(packet)
+            self.piped += 1
+        except OSError:
+            conn.close()
+            return
+        for a, b in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        self._closing.set()
+        self._server.close()
+
+
 # ---------------------------------------------------------------------------- fixtures
 
 

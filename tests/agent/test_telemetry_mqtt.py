@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 from tests import mqtt_broker
-from tests.mqtt_broker import PASSWORD, PASSWORD_USER, MosquittoBroker, Recorder, TlsFiles
+from tests.mqtt_broker import (
+    PASSWORD,
+    PASSWORD_USER,
+    MosquittoBroker,
+    MQTT311Only,
+    Recorder,
+    TlsFiles,
+)
 
 from edgedl.agent.telemetry.config import TelemetryConfig
 from edgedl.agent.telemetry.service import TelemetryService
@@ -246,3 +253,19 @@ def test_status_payload_is_plain_json(
     service.stop()
     status = json.loads(recorder.on("/status")[0].payload)
     assert status["online"] is True and status["device"] == "pi-42"
+
+
+def test_a_broker_that_refuses_mqtt_5_gets_mqtt_3_1_1(
+    mosquitto_broker: MosquittoBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    old = MQTT311Only(mosquitto_broker.port)
+    service = started(make_config(old.url, tmp_path))
+    assert service.publisher.wait_connected(10)
+    assert service.publisher.protocol == "3.1.1" and old.refused_v5 == 1
+    sent = serve(service, 5)
+    service.stop()
+    old.close()
+    assert recorder.wait_for(lambda m: sum(w.inferences for w in windows(recorder)) == sent, 10)
+    # No MQTT 5 properties on 3.1.1: the payload's first bytes say it is zstd.
+    assert {m.content_type for m in recorder.on("/telemetry")} == {None}
+    assert [decode_status(m.payload).online for m in recorder.on("/status")] == [True, False]
