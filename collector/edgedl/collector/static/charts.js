@@ -88,6 +88,9 @@ export function lineChart(el, opts) {
     if (!pts.length) return;
     const d = pts.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
     svg.appendChild(svgEl("path", { d, class: "series", stroke: s.color, "data-series": s.name }));
+    if (pts.length <= 60) {  // dots too, so a single point still shows
+      for (const p of pts) svg.appendChild(svgEl("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color }));
+    }
     svg.appendChild(svgEl("text", { x: width - PAD.right - (opts.series.length - i) * 70, y: PAD.top - 2, fill: s.color, class: "legend" }, s.name));
   });
 }
