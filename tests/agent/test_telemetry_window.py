@@ -229,3 +229,20 @@ def test_latency_bins_match_the_sdk_histogram() -> None:
     expected = Histogram.empty(np.asarray(LATENCY_EDGES_MS))
     expected.add(np.asarray(values_ms))
     assert list(got.counts) == list(expected.counts)
+
+
+def test_statistics_can_be_folded_off_the_serving_thread(builder: WindowBuilder) -> None:
+    """Serving threads only buffer; whoever gets on_pending folds; the cut folds the rest."""
+    rng = np.random.default_rng(7)
+    asked: list[int] = []
+    reference = builder.models()[0]
+    b = WindowBuilder("f", "d", on_pending=lambda: asked.append(1))
+    b.register(reference)
+    for _ in range(20):
+        b.on_batch("digits", "1", 4, 0.001, *_batch(rng, 4))  # 80 samples: over 64 once
+    assert asked
+    b.fold_pending()
+    for _ in range(3):
+        b.on_batch("digits", "1", 4, 0.001, *_batch(rng, 4))
+    profile = b.cut().models[0].profile
+    assert profile is not None and profile.samples == 92

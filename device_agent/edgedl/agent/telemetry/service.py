@@ -5,9 +5,10 @@ starts when ``[telemetry] mqtt`` (or ``--mqtt``) is set:
 
 * its :attr:`~TelemetryService.observer` (a :class:`WindowBuilder`) is registered with the
   served models and counts what they do;
-* a timer thread cuts a window every ``interval_s`` seconds, or as soon as the window holds
+* a thread cuts a window every ``interval_s`` seconds, or as soon as the window holds
   ``max_inferences_per_window`` inferences, encodes it (zstd or gzip) and commits it to the
-  :class:`Spool` with the next sequence number;
+  :class:`Spool` with the next sequence number; meanwhile it computes the statistics of the
+  batches the builder buffered, so serving threads only copy and count;
 * the :class:`Publisher` drains the spool to the broker.
 
 Windows are sent even when nothing was served: an empty window is the device's heartbeat.
@@ -93,6 +94,7 @@ class TelemetryService:
     ) -> None:
         self.config = config
         self.spool = Spool(config.spool_path, config.spool_max_bytes, config.spool_max_windows)
+        self._wake = threading.Event()
         self.builder = WindowBuilder(
             config.fleet,
             config.device,
@@ -102,10 +104,11 @@ class TelemetryService:
             max_samples=config.max_samples_per_window,
             max_inferences=config.max_inferences_per_window,
             on_full=self._window_full,
+            on_pending=self._wake.set,
         )
         self._models = models
         self.publisher = Publisher(config, self.spool, self._status)
-        self._cut_now = threading.Event()
+        self._cut_requested = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.windows = 0
@@ -136,7 +139,7 @@ class TelemetryService:
         if thread is None:
             return
         self._stopping.set()
-        self._cut_now.set()
+        self._wake.set()
         thread.join()
         self._thread = None
         self.flush()
@@ -157,22 +160,27 @@ class TelemetryService:
         return seq
 
     def _window_full(self) -> None:
-        self._cut_now.set()
+        self._cut_requested = True
+        self._wake.set()
 
     def _run(self) -> None:
+        """Fold buffered batches when asked; cut a window on time or when it is full."""
         interval = self.config.interval_s
         next_cut = time.monotonic() + interval
         while not self._stopping.is_set():
-            self._cut_now.wait(max(0.0, next_cut - time.monotonic()))
+            self._wake.wait(max(0.0, next_cut - time.monotonic()))
+            self._wake.clear()
             if self._stopping.is_set():
                 return
-            self._cut_now.clear()
             try:
-                self.flush()
+                self.builder.fold_pending()
+                if self._cut_requested or time.monotonic() >= next_cut:
+                    self._cut_requested = False
+                    next_cut = time.monotonic() + interval
+                    self.flush()
             except Exception:
-                # The window is lost but serving and the next windows are not.
+                # A window may be lost, but serving and the next windows are not.
                 log.exception("telemetry: could not spool a window")
-            next_cut = time.monotonic() + interval
 
     def _status(self, online: bool) -> DeviceStatus:
         if self._models is not None:

@@ -11,7 +11,8 @@ Hot path: latency and batch size are binned with :func:`bisect.bisect_right` on 
 (a few hundred nanoseconds). A batch's tensors are copied and buffered; every
 :data:`STATISTICS_BATCH` samples (and at the cut) their per-sample statistics are computed in
 one NumPy pass outside the lock, which costs a few microseconds per sample instead of the
-~150 µs a call on one sample costs (bench/telemetry.py, ``agent_cpu``).
+~150 µs a call on one sample costs (bench/telemetry.py, ``agent_cpu``). With ``on_pending``
+(as :class:`~.service.TelemetryService` uses it) that pass runs on the telemetry thread.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .system import pipeline_figures, system_figures
 UNKNOWN_SHA256 = "0" * 64
 #: Samples buffered per model before their statistics are computed in one NumPy pass.
 STATISTICS_BATCH = 64
+_BACKLOG_FACTOR = 8  # buffered samples (in STATISTICS_BATCH) before a serving thread folds
 
 log = logging.getLogger("edgedl.agent.telemetry")
 
@@ -188,6 +190,9 @@ class WindowBuilder:
     ``sample_rate`` (0 = off) keeps that share of inferences as raw records: the per-sample
     statistics and the prediction, never the input tensors. At most ``max_samples`` per window.
     ``on_full`` is called (outside the lock) once the window holds ``max_inferences``.
+    ``on_pending`` is called when :data:`STATISTICS_BATCH` samples wait for their statistics:
+    whoever gets it should call :meth:`fold_pending` on its own thread, so the NumPy pass stays
+    off the serving threads. Without it (or when it falls far behind) a serving thread folds.
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class WindowBuilder:
         max_samples: int = 16,
         max_inferences: int | None = None,
         on_full: Callable[[], None] | None = None,
+        on_pending: Callable[[], None] | None = None,
     ) -> None:
         self.fleet = fleet
         self.device = device
@@ -209,6 +215,7 @@ class WindowBuilder:
         self._max_samples = min(max_samples, MAX_SAMPLES)
         self._max_inferences = max_inferences
         self._on_full = on_full
+        self._on_pending = on_pending
         self._known: dict[tuple[str, str], ModelInfo] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -264,6 +271,7 @@ class WindowBuilder:
         # Copies: the runtime may reuse its buffers once this call returns.
         kept = (_copy(inputs), _copy(outputs)) if keep else None
         todo: list[_Batch] = []
+        ask = False
         with self._lock:
             acc = self._model(model, version)
             if acc is None:
@@ -275,13 +283,27 @@ class WindowBuilder:
             if kept is not None:
                 acc.pending.append(kept)
                 acc.pending_samples += batch_size
-                if acc.pending_samples >= STATISTICS_BATCH:
-                    todo = acc.take_pending()
+                if acc.pending_samples >= STATISTICS_BATCH * (
+                    1 if self._on_pending is None else _BACKLOG_FACTOR
+                ):
+                    todo = acc.take_pending()  # nobody else folds, or they fall behind
+                else:
+                    ask = self._on_pending is not None and acc.pending_samples >= STATISTICS_BATCH
             full = self._max_inferences is not None and window.inferences >= self._max_inferences
         if todo:
             self._fold(window, acc, todo)
+        elif ask and self._on_pending is not None:
+            self._on_pending()
         if full and self._on_full is not None:
             self._on_full()
+
+    def fold_pending(self) -> None:
+        """Compute the statistics of every buffered batch now (the telemetry thread calls it)."""
+        with self._lock:
+            window = self._window
+            work = [(a, a.take_pending()) for a in window.models.values() if a.pending]
+        for acc, batches in work:
+            self._fold(window, acc, batches)
 
     def _fold(self, window: _Window, acc: _ModelAccumulator, batches: list[_Batch]) -> None:
         """Statistics of buffered batches into their window's profile and samples.
