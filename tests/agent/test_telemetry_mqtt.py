@@ -269,3 +269,17 @@ def test_a_broker_that_refuses_mqtt_5_gets_mqtt_3_1_1(
     # No MQTT 5 properties on 3.1.1: the payload's first bytes say it is zstd.
     assert {m.content_type for m in recorder.on("/telemetry")} == {None}
     assert [decode_status(m.payload).online for m in recorder.on("/status")] == [True, False]
+
+
+def test_pipeline_detections_go_to_events(
+    mosquitto_broker: MosquittoBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    from edgedl.agent.pipeline.stream import Event
+
+    service = started(make_config(mosquitto_broker.url, tmp_path))
+    service.on_events("keyword", [Event("yes", 0.5, 1.25, 0.93)])
+    assert recorder.wait_for(lambda m: bool(recorder.on("/events")), 10)
+    service.stop()
+    message = json.loads(recorder.on("/events")[0].payload)
+    assert message["pipeline"] == "keyword" and message["device"] == "pi-42"
+    assert message["events"] == [{"label": "yes", "start": 0.5, "end": 1.25, "score": 0.93}]

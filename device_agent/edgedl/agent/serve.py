@@ -33,7 +33,7 @@ def build_app(runtime: AgentRuntime) -> Starlette:
     """The API with every component's routes (components add theirs here)."""
     runtime.admission.admit_pipelines(runtime.config.pipelines)
     pipelines = PipelineSet.from_configs(runtime.config.pipelines)
-    attach_telemetry(runtime, pipelines.stats)
+    attach_telemetry(runtime, pipelines)
     return create_app(
         runtime,
         extra_routes=pipeline_routes(pipelines, runtime.config.server.max_request_bytes),

@@ -20,6 +20,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from edgedl.telemetry import (
     ZSTD_MAGIC,
     DeviceStatus,
     encode_status,
+    events_topic,
     status_topic,
     telemetry_topic,
 )
@@ -45,6 +47,8 @@ from .spool import Spool
 
 log = logging.getLogger("edgedl.agent.telemetry")
 
+#: Pipeline event messages kept in memory while disconnected (events are not spooled).
+MAX_QUEUED_EVENTS = 1000
 #: CONNACK reason paho reports when a 3.1.1 broker answers an MQTT 5 CONNECT.
 _UNSUPPORTED_PROTOCOL = 132
 _LOOP_TIMEOUT_S = 0.2
@@ -90,6 +94,10 @@ class Publisher:
         self._broker = config.broker()
         self._topic = telemetry_topic(config.fleet, config.device)
         self._status_topic = status_topic(config.fleet, config.device)
+        self._events_topic = events_topic(config.fleet, config.device)
+        self._events: deque[bytes] = deque()
+        self.events_dropped = 0
+        """Event messages dropped because more than MAX_QUEUED_EVENTS waited."""
         self._protocol = MQTTProtocolVersion.MQTTv5
         self._client: mqtt.Client | None = None
         self._inflight: dict[int, int] = {}  # paho mid -> window seq
@@ -140,6 +148,19 @@ class Publisher:
         thread.join(flush_timeout_s + 15)
         self._thread = None
 
+    def publish_event(self, payload: bytes) -> None:
+        """Queue a pipeline event message for ``/events`` (QoS 1, kept in memory only).
+
+        Windows are what must survive; events are best effort: past MAX_QUEUED_EVENTS
+        waiting (a long outage), the oldest are dropped and counted.
+        """
+        with self._lock:
+            if len(self._events) >= MAX_QUEUED_EVENTS:
+                self._events.popleft()
+                self.events_dropped += 1
+            self._events.append(payload)
+        self._wake.set()
+
     def notify(self) -> None:
         """A window was spooled: send it without waiting for the next poll."""
         self._wake.set()
@@ -188,6 +209,7 @@ class Publisher:
             if self._wake.is_set():
                 self._wake.clear()
             self._drain(client)
+            self._send_events(client)
         self._goodbye()
 
     def _keep_going(self) -> bool:
@@ -365,6 +387,18 @@ class Publisher:
                 return
             with self._lock:
                 self._inflight[info.mid] = window.seq
+
+    def _send_events(self, client: mqtt.Client) -> None:
+        while True:
+            with self._lock:
+                if not self._events:
+                    return
+                payload = self._events.popleft()
+            info = client.publish(self._events_topic, payload, qos=1)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                with self._lock:
+                    self._events.appendleft(payload)
+                return
 
     def _lost(self, why: str) -> None:
         self._note_failure(why)

@@ -16,6 +16,7 @@ Windows are sent even when nothing was served: an empty window is the device's h
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -54,14 +55,13 @@ def resolver_for(repository: Any) -> ModelResolver:
     return resolve
 
 
-def attach(
-    runtime: Any, pipelines: Callable[[], Mapping[str, Any]] | None = None
-) -> TelemetryService | None:
+def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     """Wire telemetry into a running agent when ``[telemetry] mqtt`` is set; else None.
 
     ``runtime`` is the :class:`~edgedl.agent.service.AgentRuntime`: the window builder becomes
     one of its observers and the service one of its components (started and stopped with it).
-    ``pipelines()`` returns ``{pipeline name: pipeline.stats()}``.
+    ``pipelines`` is the agent's :class:`~edgedl.agent.pipeline.pipeline_set.PipelineSet`:
+    its ``stats()`` go into every window and its detections to ``/events``.
     """
     config: TelemetryConfig = runtime.config.telemetry
     if not config.enabled:
@@ -75,8 +75,13 @@ def attach(
         ]
 
     service = TelemetryService(
-        config, resolve=resolver_for(repository), pipelines=pipelines, models=models
+        config,
+        resolve=resolver_for(repository),
+        pipelines=getattr(pipelines, "stats", None),
+        models=models,
     )
+    if pipelines is not None and hasattr(pipelines, "add_listener"):
+        pipelines.add_listener(service.on_events)
     runtime.add_observer(service.observer)
     runtime.add_component(service)
     return service
@@ -158,6 +163,18 @@ class TelemetryService:
         self.windows += 1
         self.publisher.notify()
         return seq
+
+    def on_events(self, pipeline: str, events: list[Any]) -> None:
+        """Publish a pipeline's detections on ``/events`` (a PipelineSet listener)."""
+        message = {
+            "schema_version": 1,
+            "fleet": self.config.fleet,
+            "device": self.config.device,
+            "pipeline": pipeline,
+            "time": time.time(),
+            "events": [e.to_dict() if hasattr(e, "to_dict") else e for e in events],
+        }
+        self.publisher.publish_event(json.dumps(message, separators=(",", ":")).encode())
 
     def _window_full(self) -> None:
         self._cut_requested = True
