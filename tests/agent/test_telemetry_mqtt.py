@@ -283,3 +283,33 @@ def test_pipeline_detections_go_to_events(
     message = json.loads(recorder.on("/events")[0].payload)
     assert message["pipeline"] == "keyword" and message["device"] == "pi-42"
     assert message["events"] == [{"label": "yes", "start": 0.5, "end": 1.25, "score": 0.93}]
+
+
+@pytest.mark.slow
+def test_windows_the_broker_refuses_stay_spooled_until_it_takes_them(
+    tmp_path: Path,
+) -> None:
+    """An ACL that forbids the telemetry topic: PUBACK 'not authorized', nothing is lost."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read edgedl/v1/#\ntopic write edgedl/v1/+/+/status\n")
+    broker = MosquittoBroker(tmp_path / "acl-broker", extra=f"acl_file {acl}")
+    broker.start()
+    try:
+        recorder = Recorder(broker.url, TOPICS)
+        config = make_config(broker.url, tmp_path, interval_s=600, reconnect_max_s=0.5)
+        service = started(config)
+        assert service.publisher.wait_connected(10)
+        serve(service, 3)
+        service.flush()
+        time.sleep(1.5)
+        assert len(service.spool) == 1 and seqs(recorder) == []  # refused, not dropped
+
+        acl.write_text("topic readwrite edgedl/v1/#\n")
+        broker.stop()
+        broker.start()
+        assert recorder.wait_for(lambda m: seqs(recorder) == [0], 20)
+        service.stop()
+        recorder.close()
+        assert windows(recorder)[0].inferences == 12
+    finally:
+        broker.stop()
