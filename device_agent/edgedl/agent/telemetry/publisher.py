@@ -190,9 +190,12 @@ class Publisher:
     def _run(self) -> None:
         attempt = 0
         while self._keep_going():
-            client = self._client
-            if client is None or not self._connected.is_set():
-                if not self._connect():
+            try:
+                client = self._client
+                if client is None or not self._connected.is_set():
+                    if self._connect():
+                        attempt = 0
+                        continue
                     self._pause(
                         backoff_delay(
                             attempt, self.config.reconnect_min_s, self.config.reconnect_max_s
@@ -200,17 +203,24 @@ class Publisher:
                     )
                     attempt += 1
                     continue
-                attempt = 0
-                continue
-            rc = client.loop(timeout=_LOOP_TIMEOUT_S)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._lost(f"connection lost ({mqtt.error_string(rc)})")
-                continue
-            if self._wake.is_set():
-                self._wake.clear()
-            self._drain(client)
-            self._send_events(client)
-        self._goodbye()
+                rc = client.loop(timeout=_LOOP_TIMEOUT_S)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._lost(f"connection lost ({mqtt.error_string(rc)})")
+                    continue
+                if self._wake.is_set():
+                    self._wake.clear()
+                self._drain(client)
+                self._send_events(client)
+            except Exception:
+                # Whatever went wrong (a disk error in the spool, a bug), the thread lives on:
+                # the windows are still on disk and the next round retries them.
+                log.exception("telemetry: publishing failed; retrying")
+                self._lost("publishing failed")
+                self._pause(self.config.reconnect_max_s)
+        try:
+            self._goodbye()
+        except Exception:
+            log.exception("telemetry: could not say goodbye to the broker")
 
     def _keep_going(self) -> bool:
         """Until stop(); then only while there is something to send and time to send it."""

@@ -21,30 +21,30 @@ import logging
 import random
 import threading
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from edgedl._version import __version__
-from edgedl.profile import FloatArray, Profile, batch_statistics
+from edgedl.profile import FloatArray, batch_statistics
 from edgedl.telemetry import (
-    BATCH_SIZE_EDGES,
-    LATENCY_EDGES_MS,
     MAX_MODELS,
     MAX_SAMPLES,
-    Counts,
-    HistogramData,
-    ModelWindow,
-    ProfileData,
     SpoolFigures,
     TelemetryWindow,
 )
 
 from ..observe import Tensors
+from .accumulators import (
+    Batch,
+    ModelAccumulator,
+    ModelInfo,
+    ModelResolver,
+    WindowState,
+    copy_tensors,
+    joined,
+)
 from .system import pipeline_figures, system_figures
 
 UNKNOWN_SHA256 = "0" * 64
@@ -53,135 +53,6 @@ STATISTICS_BATCH = 64
 _BACKLOG_FACTOR = 8  # buffered samples (in STATISTICS_BATCH) before a serving thread folds
 
 log = logging.getLogger("edgedl.agent.telemetry")
-
-_Batch = tuple[dict[str, NDArray[Any]], dict[str, NDArray[Any]]]
-
-
-def _copy(tensors: Tensors) -> dict[str, NDArray[Any]]:
-    return {name: np.array(arr, copy=True) for name, arr in tensors.items()}
-
-
-def _joined(batches: list[_Batch]) -> list[_Batch]:
-    """The batches as one (concatenated on the batch axis), or as they are when shapes differ."""
-    if len(batches) == 1:
-        return batches
-    try:
-        inputs = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
-        outputs = {k: np.concatenate([b[1][k] for b in batches]) for k in batches[0][1]}
-    except (ValueError, KeyError):
-        return batches
-    return [(inputs, outputs)]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the window needs to know about a served model version."""
-
-    name: str
-    version: str
-    sha256: str
-    reference: Profile | None = None
-    latency_threshold_ms: float | None = None
-
-
-#: Looks up a model version the builder has not seen yet (None when unknown).
-ModelResolver = Callable[[str, str], "ModelInfo | None"]
-
-
-class _Bins:
-    """A histogram on fixed edges kept in Python lists: cheap for one value at a time."""
-
-    __slots__ = ("count", "counts", "edges", "last", "total", "total_sq")
-
-    def __init__(self, edges: tuple[float, ...]) -> None:
-        self.edges = edges
-        self.last = len(edges) - 1
-        self.counts = [0] * (len(edges) + 1)
-        self.count = 0
-        self.total = 0.0
-        self.total_sq = 0.0
-
-    def add(self, value: float) -> None:
-        i = bisect_right(self.edges, value)
-        if i == len(self.edges) and value == self.edges[-1]:
-            i = self.last  # the last inner bin is closed on the right, as in Histogram
-        self.counts[i] += 1
-        self.count += 1
-        self.total += value
-        self.total_sq += value * value
-
-    def to_data(self) -> HistogramData:
-        return HistogramData(
-            edges=list(self.edges),
-            counts=list(self.counts),
-            count=self.count,
-            sum=self.total,
-            sum_sq=self.total_sq,
-        )
-
-
-class _Counts:
-    """The window's counters as plain ints (a pydantic model is slow to increment)."""
-
-    __slots__ = ("errors", "inferences", "latency_violations", "rejected", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.inferences = 0
-        self.errors = 0
-        self.rejected = 0
-        self.latency_violations = 0
-
-    def to_data(self) -> Counts:
-        return Counts(
-            requests=self.requests,
-            inferences=self.inferences,
-            errors=self.errors,
-            rejected=self.rejected,
-            latency_violations=self.latency_violations,
-        )
-
-
-@dataclass
-class _ModelAccumulator:
-    info: ModelInfo
-    counts: _Counts = field(default_factory=_Counts)
-    latency: _Bins = field(default_factory=lambda: _Bins(LATENCY_EDGES_MS))
-    batch_size: _Bins = field(default_factory=lambda: _Bins(BATCH_SIZE_EDGES))
-    profile: Profile | None = None
-    pending: list[_Batch] = field(default_factory=list)
-    pending_samples: int = 0
-    busy: int = 0  # folds of this model's batches running outside the lock
-
-    def __post_init__(self) -> None:
-        if self.info.reference is not None:
-            self.profile = self.info.reference.empty_like()
-
-    def take_pending(self) -> list[_Batch]:
-        """Hand over the buffered batches to fold (call with the builder's lock)."""
-        batches, self.pending, self.pending_samples = self.pending, [], 0
-        self.busy += 1
-        return batches
-
-    def to_window(self) -> ModelWindow:
-        profile = ProfileData.model_validate(self.profile.to_dict()) if self.profile else None
-        return ModelWindow(
-            name=self.info.name,
-            version=self.info.version,
-            sha256=self.info.sha256,
-            counts=self.counts.to_data(),
-            latency_ms=self.latency.to_data(),
-            batch_size=self.batch_size.to_data(),
-            profile=profile,
-        )
-
-
-@dataclass
-class _Window:
-    start: float
-    models: dict[tuple[str, str], _ModelAccumulator] = field(default_factory=dict)
-    inferences: int = 0
-    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 class WindowBuilder:
@@ -219,7 +90,7 @@ class WindowBuilder:
         self._known: dict[tuple[str, str], ModelInfo] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._window = _Window(start=time.time())
+        self._window = WindowState(start=time.time())
         self._random = random.Random()
 
     def register(self, info: ModelInfo) -> None:
@@ -269,8 +140,8 @@ class WindowBuilder:
             info = self._known.get((model, version))
         keep = (info is not None and info.reference is not None) or self._sample_rate > 0
         # Copies: the runtime may reuse its buffers once this call returns.
-        kept = (_copy(inputs), _copy(outputs)) if keep else None
-        todo: list[_Batch] = []
+        kept = (copy_tensors(inputs), copy_tensors(outputs)) if keep else None
+        todo: list[Batch] = []
         ask = False
         with self._lock:
             acc = self._model(model, version)
@@ -305,14 +176,14 @@ class WindowBuilder:
         for acc, batches in work:
             self._fold(window, acc, batches)
 
-    def _fold(self, window: _Window, acc: _ModelAccumulator, batches: list[_Batch]) -> None:
+    def _fold(self, window: WindowState, acc: ModelAccumulator, batches: list[Batch]) -> None:
         """Statistics of buffered batches into their window's profile and samples.
 
         Computed outside the lock; ``acc.busy`` tells :meth:`cut` to wait for the additions.
         """
         results: list[tuple[dict[str, FloatArray], dict[str, Any], int]] = []
         try:
-            for inputs, outputs in _joined(batches):
+            for inputs, outputs in joined(batches):
                 stats, classes = batch_statistics(inputs, outputs)
                 n = int(next(iter(inputs.values())).shape[0]) if inputs else 0
                 results.append((stats, classes, n))
@@ -372,7 +243,7 @@ class WindowBuilder:
         """
         now = time.time()
         with self._lock:
-            finished, self._window = self._window, _Window(start=now)
+            finished, self._window = self._window, WindowState(start=now)
             accs = list(finished.models.values())
             # Serving threads may still be adding to the finished window: wait for them.
             self._idle.wait_for(lambda: all(a.busy == 0 for a in accs), timeout=10)
@@ -394,7 +265,7 @@ class WindowBuilder:
             samples=finished.samples or None,
         )
 
-    def _model(self, name: str, version: str) -> _ModelAccumulator | None:
+    def _model(self, name: str, version: str) -> ModelAccumulator | None:
         """The accumulator of a model version in the current window (call with the lock)."""
         key = (name, version)
         acc = self._window.models.get(key)
@@ -410,13 +281,13 @@ class WindowBuilder:
             self._known[key] = info
         if len(self._window.models) >= MAX_MODELS:
             return None  # more versions than a window may carry: the rest are not counted
-        acc = _ModelAccumulator(info)
+        acc = ModelAccumulator(info)
         self._window.models[key] = acc
         return acc
 
     def _sample(
         self,
-        window: _Window,
+        window: WindowState,
         model: str,
         version: str,
         batch_size: int,
@@ -438,3 +309,6 @@ class WindowBuilder:
             for key, predicted in classes.items():
                 record[f"{key}/class"] = int(predicted[i])
             window.samples.append(record)
+
+
+__all__ = ["STATISTICS_BATCH", "UNKNOWN_SHA256", "ModelInfo", "ModelResolver", "WindowBuilder"]

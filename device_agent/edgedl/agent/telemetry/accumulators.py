@@ -1,0 +1,161 @@
+"""What one window holds per model version, in forms cheap to update one event at a time.
+
+The :class:`~.window.WindowBuilder` owns these and their lock; nothing here locks.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.profile import Profile
+from edgedl.telemetry import (
+    BATCH_SIZE_EDGES,
+    LATENCY_EDGES_MS,
+    Counts,
+    HistogramData,
+    ModelWindow,
+    ProfileData,
+)
+
+from ..observe import Tensors
+
+#: One batch's (inputs, outputs), kept until its statistics are computed.
+Batch = tuple[dict[str, NDArray[Any]], dict[str, NDArray[Any]]]
+
+
+def copy_tensors(tensors: Tensors) -> dict[str, NDArray[Any]]:
+    """Own copies of a batch's tensors (the runtime may reuse its buffers)."""
+    return {name: np.array(arr, copy=True) for name, arr in tensors.items()}
+
+
+def joined(batches: list[Batch]) -> list[Batch]:
+    """The batches as one (concatenated on the batch axis), or as they are when shapes differ."""
+    if len(batches) == 1:
+        return batches
+    try:
+        inputs = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+        outputs = {k: np.concatenate([b[1][k] for b in batches]) for k in batches[0][1]}
+    except (ValueError, KeyError):
+        return batches
+    return [(inputs, outputs)]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the window needs to know about a served model version."""
+
+    name: str
+    version: str
+    sha256: str
+    reference: Profile | None = None
+    latency_threshold_ms: float | None = None
+
+
+#: Looks up a model version the builder has not seen yet (None when unknown).
+ModelResolver = Callable[[str, str], "ModelInfo | None"]
+
+
+class Bins:
+    """A histogram on fixed edges kept in Python lists: cheap for one value at a time."""
+
+    __slots__ = ("count", "counts", "edges", "last", "total", "total_sq")
+
+    def __init__(self, edges: tuple[float, ...]) -> None:
+        self.edges = edges
+        self.last = len(edges) - 1
+        self.counts = [0] * (len(edges) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+
+    def add(self, value: float) -> None:
+        """Count one value (binned as :meth:`edgedl.profile.Histogram.add` bins it)."""
+        i = bisect_right(self.edges, value)
+        if i == len(self.edges) and value == self.edges[-1]:
+            i = self.last  # the last inner bin is closed on the right, as in Histogram
+        self.counts[i] += 1
+        self.count += 1
+        self.total += value
+        self.total_sq += value * value
+
+    def to_data(self) -> HistogramData:
+        """The histogram as the contract carries it."""
+        return HistogramData(
+            edges=list(self.edges),
+            counts=list(self.counts),
+            count=self.count,
+            sum=self.total,
+            sum_sq=self.total_sq,
+        )
+
+
+class ModelCounts:
+    """The window's counters as plain ints (a pydantic model is slow to increment)."""
+
+    __slots__ = ("errors", "inferences", "latency_violations", "rejected", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.inferences = 0
+        self.errors = 0
+        self.rejected = 0
+        self.latency_violations = 0
+
+    def to_data(self) -> Counts:
+        """The counts as the contract carries them."""
+        return Counts(
+            requests=self.requests,
+            inferences=self.inferences,
+            errors=self.errors,
+            rejected=self.rejected,
+            latency_violations=self.latency_violations,
+        )
+
+
+@dataclass
+class ModelAccumulator:
+    info: ModelInfo
+    counts: ModelCounts = field(default_factory=ModelCounts)
+    latency: Bins = field(default_factory=lambda: Bins(LATENCY_EDGES_MS))
+    batch_size: Bins = field(default_factory=lambda: Bins(BATCH_SIZE_EDGES))
+    profile: Profile | None = None
+    pending: list[Batch] = field(default_factory=list)
+    pending_samples: int = 0
+    busy: int = 0  # folds of this model's batches running outside the lock
+
+    def __post_init__(self) -> None:
+        if self.info.reference is not None:
+            self.profile = self.info.reference.empty_like()
+
+    def take_pending(self) -> list[Batch]:
+        """Hand over the buffered batches to fold (call with the builder's lock)."""
+        batches, self.pending, self.pending_samples = self.pending, [], 0
+        self.busy += 1
+        return batches
+
+    def to_window(self) -> ModelWindow:
+        """This model version's part of the window, as the contract carries it."""
+        profile = ProfileData.model_validate(self.profile.to_dict()) if self.profile else None
+        return ModelWindow(
+            name=self.info.name,
+            version=self.info.version,
+            sha256=self.info.sha256,
+            counts=self.counts.to_data(),
+            latency_ms=self.latency.to_data(),
+            batch_size=self.batch_size.to_data(),
+            profile=profile,
+        )
+
+
+@dataclass
+class WindowState:
+    start: float
+    models: dict[tuple[str, str], ModelAccumulator] = field(default_factory=dict)
+    inferences: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
