@@ -73,6 +73,17 @@ def seqs(recorder: Recorder) -> list[int]:
     return [w.seq for w in windows(recorder)]
 
 
+def wait_all(recorder: Recorder, spool_path: Path, timeout: float = 20) -> None:
+    """Wait until the recorder has the last window the (stopped) service spooled."""
+    last = Spool(spool_path).next_seq - 1
+    assert recorder.wait_for(lambda m: last in seqs(recorder), timeout)
+
+
+def offline_last(recorder: Recorder) -> bool:
+    statuses = recorder.on("/status")
+    return bool(statuses) and not decode_status(statuses[-1].payload).online
+
+
 @pytest.fixture
 def recorder(mosquitto_broker: MosquittoBroker) -> Iterator[Recorder]:
     rec = Recorder(mosquitto_broker.url, TOPICS)
@@ -97,9 +108,11 @@ def test_windows_arrive_in_order_with_the_right_counts(
         sent += serve(service, batches=10)
         time.sleep(0.2)
     service.stop()
+    wait_all(recorder, tmp_path / "spool.db")
+    assert recorder.wait_for(lambda m: offline_last(recorder), 10)
 
     got = windows(recorder)
-    assert [w.seq for w in got] == list(range(len(got))) and len(got) >= 3
+    assert [w.seq for w in got] == list(range(len(got))) and len(got) >= 2
     assert sum(w.inferences for w in got) == sent == 200
     assert all((w.fleet, w.device) == ("factory-7", "pi-42") for w in got)
     assert {m.content_type for m in recorder.on("/telemetry")} == {CONTENT_TYPES["zstd"]}
@@ -120,6 +133,7 @@ def test_gzip_is_declared_in_the_message(
     service = started(make_config(mosquitto_broker.url, tmp_path, compression="gzip"))
     serve(service, 3)
     service.stop()
+    wait_all(recorder, tmp_path / "spool.db")
     messages = recorder.on("/telemetry")
     assert messages and {m.content_type for m in messages} == {CONTENT_TYPES["gzip"]}
     assert sum(decode_window(m.payload).inferences for m in messages) == 12
@@ -193,7 +207,7 @@ def test_tls_with_a_client_certificate(
     assert service.publisher.wait_connected(10)
     serve(service, 2)
     service.stop()
-    assert recorder.wait_for(lambda m: len(m) >= 2, 10)
+    wait_all(recorder, tmp_path / "spool.db")
     recorder.close()
     assert sum(w.inferences for w in windows(recorder)) == 8
     assert tls_broker.url.startswith("mqtts://")
@@ -239,7 +253,7 @@ def test_a_broker_without_anonymous_access_refuses_a_client_without_credentials(
     service = started(config)  # the same spool: the refused window goes out now
     assert service.publisher.wait_connected(10)
     service.stop()
-    assert recorder.wait_for(lambda m: len(seqs(recorder)) > waiting, 10)
+    wait_all(recorder, tmp_path / "anon" / "spool.db")
     recorder.close()
     assert seqs(recorder)[: waiting + 1] == list(range(waiting + 1))
     assert PASSWORD not in repr(config) and PASSWORD not in config.redacted_url()
@@ -266,6 +280,7 @@ def test_a_broker_that_refuses_mqtt_5_gets_mqtt_3_1_1(
     service.stop()
     old.close()
     assert recorder.wait_for(lambda m: sum(w.inferences for w in windows(recorder)) == sent, 10)
+    assert recorder.wait_for(lambda m: offline_last(recorder), 10)
     # No MQTT 5 properties on 3.1.1: the payload's first bytes say it is zstd.
     assert {m.content_type for m in recorder.on("/telemetry")} == {None}
     assert [decode_status(m.payload).online for m in recorder.on("/status")] == [True, False]
