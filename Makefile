@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
 # dashboard. Installed only when missing (CI runs as root on Debian).
@@ -12,7 +13,7 @@ DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium
 .PHONY: help venv sysdeps lint test demo bench clean
 
 help:
-	@echo "make demo   train the digits example, convert it to every target, print the table"
+	@echo "make demo   the whole loop: train, convert, serve, watch; shifted digits raise a drift alert"
 	@echo "make test   lint (ruff, mypy, import-linter) and run the whole test suite"
 	@echo "make bench  run the benchmarks in bench/ (writes bench/results/*.json)"
 
@@ -45,7 +46,7 @@ test: lint sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python examples/digits/demo.py
+	$(BIN)/edgedl demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/convert.py

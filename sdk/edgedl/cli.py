@@ -44,6 +44,11 @@ _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "collector",
         "Receive device telemetry: storage, drift, alerts, dashboard.",
     ),
+    "demo": (
+        "edgedl.demo.cli:demo",
+        "all",
+        "The whole loop on this machine: train, convert, serve, watch, see a drift alert.",
+    ),
 }
 
 _debug = {"on": bool(os.environ.get("EDGEDL_DEBUG"))}

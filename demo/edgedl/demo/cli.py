@@ -1,0 +1,72 @@
+"""``edgedl demo``: the command line of the whole-loop demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8090,
+    show_default=True,
+    help="Port of the collector's dashboard and API (0: any free one).",
+)
+@click.option(
+    "--agent-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of the agent's inference API (0: any free one).",
+)
+@click.option(
+    "--mqtt",
+    "mqtt_url",
+    help="Broker URL (default: EDGEDL_MQTT_URL, else mqtt://127.0.0.1:1883, else a "
+    "mosquitto the demo starts).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the model, bundle, database and logs go (kept afterwards; "
+    "default: a temporary folder, removed afterwards).",
+)
+@click.option("--keep", is_flag=True, help="Leave everything running until Ctrl-C.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 200),
+    default=20,
+    show_default=True,
+    help="Training epochs of the digits CNN.",
+)
+def demo(
+    http_port: int,
+    agent_port: int,
+    mqtt_url: str | None,
+    workdir: Path | None,
+    keep: bool,
+    epochs: int,
+) -> None:
+    """Train, convert, serve and watch the digits model; shift its inputs; see the drift alert.
+
+    Starts a collector, an agent and (when no broker answers) mosquitto, and stops them all
+    at the end.
+    """
+    from .story import Demo, DemoOptions
+
+    Demo(
+        DemoOptions(
+            workdir=workdir,
+            http_port=http_port,
+            agent_port=agent_port,
+            mqtt_url=mqtt_url,
+            keep=keep,
+            epochs=epochs,
+        )
+    ).run()
+
+
+__all__ = ["demo"]

@@ -1,0 +1,194 @@
+"""The processes the demo starts: each a subprocess with its own log, stopped in order.
+
+A child runs in its own session so that Ctrl-C in the terminal reaches only the demo, which
+then stops the agent before the collector (the agent's last telemetry window still arrives)
+and the collector before the broker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgedl.errors import ConfigError
+
+
+def edgedl_command() -> list[str]:
+    """How to run this installation's ``edgedl`` CLI in a child process."""
+    script = Path(sys.executable).with_name("edgedl")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from edgedl.cli import main; main()"]
+
+
+class Child:
+    """One started process: its name, command and log file; ``stop()`` ends it for good."""
+
+    def __init__(self, name: str, command: Sequence[str], log: Path) -> None:
+        self.name = name
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(command),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines the child wrote, for an error message."""
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``ready()``; raise :class:`ConfigError` if the child exits or is slow."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None:
+                raise ConfigError(
+                    f"the {self.name} exited with code {self.proc.returncode}: {self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the {self.name} did not start in {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL if it will not go; return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def check_port_free(port: int, option: str, host: str = "127.0.0.1") -> None:
+    """Raise :class:`ConfigError` naming ``option`` when ``port`` cannot be listened on."""
+    if port == 0:
+        return
+    with socket.socket() as s:
+        # As the servers bind: connections of a previous run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            reason = "in use" if exc.errno == 98 else (exc.strerror or "unavailable")
+            raise ConfigError(
+                f"port {port} ({option}) is {reason}: pick another with {option} PORT"
+            ) from None
+
+
+def pick_port(port: int, host: str = "127.0.0.1") -> int:
+    """``port`` itself, or a free port when it is 0."""
+    if port:
+        return port
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_writable(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove the demo may write there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".edgedl-demo-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to the work folder {folder}: {exc.strerror or exc} "
+            "(pick another with --workdir)"
+        ) from None
+    return folder.resolve()
+
+
+def broker_answers(url: str, timeout: float = 3.0) -> bool:
+    """Whether an MQTT broker at ``url`` accepts a connection (a full CONNECT/CONNACK)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    if parts.scheme == "mqtts":
+        return True  # TLS settings are the agent's and collector's business; the port is open
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    try:
+        client.connect(host, port, keepalive=10)
+    except OSError:
+        return False
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(client.is_connected())
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+BROKER_CONFIG = """\
+# Written by `edgedl demo`: a throwaway broker on localhost, tuned as docs/collector.md says.
+listener {port} 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_inflight_messages 1000
+max_queued_messages 100000
+max_queued_bytes 0
+persistence false
+"""
+
+
+def start_mosquitto(folder: Path) -> tuple[Child, str]:
+    """Start ``mosquitto`` on a free local port; return it and its URL.
+
+    :class:`ConfigError` when the binary is not installed: the demo does not ship a broker.
+    """
+    binary = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
+        None,
+    )
+    if binary is None:
+        raise ConfigError(
+            "no MQTT broker answers and mosquitto is not installed: install it "
+            "(apt install mosquitto) or point the demo at one with --mqtt or EDGEDL_MQTT_URL"
+        )
+    port = pick_port(0)
+    config = folder / "mosquitto.conf"
+    config.write_text(BROKER_CONFIG.format(port=port), encoding="utf-8")
+    broker = Child("broker", [binary, "-c", str(config)], folder / "mosquitto.log")
+    url = f"mqtt://127.0.0.1:{port}"
+    broker.wait_until(lambda: broker_answers(url, timeout=1.0), timeout=15)
+    return broker, url
+
+
+__all__ = [
+    "BROKER_CONFIG",
+    "Child",
+    "broker_answers",
+    "check_port_free",
+    "check_writable",
+    "edgedl_command",
+    "pick_port",
+    "start_mosquitto",
+]
