@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ._version import __version__
 from .errors import BundleError, EdgeDLError, UsageError
+from .fleet_cli import fleet
 from .signing_cli import keys, sign, verify
 
 # name -> ("module:attribute", extra that provides it, one-line help)
@@ -152,6 +153,7 @@ def inspect(bundle: str, as_json: bool) -> None:
 
 for _command in (keys, sign, verify):  # signed bundles (edgedl.signing)
     cli.add_command(_command)
+cli.add_command(fleet)  # fleet rollouts through the collector (docs/fleet.md)
 
 
 def _one_line(message: str) -> str:

@@ -91,3 +91,8 @@ class SignatureError(BundleError):
 
 class KeyFileError(EdgeDLError):
     """A signing key file is missing, unreadable, not an Ed25519 PEM key, or already exists."""
+
+
+class FleetError(EdgeDLError):
+    """A fleet operation cannot be done: an unknown model or version in the artifact store, a
+    bad device selector or wave list, a collector that cannot be reached or refuses."""

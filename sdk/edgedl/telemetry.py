@@ -124,6 +124,11 @@ def events_topic(fleet: str, device: str) -> str:
     return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/{validate_id(device, 'device')}/events"
 
 
+def desired_topic(fleet: str, device: str) -> str:
+    """``edgedl/v1/{fleet}/{device}/desired``: retained :class:`DesiredState` set by the collector."""
+    return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/{validate_id(device, 'device')}/desired"
+
+
 def alerts_topic(fleet: str) -> str:
     """``edgedl/v1/{fleet}/alerts``: alerts the collector raises and resolves."""
     return f"{TOPIC_ROOT}/{validate_id(fleet, 'fleet')}/alerts"
@@ -363,6 +368,42 @@ class DeviceStatus(_Strict):
     since: float
 
 
+class DesiredState(_Strict):
+    """Retained on :func:`desired_topic`: the model version the fleet wants the device to run.
+
+    The collector writes it when a rollout reaches the device (and writes the previous
+    version back when a rollout is halted). The agent downloads ``url`` (resuming a cut-off
+    download), checks ``sha256`` (of the bundle ``.tar``) and the bundle's signature, and
+    deploys it with ``strategy`` and ``options`` (the agent's ``DeployOptions``). A shadow
+    deployment stays in shadow until a desired state with ``promote`` true arrives.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    rollout_id: Annotated[int, Field(ge=0, le=_MAX_INT)]
+    model: Name
+    version: Name
+    # The bundle .tar to download; None when the device is expected to hold the version
+    # already (a rollback to the version it ran before).
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size_bytes: NonNegInt | None = None
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    strategy: Literal["bluegreen", "canary", "shadow"] = "bluegreen"
+    options: dict[str, float | int | str | None] = Field(default_factory=dict, max_length=32)
+    promote: bool = False
+    reason: Annotated[str, Field(max_length=500)] = ""
+    issued_at: float
+
+
+def encode_desired(state: DesiredState) -> bytes:
+    """Plain JSON of a desired state (retained, read by people too)."""
+    return state.model_dump_json().encode("utf-8")
+
+
+def decode_desired(payload: bytes, max_bytes: int = 64 * 1024) -> DesiredState:
+    """Read a desired-state message; :class:`TelemetryError` says why one is refused."""
+    return _decode(DesiredState, payload, max_bytes, max_bytes)
+
+
 # ---------------------------------------------------------------------------- encoding
 
 
@@ -511,6 +552,7 @@ __all__ = [
     "STATUS_SUBSCRIPTION",
     "TELEMETRY_SUBSCRIPTION",
     "Counts",
+    "DesiredState",
     "DeviceStatus",
     "HistogramData",
     "ModelRef",
@@ -523,9 +565,12 @@ __all__ = [
     "alerts_topic",
     "batch_size_histogram",
     "compress",
+    "decode_desired",
     "decode_status",
     "decode_window",
     "decompress",
+    "desired_topic",
+    "encode_desired",
     "encode_status",
     "encode_window",
     "events_topic",

@@ -17,6 +17,7 @@ from edgedl.errors import EdgeDLError, TelemetryError
 from edgedl.telemetry import decode_window
 
 from .alerts import alert_json
+from .fleet.api import fleet_routes
 from .openapi import OPENAPI
 from .references import parse_manifest
 
@@ -218,6 +219,7 @@ def create_app(collector: Collector) -> Starlette:
             Route("/openapi.json", openapi),
             Route("/metrics", metrics),
             Route("/healthz", health),
+            *fleet_routes(collector.fleet),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={EdgeDLError: on_user_error},

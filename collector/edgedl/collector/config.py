@@ -7,6 +7,7 @@ One pydantic model per section; :class:`CollectorConfig` composes them::
     [http]      where the API and dashboard listen
     [drift]     sliding window, minimum samples, thresholds
     [alerts]    offline detection, webhook
+    [fleet]     artifact store, rollout defaults and gates (docs/fleet.md)
 
 Environment variables override the file (``EDGEDL_COLLECTOR__DRIFT__PSI_ALERT=0.25`` sets
 ``drift.psi_alert``); values that look like JSON are parsed as JSON. Command-line flags
@@ -26,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgedl.errors import ConfigError, TelemetryError
 from edgedl.telemetry import MAX_PAYLOAD_BYTES, validate_id
+
+from .fleet.gates import Gates
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,6 +133,22 @@ class AlertsConfig(_Section):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
 
 
+class FleetConfig(_Section):
+    """``[fleet]``: the artifact store, how devices download from it, rollout defaults."""
+
+    artifacts_path: str = "edgedl-artifacts"
+    # The base URL devices download bundles from (default: this collector's HTTP address).
+    public_url: str | None = None
+    max_bundle_mb: float = Field(default=512.0, gt=0)
+    trusted_keys: list[str] = Field(default_factory=list, description="Ed25519 public keys")
+    require_signature: bool | None = None  # default: true when trusted_keys are listed
+    probation_s: float = Field(default=300.0, gt=0)
+    arrival_timeout_s: float = Field(default=600.0, gt=0)
+    baseline_s: float = Field(default=600.0, gt=0, description="previous version's p95 window")
+    tick_s: float = Field(default=0.5, gt=0)
+    gates: Gates = Field(default_factory=Gates)
+
+
 class CollectorConfig(_Section):
     """The whole ``collector.toml``."""
 
@@ -139,6 +158,7 @@ class CollectorConfig(_Section):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     references: list[str] = Field(default_factory=list)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
 
 def load_config(

@@ -6,6 +6,8 @@ from typing import Any
 
 from edgedl._version import __version__
 
+from .fleet.api import FLEET_OPENAPI_PATHS
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -262,7 +264,10 @@ OPENAPI: dict[str, Any] = {
                 "required": ["kind", "device", "metric", "value", "threshold", "state"],
                 "properties": {
                     "id": {"type": "integer"},
-                    "kind": {"type": "string", "enum": ["drift", "latency", "offline", "errors"]},
+                    "kind": {
+                        "type": "string",
+                        "enum": ["drift", "latency", "offline", "errors", "rollout"],
+                    },
                     "scope": {"type": "string", "enum": ["device", "fleet"]},
                     "fleet": _STR,
                     "device": _NULLABLE_STR,
@@ -280,3 +285,5 @@ OPENAPI: dict[str, Any] = {
         }
     },
 }
+
+OPENAPI["paths"].update(FLEET_OPENAPI_PATHS)  # fleet rollouts (edgedl.collector.fleet.api)

@@ -133,14 +133,52 @@ model_references = Table(
 
 _V1_TABLES = [windows, devices, dead_letter, alerts, model_references]
 
+# Fleet rollouts (edgedl.collector.fleet): published bundles and the rollouts of them.
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("model", String(128), primary_key=True),
+    Column("version", String(128), primary_key=True),
+    Column("sha256", String(64), nullable=False),  # of the bundle .tar as served
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("model_sha256", String(64), nullable=False),  # the manifest's, as devices report it
+    Column("key_id", String(32)),  # who signed it (None: unsigned)
+    Column("manifest", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("fleet", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("strategy", String(16), nullable=False),
+    Column("state", String(16), nullable=False),  # running, completed, halted
+    Column("wave", Integer, nullable=False),  # index of the wave in progress (or last)
+    Column("phase", String(16), nullable=False),  # arriving, probation, promoting
+    Column("phase_since", Float, nullable=False),
+    Column("reason", String(1000)),
+    Column("plan", Text, nullable=False),  # JSON: devices, waves, gates, options, previous
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_rollouts_state", "state"),
+)
+
 
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
 
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[artifacts, rollouts])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
+    (2, "artifacts, rollouts (fleet rollouts)", _v2),
 ]
 
 

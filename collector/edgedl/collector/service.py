@@ -21,6 +21,7 @@ from edgedl.errors import ConfigError
 from .alerts import AlertBook
 from .api import create_app
 from .config import CollectorConfig
+from .fleet.service import Fleet
 from .ingest import Ingestor
 from .metrics import CollectorMetrics
 from .monitor import DriftMonitor
@@ -77,6 +78,7 @@ class Collector:
             self.store, config.mqtt.max_payload_bytes, on_stored=self.monitor.submit
         )
         self.mqtt = MqttConsumer(config.mqtt, config.storage, self.ingestor, self.metrics)
+        self.fleet = Fleet(self)
         self.started_at = time.time()
         self._server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -102,11 +104,13 @@ class Collector:
         self._start_http()
         if self.mqtt is not None:
             self.mqtt.start()
+        self.fleet.start()
         log.info("collector listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Finish the batch in hand, acknowledge it, stop every thread, close the database."""
+        self.fleet.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         self.monitor.stop()

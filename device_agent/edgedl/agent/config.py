@@ -9,6 +9,7 @@ One pydantic model per section; :class:`AgentConfig` composes them::
     [[pipelines]]   streaming pipelines (edgedl.agent.pipeline)
     [telemetry]     MQTT telemetry (edgedl.agent.telemetry)
     [security]      trusted signing keys for bundles (edgedl.agent.security)
+    [fleet]         over-the-air updates from the collector (edgedl.agent.fleet)
 
 Environment variables override the file: ``EDGEDL_AGENT__SERVER__PORT=8081`` sets
 ``server.port``; a list element is addressed by its index
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgedl.errors import ConfigError
 
+from .fleet.config import FleetUpdatesConfig
 from .pipeline.config import PipelineConfig
 from .rollout.config import RolloutConfig, StoreConfig
 from .security import SecurityConfig
@@ -97,6 +99,7 @@ class AgentConfig(BaseModel):
     pipelines: list[PipelineConfig] = Field(default_factory=list)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    fleet: FleetUpdatesConfig = Field(default_factory=FleetUpdatesConfig)
 
 
 def load_config(

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
+from .fleet.updater import attach as attach_fleet_updates
 from .pipeline.http import pipeline_routes
 from .pipeline.pipeline_set import PipelineSet
 from .rollout.admin_api import rollout_routes
@@ -33,11 +34,13 @@ def build_app(runtime: AgentRuntime) -> Starlette:
     """The API with every component's routes (components add theirs here)."""
     runtime.admission.admit_pipelines(runtime.config.pipelines)
     pipelines = PipelineSet.from_configs(runtime.config.pipelines)
-    attach_telemetry(runtime, pipelines)
+    telemetry = attach_telemetry(runtime, pipelines)
+    admin = rollout_routes(runtime)
+    attach_fleet_updates(runtime, telemetry)
     return create_app(
         runtime,
         extra_routes=pipeline_routes(pipelines, runtime.config.server.max_request_bytes),
-        admin_routes=rollout_routes(runtime),
+        admin_routes=admin,
     )
 
 

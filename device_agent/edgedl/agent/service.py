@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edgedl.bundle import Bundle
 from edgedl.errors import ConfigError
@@ -31,6 +31,9 @@ from .observe import InferenceObserver
 from .repository import ModelConflict, ModelRepository
 from .security import BundleAdmission
 from .served import Observers, ServedModel
+
+if TYPE_CHECKING:
+    from .rollout.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class AgentRuntime:
         self._draining = threading.Event()
         self._components: list[Component] = []
         self._started = False
+        # The model store's rollouts, when the agent has a writable store (rollout_routes).
+        self.rollouts: Rollouts | None = None
 
     @property
     def draining(self) -> bool:

@@ -1,6 +1,7 @@
 // The edgedl dashboard: polls the collector's JSON API and draws what it says.
 "use strict";
 import { barChart, fmt, lineChart } from "/static/charts.js";
+import { renderRollouts } from "/static/rollouts.js";
 
 const REFRESH_MS = 3000;
 const COLORS = { p50: "#2e86de", p95: "#e67e22", p99: "#8e44ad", ok: "#27ae60", watch: "#f1c40f", alert: "#c0392b", muted: "#95a5a6" };
@@ -201,13 +202,16 @@ async function renderFleetDrift() {
 
 async function refresh() {
   try {
-    const [devices, alerts] = await Promise.all([getJSON("/api/v1/devices"), getJSON("/api/v1/alerts?state=open")]);
+    const [devices, alerts, rollouts] = await Promise.all([
+      getJSON("/api/v1/devices"), getJSON("/api/v1/alerts?state=open"), getJSON("/api/v1/rollouts"),
+    ]);
     if (!state.selected && devices.length) {
       const alerted = alerts.find((a) => a.device && devices.some((d) => d.device === a.device));
       state.selected = alerted ? alerted.device : devices[0].device;
     }
     renderDevices(devices);
     renderAlerts(alerts);
+    renderRollouts(rollouts);
     await Promise.all([renderDevice(state.selected), renderFleetDrift()]);
     document.getElementById("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.loaded = "true";

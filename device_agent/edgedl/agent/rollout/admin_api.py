@@ -55,9 +55,11 @@ def rollout_routes(runtime: AgentRuntime) -> list[BaseRoute]:
     Without an admin token (``server.admin_token``) rollouts are off and the store untouched.
     """
     store_config = runtime.config.store
-    if not runtime.config.server.resolved_admin_token():
+    no_token = "the admin API is disabled: set server.admin_token"
+    fleet_updates = runtime.config.fleet.updates
+    if not runtime.config.server.resolved_admin_token() and not fleet_updates:
         # Without a token nobody can deploy: leave the store (and the disk) alone.
-        return admin_routes(None, "the admin API is disabled: set server.admin_token")
+        return admin_routes(None, no_token)
     problem = _writable_problem(Path(store_config.path))
     if problem is not None:
         log.warning("rollouts are off: %s", problem)
@@ -69,6 +71,9 @@ def rollout_routes(runtime: AgentRuntime) -> list[BaseRoute]:
         runtime.config.rollout,
     )
     runtime.add_component(rollouts)
+    runtime.rollouts = rollouts  # fleet updates deploy through it too
+    if not runtime.config.server.resolved_admin_token():
+        return admin_routes(None, no_token)
     return admin_routes(rollouts)
 
 

@@ -115,6 +115,9 @@ class Publisher:
         """Successful connections since :meth:`start`."""
         self.last_error: str | None = None
         """Why the last connection attempt or connection failed, for status pages."""
+        self.rollout: Callable[[], dict[str, Any] | None] | None = None
+        """Supplies the ``rollout`` field of the status (set by the fleet updater)."""
+        self._status_changed = threading.Event()
 
     # ------------------------------------------------------------------ public surface
 
@@ -165,6 +168,17 @@ class Publisher:
         """A window was spooled: send it without waiting for the next poll."""
         self._wake.set()
 
+    def publish_status(self) -> None:
+        """Retain a fresh ``online`` status now (what the device runs changed)."""
+        self._status_changed.set()
+        self._wake.set()
+
+    def _current_status(self, online: bool) -> DeviceStatus:
+        status = self._status(online)
+        if self.rollout is not None and status.rollout is None:
+            status = status.model_copy(update={"rollout": self.rollout()})
+        return status
+
     @property
     def connected(self) -> bool:
         """Whether the broker has accepted the connection."""
@@ -211,6 +225,10 @@ class Publisher:
                     self._wake.clear()
                 self._drain(client)
                 self._send_events(client)
+                if self._status_changed.is_set():
+                    self._status_changed.clear()
+                    status = encode_status(self._current_status(True))
+                    client.publish(self._status_topic, status, qos=1, retain=True)
             except Exception:
                 # Whatever went wrong (a disk error in the spool, a bug), the thread lives on:
                 # the windows are still on disk and the next round retries them.
@@ -305,7 +323,9 @@ class Publisher:
                 self._inflight.clear()  # a new client has no session: resend from the spool
             self.spool.release()
             self._client = client
-        client.will_set(self._status_topic, encode_status(self._status(False)), qos=1, retain=True)
+        client.will_set(
+            self._status_topic, encode_status(self._current_status(False)), qos=1, retain=True
+        )
         return client
 
     def _on_connect(
@@ -329,7 +349,9 @@ class Publisher:
             return
         self.connects += 1
         self.last_error = None
-        client.publish(self._status_topic, encode_status(self._status(True)), qos=1, retain=True)
+        client.publish(
+            self._status_topic, encode_status(self._current_status(True)), qos=1, retain=True
+        )
         self._connected.set()
         self._wake.set()
         log.info(
@@ -425,7 +447,7 @@ class Publisher:
         if client is None or not self._connected.is_set():
             return
         info = client.publish(
-            self._status_topic, encode_status(self._status(False)), qos=1, retain=True
+            self._status_topic, encode_status(self._current_status(False)), qos=1, retain=True
         )
         end = time.monotonic() + 2.0
         while not info.is_published() and time.monotonic() < end:

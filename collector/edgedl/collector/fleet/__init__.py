@@ -1,0 +1,1 @@
+"""Fleet rollouts: the artifact store, rollouts in waves, gates on telemetry (docs/fleet.md)."""

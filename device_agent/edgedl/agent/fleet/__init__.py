@@ -1,0 +1,1 @@
+"""Over-the-air updates: the desired state from the collector, downloaded, verified, deployed."""
