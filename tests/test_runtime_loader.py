@@ -95,3 +95,31 @@ def test_wrong_shapes_and_names_are_clear_errors(digits_bundles):
 def test_backend_for_the_wrong_runtime_is_refused(digits_bundles):
     with pytest.raises(RuntimeUnavailableError, match="cannot run a litert bundle"):
         runtime.load(digits_bundles["tflite-int8"].bundle, backend="onnxruntime")
+
+
+def test_a_bundle_for_a_jetson_asks_for_its_gpu_providers_and_falls_back_to_the_cpu(
+    digits_bundles, digits, tmp_path
+):
+    import json
+    import shutil
+
+    from edgedl.devices import DEVICES
+
+    bundle = tmp_path / "for-jetson"
+    shutil.copytree(digits_bundles["onnx-fp16"].bundle.path, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["device"] = "jetson-orin"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    runner = runtime.load(bundle, threads=1)
+    assert runner.requested_providers == list(DEVICES["jetson-orin"].execution_providers)
+    assert "TensorrtExecutionProvider" in runner.requested_providers
+    # This host has no GPU: ONNX Runtime runs it on the CPU, with the same results.
+    assert runner.providers == ["CPUExecutionProvider"]
+    test = np.load(digits.test)
+    plain = runtime.load(digits_bundles["onnx-fp16"].bundle, threads=1)
+    assert plain.requested_providers == ["CPUExecutionProvider"]
+    np.testing.assert_allclose(runner.predict(test["x"]), plain.predict(test["x"]), atol=1e-6)
+    # Explicit providers win over the profile's.
+    forced = runtime.load(bundle, threads=1, providers=["CPUExecutionProvider"])
+    assert forced.requested_providers == ["CPUExecutionProvider"]

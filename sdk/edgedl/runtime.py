@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .bundle import Bundle, Manifest, TensorSpec
+from .devices import DEVICES
 from .errors import DataError, RuntimeUnavailableError
 
 Array = NDArray[Any]
@@ -256,7 +257,8 @@ class OnnxRunner(Runner):
         options.intra_op_num_threads = max(threads, 0)
         options.log_severity_level = 3
         available = set(ort.get_available_providers())
-        wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available]
+        self.requested_providers: list[str] = list(providers or ["CPUExecutionProvider"])
+        wanted = [p for p in self.requested_providers if p in available]
         if "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")
         try:
@@ -285,6 +287,12 @@ class OnnxRunner(Runner):
         return dict(zip(names, results, strict=True))
 
 
+def default_providers(manifest: Manifest) -> list[str] | None:
+    """The execution providers of the device profile ``manifest`` was converted for, if any."""
+    profile = DEVICES.get(manifest.device or "")
+    return list(profile.execution_providers) if profile and profile.execution_providers else None
+
+
 def load(
     bundle: Bundle | str | os.PathLike[str],
     *,
@@ -297,10 +305,14 @@ def load(
     ``backend`` forces one backend (see :data:`TFLITE_BACKENDS`, :data:`ONNX_BACKENDS`);
     ``threads`` defaults to the machine's core count (0 lets ONNX Runtime decide);
     ``providers`` are ONNX Runtime execution providers in order of preference; unavailable
-    ones are skipped and the CPU provider is always last.
+    ones are skipped and the CPU provider is always last. Left out, they come from the device
+    profile the bundle was converted for (``edgedl convert --device jetson-orin`` asks for
+    TensorRT, then CUDA), so a bundle made for a Jetson uses its GPU without extra settings.
     """
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     runtime = b.manifest.runtime
+    if providers is None:
+        providers = default_providers(b.manifest)
     candidates = _RUNTIME_BACKENDS[runtime]
     if backend is not None and backend not in candidates:
         raise RuntimeUnavailableError(
