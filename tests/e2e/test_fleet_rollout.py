@@ -282,3 +282,29 @@ def test_bad_bundles_are_refused_and_the_device_keeps_serving(
     assert "not enough disk" in halted["reason"], halted["reason"]
     assert device_view(collector)["pi-1"]["rollout"]["state"] == "refused"
     assert served_version(agents["pi-1"]) == "1"
+
+
+def test_a_shadow_rollout_that_agrees_is_promoted_wave_by_wave(
+    tmp_path: Path,
+    e2e_broker: MosquittoBroker,
+    collector_process: Callable[..., CollectorProcess],
+    agent_process: Callable[..., AgentProcess],
+    versions: dict[str, Path],
+    keys: Keys,
+) -> None:
+    collector = collector_process("--config", collector_toml(tmp_path / "c", probation_s=2))
+    agents = {
+        d: start_device(agent_process, tmp_path / d, d, versions["1"], e2e_broker, keys.public)
+        for d in DEVICES[:2]
+    }
+    wait_until(lambda: len(device_view(collector)) == 2, 60, "two devices on the collector")
+    publish(collector, versions["2"])
+    with Traffic(agents):
+        rid = start_rollout(collector, "digits", "2", "--strategy", "shadow", "--waves", "1,100%")
+        done = finished(collector, rid, 120)
+    assert done["state"] == "completed", done["reason"]
+    # the same model in shadow agrees on every sample; each wave was promoted by the fleet
+    assert all(r["shadow_agreement"] == 1.0 for r in done["wave_reports"].values())
+    for device in DEVICES[:2]:
+        assert served_version(agents[device]) == "2"
+        assert device_view(collector)[device]["rollout"]["reason"] == "promoted by the fleet"

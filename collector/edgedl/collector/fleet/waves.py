@@ -175,7 +175,8 @@ class WaveController:
             log.info("rollout %s of %s %s completed", r["id"], r["model"], r["version"])
             return
         r["wave"] += 1
-        devices = plan["devices"][: plan["sizes"][r["wave"]]]
+        # Only the devices the wave adds: the earlier ones keep their (promoted) state.
+        devices = plan["devices"][plan["sizes"][r["wave"] - 1] : plan["sizes"][r["wave"]]]
         self._write_desired(r, devices, promote=False)
         self._move(r, wave=r["wave"], phase="arriving", phase_since=now)
 

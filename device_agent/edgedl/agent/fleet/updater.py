@@ -212,7 +212,13 @@ class FleetUpdater:
                 return
         live = rollouts.live(name)
         if live is not None and live.version == version:
-            if self._state is None or self._state.get("state") != "refused":
+            # Keep a refusal (the device stays on this version because it refused another)
+            # and a promotion of this very version: "already serving" would hide why.
+            known = self._state or {}
+            kept = known.get("state") == "refused" or (
+                known.get("state") == "promoted" and known.get("version") == version
+            )
+            if not kept:
                 self._set(d, "promoted", "already serving")
             return
         store = rollouts.store
