@@ -16,24 +16,17 @@ override both. Any problem raises :class:`~edgedl.errors.ConfigError` naming the
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgedl.errors import ConfigError, TelemetryError
+from edgedl.config import load_toml_config
+from edgedl.errors import TelemetryError
 from edgedl.telemetry import MAX_PAYLOAD_BYTES, validate_id
 
 from .fleet.gates import Gates
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ENV_PREFIX = "EDGEDL_COLLECTOR__"
 
@@ -171,56 +164,6 @@ def load_config(
     ``overrides`` maps dotted keys (``"http.port"``) to values, for command-line flags.
     Raise :class:`ConfigError` naming the file, the key and the problem.
     """
-    source = str(path) if path is not None else "configuration"
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {p}") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{p}: not UTF-8 text") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
-    origins: dict[tuple[str, ...], str] = {}
-    for name, value in sorted((env if env is not None else os.environ).items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split("__"))
-        if not all(keys):
-            raise ConfigError(f"{name}: empty key in environment override")
-        _set(data, keys, _parse_env_value(value), name)
-        origins[keys] = name
-    for dotted, value in (overrides or {}).items():
-        _set(data, tuple(dotted.split(".")), value, dotted)
-    try:
-        return CollectorConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or "config"
-        where = next((f" (from {v})" for k, v in origins.items() if loc[: len(k)] == k), "")
-        raise ConfigError(f"{source}: {key}: {err['msg']}{where}") from exc
-
-
-def _parse_env_value(value: str) -> Any:
-    text = value.strip()
-    if text[:1] in "[{" or text in ("true", "false"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any, origin: str) -> None:
-    node = data
-    for i, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])} is not a table")
-        node = child
-    node[keys[-1]] = value
+    return load_toml_config(
+        CollectorConfig, path, env_prefix=ENV_PREFIX, env=env, overrides=overrides
+    )

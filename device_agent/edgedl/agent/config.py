@@ -21,15 +21,14 @@ when it came from the environment).
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from edgedl.config import load_toml_config
 from edgedl.errors import ConfigError
 
 from .fleet.config import FleetUpdatesConfig
@@ -37,11 +36,6 @@ from .pipeline.config import PipelineConfig
 from .rollout.config import RolloutConfig, StoreConfig
 from .security import SecurityConfig
 from .telemetry.config import TelemetryConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ENV_PREFIX = "EDGEDL_AGENT__"
 
@@ -112,79 +106,4 @@ def load_config(
     ``overrides`` maps dotted keys (``"server.port"``) to values, for command-line flags.
     Raise :class:`ConfigError` naming the file, the key and the problem.
     """
-    source = str(path) if path is not None else "configuration"
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {p}") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{p}: not UTF-8 text") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
-    from_env: dict[tuple[str, ...], str] = {}
-    for name, value in sorted((env if env is not None else os.environ).items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split("__"))
-        if not all(keys):
-            raise ConfigError(f"{name}: empty key in environment override")
-        _set_path(data, keys, _parse_env_value(value), name)
-        from_env[keys] = name
-    for dotted, value in (overrides or {}).items():
-        _set_path(data, tuple(dotted.split(".")), value, dotted)
-    try:
-        return AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or "config"
-        where = next(
-            (f" (from {var})" for keys, var in from_env.items() if loc[: len(keys)] == keys), ""
-        )
-        # A broker URL or a password may carry a secret: never echo those back.
-        secret = loc[-1:] in (("password",), ("mqtt",), ("admin_token",))
-        got = (
-            f" (got {err['input']!r})"
-            if "input" in err and not isinstance(err["input"], dict) and not secret
-            else ""
-        )
-        raise ConfigError(f"{source}: {key}: {err['msg']}{got}{where}") from exc
-
-
-def _parse_env_value(value: str) -> Any:
-    text = value.strip()
-    if text[:1] in "[{" or text in ("true", "false"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any, origin: str) -> None:
-    node: Any = data
-    for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(
-                    f"{origin}: {'.'.join(keys[:i])} has {len(node)} entries, no index {key!r}"
-                )
-            if last:
-                node[int(key)] = value
-            else:
-                node = node[int(key)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"{origin}: {'.'.join(keys[:i])} is not a table")
-        if last:
-            node[key] = value
-        elif keys[i + 1].isdigit():
-            node = node.setdefault(key, [])
-        else:
-            node = node.setdefault(key, {})
+    return load_toml_config(AgentConfig, path, env_prefix=ENV_PREFIX, env=env, overrides=overrides)
