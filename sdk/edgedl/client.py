@@ -25,28 +25,10 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from .datatypes import NUMPY_DTYPES, datatype_of
 from .errors import ServingError
 
 Array = NDArray[Any]
-
-_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-_DATATYPE_OF = {v.str: k for k, v in _DTYPES.items()}
-_DATATYPE_OF["|b1"] = "BOOL"
-_DATATYPE_OF["|u1"] = "UINT8"
-_DATATYPE_OF["|i1"] = "INT8"
 
 
 class AgentClient:
@@ -118,7 +100,7 @@ class AgentClient:
             arr = np.asarray(value)
             if arr.dtype.kind == "f":
                 arr = arr.astype(np.float32, copy=False)
-            datatype = _DATATYPE_OF.get(arr.dtype.newbyteorder("<").str)
+            datatype = datatype_of(arr.dtype)
             if datatype is None:
                 raise ServingError(f"input {key!r}: cannot send dtype {arr.dtype}", status=400)
             blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
@@ -194,7 +176,7 @@ def _decode_outputs(response: httpx.Response) -> dict[str, NDArray[Any]]:
     outputs: dict[str, NDArray[Any]] = {}
     offset = split
     for out in doc.get("outputs", []):
-        dtype = _DTYPES.get(out["datatype"], np.dtype("<f4"))
+        dtype = NUMPY_DTYPES.get(out["datatype"], np.dtype("<f4"))
         size = (out.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             arr = np.frombuffer(body[offset : offset + size], dtype=dtype)

@@ -26,26 +26,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edgedl.datatypes import NUMPY_DTYPES, datatype_of
 from edgedl.errors import DataError, ServingError
 
 Array = NDArray[Any]
-
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-DATATYPES: dict[str, str] = {str(v): k for k, v in NUMPY_DTYPES.items()}
-DATATYPES.update({"float32": "FP32", "float64": "FP64", "float16": "FP16", "bool": "BOOL"})
 
 
 class BadRequest(ServingError, DataError):
@@ -219,7 +203,7 @@ def encode_response(
         arr = np.asarray(outputs[out.name])
         entry: dict[str, Any] = {
             "name": out.name,
-            "datatype": DATATYPES.get(str(arr.dtype), "FP32"),
+            "datatype": datatype_of(arr.dtype) or "FP32",
             "shape": list(arr.shape),
         }
         if out.binary:
