@@ -103,10 +103,16 @@ class Batcher:
         self._on_queue_depth = on_queue_depth
         self._queue: deque[_Request] = deque()
         self._queued_samples = 0
-        self._cond = threading.Condition()
+        # `with self._lock` is the lock's own C context manager, cheaper per request than
+        # the Condition's Python-level one; the Condition waits and notifies on the same lock.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._busy: set[int] = set()  # worker slots running a batch (or lent to a caller)
+        # Workers blocked in a wait: a submit wakes one only then. Waking a thread costs
+        # microseconds with the GIL held; a busy worker looks at the queue when it is done.
+        self._waiting = 0
 
     @property
     def depth(self) -> int:
@@ -133,7 +139,7 @@ class Batcher:
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Take no more requests; run (``drain``) or fail the queued ones; join the workers."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
             dropped: list[_Request] = []
             if not drain:
@@ -153,7 +159,7 @@ class Batcher:
         :class:`ShuttingDown` after :meth:`stop`.
         """
         future: Future[Tensors] = Future()
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise ShuttingDown("the agent is shutting down and takes no new requests")
             if len(self._queue) >= self.queue_size:
@@ -163,10 +169,11 @@ class Batcher:
             self._queue.append(_Request(inputs, size, time.monotonic(), deadline, future))
             self._queued_samples += size
             depth = len(self._queue)
-            if self._busy:  # a waiting worker may be one whose slot is taken: wake them all
-                self._cond.notify_all()
-            else:
-                self._cond.notify()
+            if self._waiting:
+                if self._busy:  # a waiting worker may be one whose slot is taken: wake all
+                    self._cond.notify_all()
+                else:
+                    self._cond.notify()
         if self._on_queue_depth is not None:
             self._on_queue_depth(depth)
         return future
@@ -180,7 +187,7 @@ class Batcher:
         is queued like any other. The returned future is done when it ran inline.
         """
         slot = None
-        with self._cond:
+        with self._lock:
             if self._stopping:
                 raise ShuttingDown("the agent is shutting down and takes no new requests")
             if not self._queue and self._threads:
@@ -196,9 +203,9 @@ class Batcher:
         except Exception as exc:
             future.set_exception(exc)
         finally:
-            with self._cond:
+            with self._lock:
                 self._busy.discard(slot)
-                if self._queue:
+                if self._queue and self._waiting:
                     self._cond.notify_all()
         return future
 
@@ -210,23 +217,23 @@ class Batcher:
             try:
                 self._run(worker, batch)
             finally:
-                with self._cond:
+                with self._lock:
                     self._busy.discard(worker)
 
     def _next_batch(self, worker: int) -> list[_Request] | None:
-        with self._cond:
+        with self._lock:
             while True:
                 while not self._queue or worker in self._busy:
                     if self._stopping and not self._queue:
                         return None
-                    self._cond.wait()
+                    self._wait(None)
                 if self.max_queue_delay_s > 0 and self.max_batch_size > 1:
                     flush_at = self._queue[0].enqueued + self.max_queue_delay_s
                     while self._queued_samples < self.max_batch_size and not self._stopping:
                         remaining = flush_at - time.monotonic()
                         if remaining <= 0:
                             break
-                        self._cond.wait(remaining)
+                        self._wait(remaining)
                     if not self._queue or worker in self._busy:  # taken meanwhile
                         continue
                 batch: list[_Request] = []
@@ -243,12 +250,19 @@ class Batcher:
                         break
                 self._busy.add(worker)
                 depth = len(self._queue)
-                if self._queue:
+                if self._queue and self._waiting:
                     self._cond.notify()  # let an idle worker take the rest
                 break
         if self._on_queue_depth is not None:
             self._on_queue_depth(depth)
         return batch
+
+    def _wait(self, timeout: float | None) -> None:
+        self._waiting += 1  # under self._lock, like every read of it
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._waiting -= 1
 
     def _run(self, worker: int, batch: list[_Request]) -> None:
         now = time.monotonic()

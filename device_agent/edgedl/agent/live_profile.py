@@ -9,9 +9,9 @@ observer and binned on the recorder's own thread.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,14 +26,27 @@ log = logging.getLogger(__name__)
 Array = NDArray[Any]
 
 
+Item = tuple[str, str, Mapping[str, Array], Mapping[str, Array]]
+
+
 class ProfileRecorder:
     """Bins batches into live profiles on its own thread, within a CPU budget.
 
     Binning may use at most ``max_cpu`` of one core: after a batch took ``t`` seconds to bin,
     batches arriving in the next ``t / max_cpu`` seconds are skipped (a sample of the
-    traffic, which keeps the histograms' shares unbiased), and so are batches that find the
-    queue full. Both are counted in :attr:`skipped`.
+    traffic, which keeps the histograms' shares unbiased), and so are batches arriving while
+    one is still waiting or being binned (otherwise a burst would queue up and be binned back
+    to back, far over the budget). With ``max_cpu = 1`` every batch is queued, and only those
+    that find the queue full are skipped. Both are counted in :attr:`skipped`.
+
+    Handing a batch over never wakes the thread while traffic flows: waking a thread from a
+    serving thread costs a system call with the GIL held, and on a busy machine the serving
+    thread can lose its core to the woken one. So the recorder looks for batches every
+    :attr:`poll_s` seconds after one arrived, and waits without a timeout once it finds none
+    (an idle agent does not poll); only the first batch after such a pause wakes it.
     """
+
+    poll_s = 0.05
 
     def __init__(
         self, repository: ModelRepository, max_cpu: float = 0.05, queue_size: int = 64
@@ -41,8 +54,14 @@ class ProfileRecorder:
         self._repository = repository
         self.max_cpu = max_cpu
         self._next_at = 0.0
-        self._queue: queue.Queue[tuple[str, str, Mapping[str, Array], Mapping[str, Array]] | None]
-        self._queue = queue.Queue(maxsize=queue_size)
+        self._pending = False  # a batch is queued or being binned (budgeted mode only)
+        self._queue_size = queue_size
+        self._items: deque[Item] = deque()  # append and popleft are atomic: no lock needed
+        self._wake = threading.Event()
+        self._sleeping = False  # the thread waits without a timeout: a new batch sets _wake
+        self._binning = False
+        self._done = threading.Condition()  # notified each time the thread runs dry
+        self._stopping = False
         self._profiles: dict[tuple[str, str], Profile | None] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -51,13 +70,15 @@ class ProfileRecorder:
     def start(self) -> None:
         """Start the background thread."""
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._work, name="edgedl-profile", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Bin what is queued, then stop the thread."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._stopping = True
+            self._wake.set()
             self._thread.join(timeout)
             self._thread = None
 
@@ -65,17 +86,25 @@ class ProfileRecorder:
         self, model: str, version: str, inputs: Mapping[str, Array], outputs: Mapping[str, Array]
     ) -> None:
         """Queue one batch for binning (never blocks)."""
-        if self._next_at and time.monotonic() < self._next_at:
+        budgeted = self.max_cpu < 1.0
+        if budgeted and (self._pending or (self._next_at and time.monotonic() < self._next_at)):
             self.skipped["cpu_budget"] += 1
             return
-        try:
-            self._queue.put_nowait((model, version, inputs, outputs))
-        except queue.Full:
+        if len(self._items) >= self._queue_size:
             self.skipped["queue_full"] += 1
+            return
+        if budgeted:
+            self._pending = True
+        self._items.append((model, version, inputs, outputs))
+        if self._sleeping:  # read after the append: see _work for why no batch is missed
+            self._wake.set()
 
     def flush(self) -> None:
         """Wait until every queued batch is binned (for tests and shutdown)."""
-        self._queue.join()
+        with self._done:
+            while (self._items or self._binning) and self._thread is not None:
+                self._wake.set()
+                self._done.wait(self.poll_s)
 
     def profile(self, model: str, version: str) -> Profile | None:
         """A copy of the live profile of ``model`` ``version`` (None without a reference)."""
@@ -94,26 +123,44 @@ class ProfileRecorder:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
-                if item is None:
+            if not self._items:
+                with self._done:
+                    self._done.notify_all()
+                if self._stopping:
                     return
-                model, version, inputs, outputs = item
-                key = (model, version)
-                started = time.monotonic()
-                with self._lock:
-                    if key not in self._profiles:
-                        self._profiles[key] = self._start_profile(model, version)
-                    live = self._profiles[key]
-                    if live is not None:
-                        live.observe(inputs, outputs)
-                if self.max_cpu < 1.0:
-                    took = time.monotonic() - started
-                    self._next_at = started + took / self.max_cpu
-            except Exception:
-                log.exception("could not bin a batch into the live profile")
-            finally:
-                self._queue.task_done()
+                # Set before looking at the queue once more: a batch appended after this
+                # look finds _sleeping set and sets _wake, one appended before it is seen.
+                self._sleeping = True
+                if not self._items and not self._stopping:
+                    self._wake.wait()
+                self._sleeping = False
+                self._wake.clear()
+            while self._items:
+                self._binning = True
+                self._bin(self._items.popleft())
+                self._binning = False
+            if not self._stopping:
+                self._wake.wait(self.poll_s)  # batches arriving meanwhile wait for the next look
+                self._wake.clear()
+
+    def _bin(self, item: Item) -> None:
+        try:
+            model, version, inputs, outputs = item
+            key = (model, version)
+            started = time.monotonic()
+            with self._lock:
+                if key not in self._profiles:
+                    self._profiles[key] = self._start_profile(model, version)
+                live = self._profiles[key]
+                if live is not None:
+                    live.observe(inputs, outputs)
+            if self.max_cpu < 1.0:
+                took = time.monotonic() - started
+                self._next_at = started + took / self.max_cpu
+        except Exception:
+            log.exception("could not bin a batch into the live profile")
+        finally:
+            self._pending = False
 
     def _start_profile(self, model: str, version: str) -> Profile | None:
         try:

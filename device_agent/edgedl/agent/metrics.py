@@ -26,7 +26,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,14 +39,13 @@ from numpy.typing import NDArray
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from edgedl.profile import Profile
 
@@ -63,17 +64,48 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Array = NDArray[Any]
 
 
+class _Tally:
+    """A histogram's bucket counts and sum (the caller holds the series lock)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        # bucket i counts values <= bounds[i], as Prometheus' `le`
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, +Inf last."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            out.append((floatToGoString(bound), float(running)))  # type: ignore[no-untyped-call]
+        return out
+
+
 @dataclass
 class _ModelSeries:
-    """The labelled children of one model version, looked up once."""
+    """The request-path figures of one model version: plain numbers under one lock.
 
-    requests: Any
-    inferences: Any
-    latency: Any
-    batch_size: Any
-    batch_latency: Any
-    violations: Any
+    prometheus_client's labelled children take a lock and a few Python calls per update
+    (several microseconds per request, a share of a small model's whole cost); these are
+    exported as the same metric families when /metrics is read.
+    """
+
     threshold_s: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: int = 0
+    inferences: int = 0
+    violations: int = 0
+    latency: _Tally = field(default_factory=lambda: _Tally(LATENCY_BUCKETS))
+    batch_size: _Tally = field(default_factory=lambda: _Tally(BATCH_BUCKETS))
+    batch_latency: _Tally = field(default_factory=lambda: _Tally(LATENCY_BUCKETS))
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
 
 
@@ -93,7 +125,6 @@ class AgentMetrics:
         self.profiles = ProfileRecorder(repository, max_cpu=profile_max_cpu)
         labels = ("model", "version")
         reg = self.registry
-        self._requests = Counter("edgedl_requests", "Requests answered.", labels, registry=reg)
         self._errors = Counter(
             "edgedl_request_errors", "Requests failed, by kind.", (*labels, "kind"), registry=reg
         )
@@ -103,41 +134,8 @@ class AgentMetrics:
             (*labels, "reason"),
             registry=reg,
         )
-        self._inferences = Counter(
-            "edgedl_inferences", "Samples run through the model.", labels, registry=reg
-        )
-        self._latency = Histogram(
-            "edgedl_request_latency_seconds",
-            "End-to-end request latency.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self._violations = Counter(
-            "edgedl_latency_threshold_violations",
-            "Requests slower than the model's latency_threshold_ms.",
-            labels,
-            registry=reg,
-        )
-        self._batch_size = Histogram(
-            "edgedl_batch_size",
-            "Samples per batch run.",
-            labels,
-            buckets=BATCH_BUCKETS,
-            registry=reg,
-        )
-        self._batch_latency = Histogram(
-            "edgedl_batch_latency_seconds",
-            "Time the interpreter took per batch.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self._queue_depth = Gauge(
-            "edgedl_queue_depth", "Requests waiting.", ("model",), registry=reg
-        )
         self._series: dict[tuple[str, str], _ModelSeries] = {}
-        self._depth_gauges: dict[str, Any] = {}
+        self._depths: dict[str, int] = {}  # model -> requests waiting (edgedl_queue_depth)
         self._series_lock = threading.Lock()
         self._thresholds: dict[str, float] = {}
         ProcessCollector(registry=reg)
@@ -171,13 +169,7 @@ class AgentMetrics:
                 series = self._series.get(key)
                 if series is None:
                     series = _ModelSeries(
-                        requests=self._requests.labels(model, version),
-                        inferences=self._inferences.labels(model, version),
-                        latency=self._latency.labels(model, version),
-                        batch_size=self._batch_size.labels(model, version),
-                        batch_latency=self._batch_latency.labels(model, version),
-                        violations=self._violations.labels(model, version),
-                        threshold_s=self._thresholds.get(model, self.default_threshold_s),
+                        threshold_s=self._thresholds.get(model, self.default_threshold_s)
                     )
                     self._series[key] = series
         return series
@@ -186,12 +178,13 @@ class AgentMetrics:
 
     def on_request(self, model: str, version: str, latency_s: float, ok: bool) -> None:
         """Count a finished request and its latency."""
-        s = self._model(model, version)
-        s.requests.inc()
-        s.latency.observe(latency_s)
+        s = self._series.get((model, version)) or self._model(model, version)
+        with s.lock:
+            s.requests += 1
+            s.latency.add(latency_s)
+            if latency_s > s.threshold_s:
+                s.violations += 1
         s.recent.append(latency_s)
-        if latency_s > s.threshold_s:
-            s.violations.inc()
 
     def on_batch(
         self,
@@ -203,10 +196,11 @@ class AgentMetrics:
         outputs: Mapping[str, Array],
     ) -> None:
         """Count a batch; hand its tensors to the live profile."""
-        s = self._model(model, version)
-        s.inferences.inc(batch_size)
-        s.batch_size.observe(batch_size)
-        s.batch_latency.observe(latency_s)
+        s = self._series.get((model, version)) or self._model(model, version)
+        with s.lock:
+            s.inferences += batch_size
+            s.batch_size.add(batch_size)
+            s.batch_latency.add(latency_s)
         self.profiles.record(model, version, inputs, outputs)
 
     def on_error(self, model: str, version: str, kind: str) -> None:
@@ -219,10 +213,7 @@ class AgentMetrics:
 
     def on_queue_depth(self, model: str, depth: int) -> None:
         """Track the queue depth."""
-        gauge = self._depth_gauges.get(model)
-        if gauge is None:
-            gauge = self._depth_gauges[model] = self._queue_depth.labels(model)
-        gauge.set(depth)
+        self._depths[model] = depth
 
 
 class _ScrapeCollector(Collector):
@@ -233,6 +224,7 @@ class _ScrapeCollector(Collector):
         self._process: Any = None
 
     def collect(self) -> Iterator[Any]:
+        yield from self._requests()
         m = self._metrics
         quantiles = GaugeMetricFamily(
             "edgedl_request_latency_recent_seconds",
@@ -247,6 +239,44 @@ class _ScrapeCollector(Collector):
         yield quantiles
         yield from self._system()
         yield from self._profiles()
+
+    def _requests(self) -> Iterator[Any]:
+        m = self._metrics
+        labels = ["model", "version"]
+        requests = CounterMetricFamily("edgedl_requests", "Requests answered.", labels=labels)
+        inferences = CounterMetricFamily(
+            "edgedl_inferences", "Samples run through the model.", labels=labels
+        )
+        violations = CounterMetricFamily(
+            "edgedl_latency_threshold_violations",
+            "Requests slower than the model's latency_threshold_ms.",
+            labels=labels,
+        )
+        latency = HistogramMetricFamily(
+            "edgedl_request_latency_seconds", "End-to-end request latency.", labels=labels
+        )
+        batch_size = HistogramMetricFamily(
+            "edgedl_batch_size", "Samples per batch run.", labels=labels
+        )
+        batch_latency = HistogramMetricFamily(
+            "edgedl_batch_latency_seconds", "Time the interpreter took per batch.", labels=labels
+        )
+        for (model, version), s in list(m._series.items()):
+            key = [model, version]
+            with s.lock:
+                requests.add_metric(key, float(s.requests))
+                inferences.add_metric(key, float(s.inferences))
+                violations.add_metric(key, float(s.violations))
+                for family, tally in (
+                    (latency, s.latency),
+                    (batch_size, s.batch_size),
+                    (batch_latency, s.batch_latency),
+                ):
+                    family.add_metric(key, tally.buckets(), tally.total)
+        depth = GaugeMetricFamily("edgedl_queue_depth", "Requests waiting.", labels=["model"])
+        for model, waiting in list(m._depths.items()):
+            depth.add_metric([model], float(waiting))
+        yield from (requests, inferences, latency, violations, batch_size, batch_latency, depth)
 
     def _system(self) -> Iterator[Any]:
         import psutil
