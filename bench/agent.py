@@ -23,7 +23,7 @@ Part 2, throughput and p99 latency at concurrency 1, 8 and 32 with batching off
 (max_batch_size 1), on (max_batch_size 32, max_queue_delay_ms 0: a batch is whatever queued
 while the model was busy, the default kind) and on-2ms (max_batch_size 32,
 max_queue_delay_ms 2), both in process (requests in flight on one
-event loop: ServedModel.submit, await, finish, as the HTTP layer does) and over HTTP
+event loop: ServedModel.submit_async, await, finish, as the HTTP layer does) and over HTTP
 (keep-alive connections of a minimal asyncio client against the subprocess).
 
 Usage: python bench/agent.py [--seconds 3] [--models digits-onnx,digits-int8,mnv2-int8,...]
@@ -295,8 +295,9 @@ Block = tuple[list[float], float, int]  # latencies, elapsed seconds, errors
 def load_in_process(model: Any, x: np.ndarray, concurrency: int, seconds: float) -> Block:
     """``concurrency`` requests kept in flight for ``seconds`` on one event loop, no HTTP.
 
-    Exactly what the HTTP layer does per request, minus HTTP: ``ServedModel.submit`` (checks,
-    queue), await the future, ``ServedModel.finish`` (metrics). Concurrency comes from an
+    Exactly what the HTTP layer does per request, minus HTTP: ``ServedModel.submit_async``
+    (checks, queue), await its asyncio future (resolved once per batch by the worker),
+    ``ServedModel.finish`` (metrics). Concurrency comes from an
     event loop, as in the agent, not from client threads: 32 Python threads would mostly
     measure their own wake-ups.
     """
@@ -304,7 +305,7 @@ def load_in_process(model: Any, x: np.ndarray, concurrency: int, seconds: float)
     async def run() -> Block:
         feed = {model.manifest.inputs[0].name: x}
         for _ in range(5):
-            await asyncio.wrap_future(model.submit(feed))
+            await model.submit_async(feed)
         latencies: list[float] = []
         began = time.perf_counter()
         stop_at = began + seconds
@@ -312,7 +313,7 @@ def load_in_process(model: Any, x: np.ndarray, concurrency: int, seconds: float)
         async def worker() -> None:
             while True:
                 t0 = time.perf_counter()
-                outputs = await asyncio.wrap_future(model.submit(feed))
+                outputs = await model.submit_async(feed)
                 model.finish(t0, None)
                 t1 = time.perf_counter()
                 latencies.append(t1 - t0)

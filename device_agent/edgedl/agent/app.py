@@ -48,7 +48,7 @@ from .batcher import DeadlineExceeded, ShuttingDown
 from .metrics import CONTENT_TYPE
 from .oip import BadRequest, decode_request, encode_response
 from .repository import ModelNotFound
-from .served import InferenceFailed, Servable
+from .served import InferenceFailed, Servable, ServedModel, Tensors
 from .service import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,15 @@ class _Api:
                 f"Inference-Header-Content-Length is not a number: {header!r}"
             ) from None
         decoded = decode_request(body, header_length, model.input_datatypes)
-        future = model.submit(decoded.inputs, decoded.timeout_s)
         wait = decoded.timeout_s or model_timeout(model)
-        try:
-            outputs = await asyncio.wait_for(asyncio.wrap_future(future), wait)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms") from None
+        if isinstance(model, ServedModel):
+            outputs = await _answer(model.submit_async(decoded.inputs, decoded.timeout_s), wait)
+        else:  # a rollout's split or shadow pair: a thread-side future
+            future = model.submit(decoded.inputs, decoded.timeout_s)
+            try:
+                outputs = await asyncio.wait_for(asyncio.wrap_future(future), wait)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms") from None
         return encode_response(model.name, model.version, decoded, outputs)
 
     async def _body(self, request: Request) -> bytes:
@@ -215,6 +218,24 @@ class _Api:
         elif encoding != "identity":
             raise BadRequest(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
         return body
+
+
+async def _answer(future: asyncio.Future[Tensors], wait: float) -> Tensors:
+    """Await a batcher's asyncio future for at most ``wait`` seconds.
+
+    A timer that fails the future, not :func:`asyncio.wait_for`, which wraps it in one more
+    future and callback per request. A request still queued when it fires is then skipped.
+    """
+    timer = future.get_loop().call_later(wait, _expire, future, wait)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _expire(future: asyncio.Future[Tensors], wait: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms"))
 
 
 def model_timeout(model: Servable) -> float:

@@ -1,7 +1,8 @@
 """Dynamic batching: a bounded queue of requests and worker threads that run them in batches.
 
 No HTTP here: a :class:`Batcher` takes requests (a dict of arrays whose first axis is the
-batch) and returns a :class:`concurrent.futures.Future` per request.
+batch) and returns a :class:`concurrent.futures.Future` per request (:meth:`Batcher.submit`),
+or an :class:`asyncio.Future` on the caller's event loop (:meth:`Batcher.submit_async`).
 
 The algorithm, per worker thread (one per model instance, each with its own interpreter):
 
@@ -18,6 +19,12 @@ The algorithm, per worker thread (one per model instance, each with its own inte
 5. Concatenate the rest along the first axis, run them with ``run_batch(worker, inputs)``
    and split the outputs back by each request's sample count. If ``run_batch`` raises, every
    request of that batch gets the exception and the worker goes on with the next batch.
+6. Hand the asyncio futures of the batch their results with one
+   ``loop.call_soon_threadsafe`` per batch and event loop, not one per request: each such
+   call takes the loop's lock and writes to its wake-up pipe, and awaiting a
+   :class:`concurrent.futures.Future` through :func:`asyncio.wrap_future` costs one per
+   request plus the wrapping. An asyncio future that is already done when the batch is
+   taken (cancelled: the client went away) is skipped like a cancelled concurrent one.
 
 The queue is bounded by ``queue_size`` requests: :meth:`Batcher.submit` raises
 :class:`QueueFull` at once instead of growing memory, and :class:`ShuttingDown` once
@@ -27,6 +34,7 @@ workers exit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -75,7 +83,12 @@ class _Request:
     size: int
     enqueued: float
     deadline: float
-    future: Future[Tensors]
+    future: Future[Tensors] | None  # a thread caller's (submit, call)
+    waiter: asyncio.Future[Tensors] | None = None  # an event loop's (submit_async)
+
+
+# (asyncio future, outputs, error): settled on the future's loop by _settle
+_Settlement = tuple["asyncio.Future[Tensors]", Tensors | None, BaseException | None]
 
 
 class Batcher:
@@ -147,8 +160,10 @@ class Batcher:
                 self._queue.clear()
                 self._queued_samples = 0
             self._cond.notify_all()
+        settlements: list[_Settlement] = []
         for request in dropped:
-            _fail(request, ShuttingDown("the agent is shutting down"))
+            _fail(request, ShuttingDown("the agent is shutting down"), settlements)
+        _deliver(settlements)
         for thread in self._threads:
             thread.join(timeout)
 
@@ -159,6 +174,24 @@ class Batcher:
         :class:`ShuttingDown` after :meth:`stop`.
         """
         future: Future[Tensors] = Future()
+        self._enqueue(_Request(inputs, size, time.monotonic(), deadline, future))
+        return future
+
+    def submit_async(
+        self, inputs: Tensors, size: int, deadline: float, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[Tensors]:
+        """Like :meth:`submit`, for a caller on ``loop``: return a future of that loop.
+
+        Call it from the loop's thread. The future is resolved on the loop, one callback per
+        batch for all of the batch's futures; cancel it to give up (the request is skipped
+        if it has not run yet).
+        """
+        waiter: asyncio.Future[Tensors] = loop.create_future()
+        self._enqueue(_Request(inputs, size, time.monotonic(), deadline, None, waiter))
+        return waiter
+
+    def _enqueue(self, request: _Request) -> None:
+        size = request.size
         with self._lock:
             if self._stopping:
                 raise ShuttingDown("the agent is shutting down and takes no new requests")
@@ -166,7 +199,7 @@ class Batcher:
                 raise QueueFull(
                     f"model {self.name!r} has {self.queue_size} requests queued; retry later"
                 )
-            self._queue.append(_Request(inputs, size, time.monotonic(), deadline, future))
+            self._queue.append(request)
             self._queued_samples += size
             depth = len(self._queue)
             if self._waiting:
@@ -176,7 +209,6 @@ class Batcher:
                     self._cond.notify()
         if self._on_queue_depth is not None:
             self._on_queue_depth(depth)
-        return future
 
     def call(self, inputs: Tensors, size: int, deadline: float) -> Future[Tensors]:
         """Like :meth:`submit`, for a caller that will block on the result anyway.
@@ -214,11 +246,13 @@ class Batcher:
             batch = self._next_batch(worker)
             if batch is None:
                 return
+            settlements: list[_Settlement] = []
             try:
-                self._run(worker, batch)
+                self._run(worker, batch, settlements)
             finally:
                 with self._lock:
                     self._busy.discard(worker)
+                _deliver(settlements)
 
     def _next_batch(self, worker: int) -> list[_Request] | None:
         with self._lock:
@@ -264,18 +298,24 @@ class Batcher:
         finally:
             self._waiting -= 1
 
-    def _run(self, worker: int, batch: list[_Request]) -> None:
+    def _run(self, worker: int, batch: list[_Request], settlements: list[_Settlement]) -> None:
         now = time.monotonic()
         live: list[_Request] = []
         for request in batch:
-            if not request.future.set_running_or_notify_cancel():
-                continue  # the caller gave up waiting
+            if request.future is not None:
+                if not request.future.set_running_or_notify_cancel():
+                    continue  # the caller gave up waiting
+            elif request.waiter is not None and request.waiter.done():
+                continue  # cancelled on its loop: the caller gave up waiting
             if now > request.deadline:
-                request.future.set_exception(
+                _settle_one(
+                    request,
+                    None,
                     DeadlineExceeded(
                         f"request waited {1000 * (now - request.enqueued):.0f} ms in the queue "
                         "and its deadline passed before it could run"
-                    )
+                    ),
+                    settlements,
                 )
                 continue
             live.append(request)
@@ -283,15 +323,16 @@ class Batcher:
             return
         if len(live) > 1 and not _same_sample_shapes(live):
             for request in live:  # e.g. audio of different lengths: run them one by one
-                self._run_live(worker, [request])
+                self._run_live(worker, [request], settlements)
             return
-        self._run_live(worker, live)
+        self._run_live(worker, live, settlements)
 
-    def _run_live(self, worker: int, live: list[_Request]) -> None:
+    def _run_live(self, worker: int, live: list[_Request], settlements: list[_Settlement]) -> None:
+        settled = 0
         try:
             if len(live) == 1:
                 outputs = self._run_batch(worker, live[0].inputs)
-                live[0].future.set_result(dict(outputs))
+                _settle_one(live[0], dict(outputs), None, settlements)
                 return
             names = live[0].inputs.keys()
             inputs = {k: np.concatenate([r.inputs[k] for r in live]) for k in names}
@@ -299,12 +340,14 @@ class Batcher:
             start = 0
             for request in live:
                 end = start + request.size
-                request.future.set_result({k: v[start:end] for k, v in outputs.items()})
+                result = {k: v[start:end] for k, v in outputs.items()}
+                _settle_one(request, result, None, settlements)
+                settled += 1
                 start = end
         except BaseException as exc:
-            for request in live:
-                if not request.future.done():
-                    request.future.set_exception(exc)
+            for request in live[settled:]:
+                if request.future is None or not request.future.done():
+                    _settle_one(request, None, exc, settlements)
             if not isinstance(exc, Exception):
                 raise
 
@@ -314,6 +357,52 @@ def _same_sample_shapes(requests: list[_Request]) -> bool:
     return all(r.inputs[k].shape[1:] == v.shape[1:] for r in requests[1:] for k, v in first.items())
 
 
-def _fail(request: _Request, exc: Exception) -> None:
-    if request.future.set_running_or_notify_cancel():
-        request.future.set_exception(exc)
+def _settle_one(
+    request: _Request,
+    result: Tensors | None,
+    exc: BaseException | None,
+    settlements: list[_Settlement],
+) -> None:
+    """Resolve a thread caller's future now; note an event loop's for :func:`_deliver`."""
+    future = request.future
+    if future is not None:
+        if exc is None:
+            future.set_result(result)  # type: ignore[arg-type]
+        else:
+            future.set_exception(exc)
+    elif request.waiter is not None:
+        settlements.append((request.waiter, result, exc))
+
+
+def _fail(request: _Request, exc: Exception, settlements: list[_Settlement]) -> None:
+    if request.future is None or request.future.set_running_or_notify_cancel():
+        _settle_one(request, None, exc, settlements)
+
+
+def _deliver(settlements: list[_Settlement]) -> None:
+    """Hand every event loop its futures' outcomes in one thread-safe call per loop."""
+    if not settlements:
+        return
+    first = settlements[0][0].get_loop()
+    if all(s[0].get_loop() is first for s in settlements):
+        by_loop = {first: settlements}
+    else:
+        by_loop = {}
+        for s in settlements:
+            by_loop.setdefault(s[0].get_loop(), []).append(s)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # the loop is closed: nobody awaits these futures any more
+            log.debug("event loop closed before %d results could be handed over", len(items))
+
+
+def _settle(settlements: list[_Settlement]) -> None:
+    """On the futures' loop: set each outcome, skipping futures already done (cancelled)."""
+    for waiter, result, exc in settlements:
+        if waiter.done():
+            continue
+        if exc is None:
+            waiter.set_result(result)  # type: ignore[arg-type]
+        else:
+            waiter.set_exception(exc)

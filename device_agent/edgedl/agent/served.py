@@ -10,6 +10,10 @@ the rollout strategies talk to. Requests go through three calls:
   :class:`InferenceFailed` (500) or :class:`~edgedl.agent.batcher.DeadlineExceeded` (504);
 * :meth:`ServedModel.finish` records the request's outcome with every observer.
 
+:meth:`ServedModel.submit_async` is :meth:`~ServedModel.submit` for a caller on an event loop
+(the HTTP layer): it returns an :class:`asyncio.Future` of that loop, which the batcher
+resolves with one thread-safe call per batch instead of one per request.
+
 :meth:`ServedModel.infer` does all three for in-process callers. Anything that behaves like a
 served model for a request (a rollout's canary split or shadow pair) implements
 :class:`Servable`.
@@ -17,6 +21,7 @@ served model for a request (a rollout's canary split or shadow pair) implements
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -297,6 +302,23 @@ class ServedModel:
         checked, size = self.validate(inputs)
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._timeout_s)
         return self._batcher.submit(checked, size, deadline)
+
+    def submit_async(
+        self,
+        inputs: Mapping[str, Array],
+        timeout_s: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future[Tensors]:
+        """Like :meth:`submit`, returning a future of ``loop`` (default: the running loop).
+
+        Call it from the loop's thread; it raises what :meth:`submit` raises. Cancel the
+        future to give up on the request.
+        """
+        checked, size = self.validate(inputs)
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._timeout_s)
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        return self._batcher.submit_async(checked, size, deadline, loop)
 
     def finish(self, started: float, error: BaseException | None) -> None:
         """Record one finished request with the observers (``started``: time.perf_counter)."""
