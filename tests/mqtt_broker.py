@@ -386,13 +386,15 @@ class MQTT311Only:
     """A TCP front for a real broker that behaves like a broker too old for MQTT 5.
 
     An MQTT 5 CONNECT gets the 3.1.1 answer "unacceptable protocol version" (CONNACK return
-    code 1) and the connection is closed; any other connection is piped to the broker behind.
+    code 1) and the connection is closed (``connack=False``: closed without an answer, as some
+    brokers do); any other connection is piped to the broker behind.
     Mosquitto itself cannot be told to refuse MQTT 5, so this is how a test meets an old one.
     """
 
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, host: str = "127.0.0.1", connack: bool = True) -> None:
         self.host = host
         self.target_port = target_port
+        self.connack = connack
         self.refused_v5 = 0
         self.piped = 0
         self._server = socket.create_server((host, 0))
@@ -444,7 +446,8 @@ class MQTT311Only:
             protocol_level = packet[body_start + 6]  # after the name "MQTT" and its length
             if protocol_level == 5:
                 self.refused_v5 += 1
-                conn.sendall(b"\x20\x02\x00\x01")
+                if self.connack:
+                    conn.sendall(b"\x20\x02\x00\x01")
                 conn.close()
                 return
             upstream = socket.create_connection((self.host, self.target_port))

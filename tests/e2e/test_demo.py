@@ -2,7 +2,9 @@
 
 * On its own ports, with no broker at EDGEDL_MQTT_URL, the demo starts mosquitto itself,
   shows the drift alert firing, exits 0, and every process it started is gone, its ports
-  free, its temporary folder removed.
+  free, its temporary folder removed. The same where mosquitto is not installed
+  (EDGEDL_MOSQUITTO names a binary that does not exist): it starts its embedded amqtt broker,
+  which speaks MQTT 3.1.1 only, and the agent and the collector fall back to 3.1.1.
 * With ``--mqtt`` naming a running broker and ``--keep`` it uses that broker, stays up
   (the dashboard answers) until Ctrl-C, then stops what it started and leaves the broker.
 * A port in use, a work folder it cannot write, a broker that does not answer: one line on
@@ -53,6 +55,7 @@ class DemoRun:
         )
         self.descendants: dict[int, psutil.Process] = {}
         self.names: dict[int, str] = {}
+        self.cmdlines: dict[int, str] = {}
 
     @property
     def output(self) -> str:
@@ -69,6 +72,7 @@ class DemoRun:
                     if child.pid not in self.descendants:
                         self.descendants[child.pid] = child
                         self.names[child.pid] = child.name()
+                        self.cmdlines[child.pid] = " ".join(child.cmdline())
             except psutil.NoSuchProcess:
                 break
             if done is not None and done in self.output:
@@ -103,27 +107,39 @@ def pids_printed(output: str) -> set[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("broker", "started", "process"),
+    [
+        pytest.param("mosquitto", "started mosquitto", "mosquitto", id="mosquitto"),
+        pytest.param("amqtt", "started an embedded amqtt broker (mosquitto not installed)",
+                     "edgedl.demo.embedded_broker", id="amqtt"),
+    ],
+)  # fmt: skip
 def test_demo_shows_the_drift_alert_and_stops_everything_it_started(
-    demo_run: list[DemoRun], tmp_path: Path
+    demo_run: list[DemoRun], tmp_path: Path, broker: str, started: str, process: str
 ) -> None:
     http_port, agent_port, dead_broker = free_port(), free_port(), free_port()
+    env = {"EDGEDL_MQTT_URL": f"mqtt://127.0.0.1:{dead_broker}"}
+    if broker == "amqtt":
+        pytest.importorskip("amqtt")
+        env["EDGEDL_MOSQUITTO"] = str(tmp_path / "no-such-mosquitto")
     run = DemoRun(
         ["--http-port", str(http_port), "--agent-port", str(agent_port)],
-        {"EDGEDL_MQTT_URL": f"mqtt://127.0.0.1:{dead_broker}"},
+        env,
         tmp_path / "demo.log",
     )
     demo_run.append(run)
     run.watch_until()
     assert run.wait() == 0, run.output
     out = run.output
-    assert f"no MQTT broker answers at mqtt://127.0.0.1:{dead_broker}: started mosquitto" in out
+    assert f"no MQTT broker answers at mqtt://127.0.0.1:{dead_broker}: {started}" in out
     assert "drift alert fired" in out
     assert f"dashboard: http://127.0.0.1:{http_port}/" in out
     assert "agent accuracy:" in out
-    broker_port = int(re.search(r"started mosquitto at mqtt://127\.0\.0\.1:(\d+)", out)[1])  # type: ignore[index]
+    broker_port = int(re.search(r"broker at mqtt://127\.0\.0\.1:(\d+) \(pid", out)[1])  # type: ignore[index]
     # The agent, the collector and the broker: printed, seen running, and all gone now.
-    names = {name for pid, name in run.names.items() if pid in pids_printed(out)}
-    assert len(pids_printed(out)) == 3 and "mosquitto" in names, out
+    commands = [run.cmdlines[pid] for pid in pids_printed(out) if pid in run.cmdlines]
+    assert len(pids_printed(out)) == 3 and any(process in c for c in commands), out
     assert pids_printed(out) <= set(run.descendants)
     assert run.left_running() == []
     for name in ("agent", "collector", "broker"):

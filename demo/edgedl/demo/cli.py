@@ -25,8 +25,9 @@ import click
 @click.option(
     "--mqtt",
     "mqtt_url",
-    help="Broker URL (default: EDGEDL_MQTT_URL, else mqtt://127.0.0.1:1883, else a "
-    "mosquitto the demo starts).",
+    help="Broker URL (default: EDGEDL_MQTT_URL, else mqtt://127.0.0.1:1883, else a broker "
+    "the demo starts: mosquitto (EDGEDL_MOSQUITTO names its binary) or, where it is not "
+    "installed, amqtt).",
 )
 @click.option(
     "--workdir",
@@ -52,8 +53,8 @@ def demo(
 ) -> None:
     """Train, convert, serve and watch the digits model; shift its inputs; see the drift alert.
 
-    Starts a collector, an agent and (when no broker answers) mosquitto, and stops them all
-    at the end.
+    Starts a collector, an agent and (when no broker answers) mosquitto or, where it is not
+    installed, an embedded amqtt broker, and stops them all at the end.
     """
     from .story import Demo, DemoOptions
 

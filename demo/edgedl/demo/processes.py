@@ -7,11 +7,14 @@ and the collector before the broker.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -118,8 +121,16 @@ def check_writable(folder: Path) -> Path:
     return folder.resolve()
 
 
+#: CONNACK reason paho reports when a 3.1.1-only broker answers an MQTT 5 CONNECT.
+_UNSUPPORTED_PROTOCOL = 132
+
+
 def broker_answers(url: str, timeout: float = 3.0) -> bool:
-    """Whether an MQTT broker at ``url`` accepts a connection (a full CONNECT/CONNACK)."""
+    """Whether an MQTT broker at ``url`` answers a CONNECT.
+
+    Accepted, or refused only for asking for MQTT 5: a 3.1.1 broker answers too (the agent and
+    the collector fall back to 3.1.1).
+    """
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -131,17 +142,22 @@ def broker_answers(url: str, timeout: float = 3.0) -> bool:
         return False
     if parts.scheme == "mqtts":
         return True  # TLS settings are the agent's and collector's business; the port is open
+    answered = threading.Event()
+
+    def on_connect(_c: object, _u: object, _f: object, reason: object, _p: object) -> None:
+        failed = getattr(reason, "is_failure", True)
+        if not failed or getattr(reason, "value", None) == _UNSUPPORTED_PROTOCOL:
+            answered.set()
+
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    client.on_connect = on_connect
     try:
         client.connect(host, port, keepalive=10)
     except OSError:
         return False
     client.loop_start()
-    deadline = time.monotonic() + timeout
     try:
-        while not client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return bool(client.is_connected())
+        return answered.wait(timeout)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -159,20 +175,51 @@ persistence false
 """
 
 
-def start_mosquitto(folder: Path) -> tuple[Child, str]:
-    """Start ``mosquitto`` on a free local port; return it and its URL.
+#: Names the mosquitto binary; a path that does not exist means "not installed".
+MOSQUITTO_ENV = "EDGEDL_MOSQUITTO"
+#: What the demo says it started where mosquitto is not installed.
+EMBEDDED = "an embedded amqtt broker (mosquitto not installed)"
 
-    :class:`ConfigError` when the binary is not installed: the demo does not ship a broker.
-    """
-    binary = shutil.which("mosquitto") or next(
+
+def find_mosquitto() -> str | None:
+    """The ``mosquitto`` binary: ``$EDGEDL_MOSQUITTO`` when set, else on PATH or in sbin."""
+    named = os.environ.get(MOSQUITTO_ENV)
+    if named is not None:
+        return named if Path(named).is_file() else None
+    return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
         None,
     )
-    if binary is None:
+
+
+def start_broker(folder: Path) -> tuple[Child, str, str]:
+    """Start a broker on a free local port: ``mosquitto`` where installed, else amqtt.
+
+    Returns the child, its URL and what it is (``"mosquitto"`` or :data:`EMBEDDED`).
+    :class:`ConfigError` when neither is installed.
+    """
+    binary = find_mosquitto()
+    if binary is not None:
+        return (*start_mosquitto(folder, binary), "mosquitto")
+    if importlib.util.find_spec("amqtt") is None:
         raise ConfigError(
-            "no MQTT broker answers and mosquitto is not installed: install it "
-            "(apt install mosquitto) or point the demo at one with --mqtt or EDGEDL_MQTT_URL"
+            "no MQTT broker answers, mosquitto is not installed and neither is amqtt: install "
+            "one (apt install mosquitto, or pip install 'edgedl[demo]') or point the demo at "
+            "a broker with --mqtt or EDGEDL_MQTT_URL"
         )
+    port = pick_port(0)
+    broker = Child(
+        "broker",
+        [sys.executable, "-m", "edgedl.demo.embedded_broker", "--port", str(port)],
+        folder / "amqtt.log",
+    )
+    url = f"mqtt://127.0.0.1:{port}"
+    broker.wait_until(lambda: broker_answers(url, timeout=1.0), timeout=30)
+    return broker, url, EMBEDDED
+
+
+def start_mosquitto(folder: Path, binary: str) -> tuple[Child, str]:
+    """Start the ``mosquitto`` at ``binary`` on a free local port; return it and its URL."""
     port = pick_port(0)
     config = folder / "mosquitto.conf"
     config.write_text(BROKER_CONFIG.format(port=port), encoding="utf-8")
@@ -184,11 +231,15 @@ def start_mosquitto(folder: Path) -> tuple[Child, str]:
 
 __all__ = [
     "BROKER_CONFIG",
+    "EMBEDDED",
+    "MOSQUITTO_ENV",
     "Child",
     "broker_answers",
     "check_port_free",
     "check_writable",
     "edgedl_command",
+    "find_mosquitto",
     "pick_port",
+    "start_broker",
     "start_mosquitto",
 ]

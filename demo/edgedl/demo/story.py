@@ -28,7 +28,7 @@ from .processes import (
     check_writable,
     edgedl_command,
     pick_port,
-    start_mosquitto,
+    start_broker,
 )
 
 FLEET = "demo"
@@ -189,12 +189,10 @@ class Demo:
         if broker_answers(url):
             self.say(f"using the MQTT broker at [bold]{url}[/]")
             return url
-        broker, started = start_mosquitto(workdir)
+        broker, started, what = start_broker(workdir)
         self.children.append(broker)
-        self.say(
-            f"no MQTT broker answers at {url}: started [bold]mosquitto[/] at {started} "
-            f"(pid {broker.pid})"
-        )
+        self.say(f"no MQTT broker answers at {url}: started [bold]{what}[/]")
+        self.note(f"broker at {started} (pid {broker.pid})")
         return started
 
     def _collector(self, workdir: Path, mqtt_url: str) -> str:
