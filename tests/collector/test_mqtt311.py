@@ -296,3 +296,45 @@ def test_a_broker_silent_to_mqtt5_gets_mqtt311_after_the_connack_timeout(
         wait_until(lambda: _stored(collector) == [("pi", s) for s in range(10)], what="windows")
     finally:
         collector.stop()
+
+
+@pytest.mark.slow
+def test_an_agent_facing_a_broker_silent_to_mqtt5_publishes_over_mqtt311(
+    plain_amqtt_url: str,
+    sqlite_url: str,
+    windows: WindowMaker,
+    tmp_path: Path,
+) -> None:
+    from edgedl.agent.telemetry.config import TelemetryConfig
+    from edgedl.agent.telemetry.service import TelemetryService
+    from edgedl.agent.telemetry.window import ModelInfo
+
+    host, port = plain_amqtt_url.split("://", 1)[1].rsplit(":", 1)
+    collector = Collector(
+        collector_config(Broker(host, int(port)), sqlite_url, windows.fleet)
+    ).start()
+    # The collector's session must exist first: amqtt keeps nothing for a topic nobody follows.
+    assert collector.mqtt is not None
+    assert collector.mqtt.subscribed.wait(CONNACK_TIMEOUT_S + 20), collector.mqtt.last_error
+    config = TelemetryConfig(
+        mqtt=plain_amqtt_url,
+        fleet=windows.fleet,
+        device="pi-silent",
+        interval_s=0.3,
+        spool_path=tmp_path / "spool.db",
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+        keepalive_s=5,
+    )
+    service = TelemetryService(config)
+    service.builder.register(ModelInfo("digits", "1", "0" * 64))
+    service.start()
+    try:
+        assert service.publisher.wait_connected(CONNACK_TIMEOUT_S + 20)
+        assert service.publisher.protocol == "3.1.1"
+        wait_until(lambda: len(_stored(collector)) >= 3, timeout=30, what="the agent's windows")
+        seqs = [seq for device, seq in _stored(collector) if device == "pi-silent"]
+        assert seqs == list(range(len(seqs)))  # in order, none missing, none twice
+    finally:
+        service.stop()
+        collector.stop()

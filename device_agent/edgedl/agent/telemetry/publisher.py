@@ -277,13 +277,30 @@ class Publisher:
             self._note_failure(f"cannot connect to {self.config.redacted_url()}: {exc}")
             return False
         deadline = time.monotonic() + max(10.0, self.config.keepalive_s)
-        while time.monotonic() < deadline and self._keep_going():
+        timed_out = False
+        while self._keep_going():
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
             rc = client.loop(timeout=_LOOP_TIMEOUT_S)
             if self._connected.is_set():
                 return True
             if self._refused is not None or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         reason = self._refused or "no CONNACK from the broker"
+        if (
+            self._refused is None
+            and self.connects == 0
+            and self._protocol == MQTTProtocolVersion.MQTTv5
+            and (timed_out or not self._broker.tls)
+        ):
+            # Some 3.1.1-only brokers (amqtt) neither answer nor refuse an MQTT 5 CONNECT that
+            # carries properties, and drop it later: no CONNACK from a broker never reached
+            # over MQTT 5 means 3.1.1. Not when TLS dropped the connection at once, which is
+            # how a refused client certificate looks.
+            log.info("broker does not answer MQTT 5: using MQTT 3.1.1")
+            self._protocol = MQTTProtocolVersion.MQTTv311
+            self._refused = "switch to 3.1.1"
         if self._refused == "switch to 3.1.1":
             return self._connect()
         self._note_failure(f"{self.config.redacted_url()} refused the connection: {reason}")
