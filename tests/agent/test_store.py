@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
+from tests.agent.rollout_fixtures import as_version, tamper
 
 from edgedl.agent.rollout.store import ModelStore
 from edgedl.bundle import MANIFEST_FILE, Bundle, pack_bundle, sha256_file
 from edgedl.errors import BundleError
-
-
-def copy_as_version(bundle: Path, out: Path, version: str) -> Path:
-    """The same model under another version (only the manifest changes)."""
-    dest = out / f"v{version}"
-    shutil.copytree(bundle, dest)
-    manifest = json.loads((dest / MANIFEST_FILE).read_text())
-    manifest["version"] = version
-    (dest / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return dest
-
-
-def tamper(model_file: Path) -> None:
-    """Flip one byte of a model file, as a bad SD card or an attacker would."""
-    data = bytearray(model_file.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    model_file.write_bytes(bytes(data))
 
 
 @pytest.fixture
@@ -49,7 +32,7 @@ def test_add_copies_a_verified_bundle_into_model_and_version(bundle: Path, tmp_p
 
 
 def test_a_tar_bundle_is_accepted(bundle: Path, tmp_path: Path) -> None:
-    tar = pack_bundle(copy_as_version(bundle, tmp_path, "7"), tmp_path / "digits-7.tar")
+    tar = pack_bundle(as_version(bundle, tmp_path, "7"), tmp_path / "digits-7.tar")
     store = ModelStore(tmp_path / "store")
     assert store.add(tar).version == "7"
     assert Bundle.open(store.get("digits", "7").path).manifest.version == "7"
@@ -58,7 +41,7 @@ def test_a_tar_bundle_is_accepted(bundle: Path, tmp_path: Path) -> None:
 def test_a_tampered_bundle_is_refused_on_arrival_and_leaves_nothing(
     bundle: Path, tmp_path: Path
 ) -> None:
-    bad = copy_as_version(bundle, tmp_path, "2")
+    bad = as_version(bundle, tmp_path, "2")
     tamper(bad / "model.tflite")
     store = ModelStore(tmp_path / "store")
     with pytest.raises(BundleError, match="sha256 mismatch"):
@@ -81,7 +64,7 @@ def test_the_same_version_twice_is_idempotent_but_never_silently_replaced(
     store = ModelStore(tmp_path / "store")
     first = store.add(bundle)
     assert store.add(bundle) == first
-    other = copy_as_version(bundle, tmp_path, "1")
+    other = as_version(bundle, tmp_path, "1")
     model = other / "model.tflite"
     model.write_bytes(model.read_bytes() + b"\0")  # another model file under the same version
     manifest = json.loads((other / MANIFEST_FILE).read_text())
@@ -97,7 +80,7 @@ def test_activate_keeps_the_previous_version_and_rollback_swaps_them(
 ) -> None:
     store = ModelStore(tmp_path / "store")
     for v in ("1", "2"):
-        store.add(copy_as_version(bundle, tmp_path, v))
+        store.add(as_version(bundle, tmp_path, v))
     store.activate("digits", "1")
     store.activate("digits", "2")
     assert (store.current("digits"), store.previous("digits")) == ("2", "1")
@@ -122,7 +105,7 @@ def test_readers_never_see_a_missing_active_version_while_it_switches(
 ) -> None:
     store = ModelStore(tmp_path / "store")
     for v in ("1", "2"):
-        store.add(copy_as_version(bundle, tmp_path, v))
+        store.add(as_version(bundle, tmp_path, v))
     store.activate("digits", "1")
     seen: set[str | None] = set()
     stop = threading.Event()
@@ -148,7 +131,7 @@ def test_prune_removes_the_oldest_but_never_the_active_or_previous(
 ) -> None:
     store = ModelStore(tmp_path / "store", keep=3)
     for v in ("1", "2", "3", "4", "5"):
-        store.add(copy_as_version(bundle, tmp_path, v))
+        store.add(as_version(bundle, tmp_path, v))
     store.activate("digits", "1")
     store.activate("digits", "2")
     removed = store.prune("digits")
@@ -161,7 +144,7 @@ def test_prune_removes_the_oldest_but_never_the_active_or_previous(
 def test_prune_spares_a_version_being_rolled_out(bundle: Path, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store", keep=2)
     for v in ("1", "2", "3"):
-        store.add(copy_as_version(bundle, tmp_path, v))
+        store.add(as_version(bundle, tmp_path, v))
     store.activate("digits", "2")
     assert store.prune("digits", protect=("3",)) == ["1"]
 
@@ -188,7 +171,7 @@ def test_discard_removes_a_version_that_never_served_but_never_the_active_one(
 ) -> None:
     store = ModelStore(tmp_path / "store")
     for v in ("1", "2"):
-        store.add(copy_as_version(bundle, tmp_path, v))
+        store.add(as_version(bundle, tmp_path, v))
     store.activate("digits", "1")
     with pytest.raises(BundleError, match="active or previous"):
         store.discard("digits", "1")
