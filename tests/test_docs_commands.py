@@ -39,7 +39,8 @@ from tests.docs_commands import (
     segments,
     unknown_edgedl_options,
 )
-from tests.mqtt_broker import MosquittoBroker, free_port
+from tests.mqtt_broker import MosquittoBroker
+from tests.ports import free_port
 
 ON_DEVICE = (
     "runs on the device as root (systemd, users, /opt); install-service --dry-run is run instead"

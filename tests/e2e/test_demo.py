@@ -26,7 +26,8 @@ import httpx
 import psutil
 import pytest
 from tests.conftest import EDGEDL
-from tests.mqtt_broker import MosquittoBroker, free_port
+from tests.mqtt_broker import MosquittoBroker
+from tests.ports import free_port
 
 
 def port_is_free(port: int) -> bool:
