@@ -76,6 +76,10 @@ SKIPS: dict[tuple[str, str], str] = {
     ("README.md", "make demo"): "make demo runs `edgedl demo`, which tests/e2e/test_demo.py runs",
     ("README.md", "make test"): "runs the whole suite, this test included",
     ("README.md", "make test-repeat N=3"): "runs the whole suite three times, this test included",
+    (
+        "docs/testing.md",
+        "make test-repeat N=3",
+    ): "runs the whole suite three times, this test included",
     ("README.md", "pip install edgedl[convert]"): PIP,
     ("README.md", "pip install edgedl[agent]"): PIP,
     ("README.md", "pip install edgedl[collector]"): PIP,
