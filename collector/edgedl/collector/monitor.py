@@ -206,7 +206,9 @@ class DriftMonitor:
         for model in w.models:
             self._fold_model(w.fleet, w.device, w.seq, model)
 
-    def _fold_model(self, fleet: str, device: str, seq: int, model: Any) -> None:
+    def _fold_model(
+        self, fleet: str, device: str, seq: int, model: Any, sequential: bool = True
+    ) -> DeviceKey:
         key: DeviceKey = (fleet, device, model.name, model.version)
         reference = self.references.find(model.name, model.version, model.sha256)
         window = self._devices.get(key)
@@ -220,8 +222,9 @@ class DriftMonitor:
         baseline.add(contribution)
         taken, evicted = window.add(contribution)
         if not taken:
-            return
-        self.sequential.observe(key, contribution, window.reference)
+            return key
+        if sequential:
+            self.sequential.observe(key, contribution, window.reference)
         fkey: FleetKey = (fleet, model.name, model.version)
         total = self._fleets.get(fkey)
         if total is None or self._fleet_refs.get(fkey) is not window.reference:
@@ -231,6 +234,7 @@ class DriftMonitor:
             if evicted is not None:
                 total.add(evicted, -1.0)
         self._dirty.setdefault(key, None)
+        return key
 
     def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
         """Rebuild a fleet total from its devices' sliding windows."""
@@ -247,6 +251,7 @@ class DriftMonitor:
         first = self.store.windows(device, self.cfg.baseline_windows, True, newest_first=False)
         newest = self.store.windows(device, self.cfg.window_count, True, newest_first=True)
         seen: set[int] = set()
+        keys: set[DeviceKey] = set()
         for row in [*first, *reversed(newest)]:
             if row["seq"] in seen:
                 continue
@@ -256,7 +261,9 @@ class DriftMonitor:
             except TelemetryError:
                 continue
             for model in w.models:
-                self._fold_model(w.fleet, w.device, w.seq, model)
+                keys.add(self._fold_model(w.fleet, w.device, w.seq, model, sequential=False))
+        # The CUSUMs continue from their saved state, with every window since, in seq order.
+        self.sequential.catch_up(device, sorted(keys), self.references, self.cfg.window_count)
 
     # ---------------------------------------------------------------- evaluation
 

@@ -31,8 +31,10 @@ references.
 
 **State** (scores, alarm, the partial step, the last window's seq) is kept per device, model
 version and statistic, and saved to the collector's database (table ``drift_sequential``)
-after each evaluation tick, so a restart continues every CUSUM where it stood. Windows that
-arrive with a seq at or below the last one folded are skipped.
+after each evaluation tick, so a restart continues every CUSUM where it stood: when a restarted
+collector first meets a device, the windows stored after the last save are read back in seq
+order (:meth:`SequentialBook.catch_up`). Windows that arrive with a seq at or below the last
+one folded are skipped (late windows count in the sliding window, not in the CUSUM).
 """
 
 from __future__ import annotations
@@ -47,10 +49,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edgedl.errors import TelemetryError
+from edgedl.telemetry import decode_window
+
 from .config import SequentialConfig
 from .decision import DriftDecision
 from .drift import MIN_STD
-from .references import ReferenceModel
+from .references import ReferenceBook, ReferenceModel
 from .sliding import Contribution
 from .store import Store
 
@@ -58,6 +63,7 @@ FloatArray = NDArray[np.float64]
 SequentialKey = tuple[str, str, str, str]  # fleet, device, model, version
 
 SIEGMUND_SHIFT = 1.166
+REPLAY_LIMIT = 1000  # windows read back per device at most, after a restart
 CAP = 1.5  # scores stop at 1.5 h: a few steps back under h once the data comes back
 
 
@@ -264,6 +270,32 @@ class SequentialBook:
         ):
             with self._lock:
                 self._dirty.add(key)
+
+    def catch_up(
+        self, device: str, keys: Sequence[SequentialKey], references: ReferenceBook, fresh: int
+    ) -> int:
+        """Fold a device's stored windows newer than its saved CUSUMs saw, in seq order.
+
+        Called when a restarted collector first meets a device, before newer windows: those
+        stored after the last save but never folded. Without any saved state, only the newest
+        ``fresh`` windows. Returns how many windows were read.
+        """
+        if not self.cfg.enabled or not keys:
+            return 0
+        floor = min(self.detector(k).last_seq for k in keys)
+        limit = REPLAY_LIMIT if floor >= 0 else fresh
+        rows = self.store.windows(device, limit, True, newest_first=True, after_seq=floor)
+        for row in reversed(rows):
+            try:
+                window = decode_window(row["payload"])
+            except TelemetryError:
+                continue
+            for model in window.models:
+                reference = references.find(model.name, model.version, model.sha256)
+                contribution, _ = Contribution.from_window(window.seq, model, reference)
+                key = (window.fleet, window.device, model.name, model.version)
+                self.observe(key, contribution, reference)
+        return len(rows)
 
     def decisions(self, key: SequentialKey) -> list[DriftDecision]:
         """The key's CUSUM decisions (none when disabled or never fed)."""

@@ -136,13 +136,14 @@ class BridgeNull:
         rows = r.shape[0]
         self.ks_quantiles = np.zeros((rows, _P_GRID.size))
         self.wasserstein_quantiles = np.zeros((rows, _P_GRID.size))
-        normal = np.random.default_rng(seed).standard_normal((draws, r.shape[1]))
+        # One bin per row, one draw per column: the cumulative sums run over contiguous rows.
+        normal = np.random.default_rng(seed).standard_normal((r.shape[1], draws))
         for i in range(rows):
             # Brownian motion at the cumulative shares, then pinned to zero at 1: a bridge.
-            walk = np.cumsum(normal * np.sqrt(r[i]), axis=1)
-            bridge = np.abs(walk[:, :-1] - np.cumsum(r[i])[:-1] * walk[:, -1:])
-            ks = bridge.max(axis=1) if bridge.shape[1] else np.zeros(draws)
-            ws = bridge @ weights[i]
+            walk = np.cumsum(normal * np.sqrt(r[i])[:, None], axis=0)
+            bridge = np.abs(walk[:-1] - np.cumsum(r[i])[:-1, None] * walk[-1])
+            ks = bridge.max(axis=0) if bridge.shape[0] else np.zeros(draws)
+            ws = weights[i] @ bridge
             self.ks_quantiles[i] = _upper_quantiles(ks)
             self.wasserstein_quantiles[i] = _upper_quantiles(ws)
 

@@ -247,12 +247,18 @@ class Store:
         limit: int = 100,
         with_payload: bool = False,
         newest_first: bool = True,
+        after_seq: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored windows of a device (or of all), newest first by default."""
+        """Stored windows of a device (or of all), newest first by default.
+
+        ``after_seq`` keeps only a device's windows with a higher seq.
+        """
         cols = [c for c in windows.c if with_payload or c.name != "payload"]
         q = select(*cols)
         if device is not None:
             q = q.where(windows.c.device == device)
+            if after_seq is not None:
+                q = q.where(windows.c.seq > after_seq)
             order = windows.c.seq
         else:
             order = windows.c.id
