@@ -1,22 +1,23 @@
 """Benchmark drift detection: false alarms and detection power, single window and sequential.
 
 A seeded simulation. Each trial draws a reference of ``n_ref`` rows of a two-feature tabular
-input (independent standard normals) and bins it as the product does: ``Profile.
-from_reference`` (10 reference-quantile bins plus two open bins per statistic: the features
-and the per-sample mean, std, min and max over them), laid out by
-``ReferenceModel.from_profile``. A current window of ``n_cur`` rows is binned on those edges
-(``Profile.observe``, the agent's code path) under each scenario:
+input (standard normals with correlation 0.5) and bins it as the product does: ``Profile.
+from_reference`` (10 reference-quantile bins plus two open bins per statistic: the features,
+the per-sample mean, std, min and max over them, and the reconstruction error of the PCA it
+fits, ``pca_error``), laid out by ``ReferenceModel.from_profile``. A current window of
+``n_cur`` rows is binned on those edges (``Profile.observe``, the agent's code path) under
+each scenario:
 
-  unchanged        the reference's distribution
+  unchanged                 the reference's distribution
   mean +0.1/+0.25/+0.5 sd   feature 0 shifted
-  scale x1.25      feature 0's standard deviation times 1.25
-  correlation 0.8  feature 1 = 0.8 feature 0 + 0.6 noise (both marginals unchanged)
+  scale x1.25               feature 0's standard deviation times 1.25
+  correlation 0.5 -> 0      the features independent (both marginals unchanged)
 
 **Single window**: the collector's decision per test (``edgedl.collector.decision``: PSI, JS,
 binned KS, normed Wasserstein; p below ``false_alarm_rate`` 0.01 AND the effect at least its
 minimum, the collector's defaults), reported as "significant / decision" rates. False alarms
-are counted over the six continuous statistics of every unchanged trial; detection on
-feature 0 (correlation: on either feature, and on the per-sample mean/std over the features).
+are counted over the seven continuous statistics of every unchanged trial; detection on
+feature 0 (correlation: on either feature, on the per-sample mean/std, and on pca_error).
 Evidently's default test, on the raw samples of feature 0 (feature 0 or 1 for correlation):
 two-sample KS p < 0.05 when ``n_cur <= 1000``, else normed Wasserstein (``scipy.stats.
 wasserstein_distance / std(ref)``) >= 0.1.
@@ -45,57 +46,57 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from edgedl.collector import decision, drift
 from edgedl.collector.config import DriftConfig
+from edgedl.collector.decision import DriftDecision
 from edgedl.collector.references import ReferenceModel
 from edgedl.collector.sequential import SequentialDetector
 from edgedl.profile import Profile
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "drift_power.json"
-SIZES = [(2000, 400), (2000, 2000), (20000, 20000)]
+SIZES = [(2000, 200), (2000, 400), (2000, 2000), (20000, 20000)]
+RHO = 0.5
+CORRELATION = "correlation 0.5 -> 0"
 SCENARIOS = [
     "unchanged",
     "mean +0.1 sd",
     "mean +0.25 sd",
     "mean +0.5 sd",
     "scale x1.25",
-    "correlation 0.8",
+    CORRELATION,
 ]
+CORRELATION_ROWS = {
+    f"{CORRELATION}: per-feature statistics": ["feature[0]", "feature[1]"],
+    f"{CORRELATION}: per-sample mean/std over the features": ["mean", "std"],
+    f"{CORRELATION}: PCA reconstruction error": ["pca_error"],
+}
 SHIFTS = {"mean +0.1 sd": 0.1, "mean +0.25 sd": 0.25, "mean +0.5 sd": 0.5}
-CONTINUOUS = ["feature[0]", "feature[1]", "mean", "std", "min", "max"]
+CONTINUOUS = ["feature[0]", "feature[1]", "mean", "std", "min", "max", "pca_error"]
 TESTS = list(decision.HISTOGRAM_TESTS)
 MAX_WINDOWS = 50
 
 
 def sample(rng: np.random.Generator, scenario: str, n: int) -> np.ndarray:
-    """``n`` rows of the two features under a scenario."""
+    """``n`` rows of the two features (correlation 0.5, unit variances) under a scenario."""
     x = rng.standard_normal((n, 2))
+    if scenario != CORRELATION:
+        x[:, 1] = RHO * x[:, 0] + np.sqrt(1 - RHO**2) * x[:, 1]
     if scenario in SHIFTS:
         x[:, 0] += SHIFTS[scenario]
     elif scenario == "scale x1.25":
         x[:, 0] *= 1.25
-    elif scenario == "correlation 0.8":
-        x[:, 1] = 0.8 * x[:, 0] + 0.6 * x[:, 1]
     return x
 
 
 def flags(
     reference: ReferenceModel, live: Profile, cfg: DriftConfig
-) -> dict[str, dict[str, tuple[bool, bool]]]:
-    """Per statistic (short name) and test: (significant, decision), as the collector decides."""
+) -> dict[str, dict[str, DriftDecision]]:
+    """Per statistic (short name) and test: the collector's decision."""
     current = drift.pad_counts(
         [live.histograms[s].counts for s in reference.stats], reference.width
     )
-    figures = drift.compare(
-        reference.counts, current, reference.positions, reference.std, reference.mask
-    )
-    p_values = decision.histogram_p_values(
-        reference.counts, current, figures, reference.null, reference.mask
-    )
-    decided = decision.decide_histograms(
-        reference.stats, figures, p_values, current.sum(axis=1), cfg
-    )
+    decided = decision.judge_counts(reference, current, current.sum(axis=1), cfg).decisions
     return {
-        stat.rsplit("/", 1)[1]: {d.test: (d.significant, d.is_drift) for d in row}
+        stat.rsplit("/", 1)[1]: {d.test: d for d in row}
         for stat, row in zip(reference.stats, decided, strict=True)
     }
 
@@ -112,13 +113,14 @@ def single_window(n_ref: int, n_cur: int, trials: int, seed: int) -> dict[str, A
     cfg = DriftConfig()
     counts: dict[str, dict[str, list[int]]] = {}
     totals: dict[str, int] = {}
-    rows = ["unchanged", *SCENARIOS[1:], "correlation 0.8 (per-sample mean/std)"]
+    rows = ["unchanged", *SCENARIOS[1:-1], *CORRELATION_ROWS]
+    noise: dict[str, list[float]] = {t: [] for t in TESTS}
     for row in rows:
         counts[row] = {t: [0, 0] for t in [*TESTS, "evidently"]}
         totals[row] = 0
     for trial in range(trials):
         rng = np.random.default_rng([seed, n_ref, n_cur, trial])
-        ref = rng.standard_normal((n_ref, 2))
+        ref = sample(rng, "unchanged", n_ref)
         profile = Profile.from_reference({"x": ref}, {}, bins=10)
         reference = ReferenceModel.from_profile("sim", "1", "0" * 64, profile)
         for scenario in SCENARIOS:
@@ -129,11 +131,8 @@ def single_window(n_ref: int, n_cur: int, trials: int, seed: int) -> dict[str, A
             if scenario == "unchanged":
                 groups = {"unchanged": [[s] for s in CONTINUOUS]}
                 raw = [evidently_default(ref[:, j], cur[:, j]) for j in (0, 1)]
-            elif scenario == "correlation 0.8":
-                groups = {
-                    scenario: [["feature[0]", "feature[1]"]],
-                    "correlation 0.8 (per-sample mean/std)": [["mean", "std"]],
-                }
+            elif scenario == CORRELATION:
+                groups = {row: [stats] for row, stats in CORRELATION_ROWS.items()}
                 raw = [any(evidently_default(ref[:, j], cur[:, j]) for j in (0, 1))]
             else:
                 groups = {scenario: [["feature[0]"]]}
@@ -142,12 +141,22 @@ def single_window(n_ref: int, n_cur: int, trials: int, seed: int) -> dict[str, A
                 for unit in units:
                     totals[row] += 1
                     for test in TESTS:
-                        counts[row][test][0] += any(got[s][test][0] for s in unit)
-                        counts[row][test][1] += any(got[s][test][1] for s in unit)
+                        counts[row][test][0] += any(got[s][test].significant for s in unit)
+                        counts[row][test][1] += any(got[s][test].is_drift for s in unit)
+            if scenario == "unchanged":
+                for s in ("feature[0]", "feature[1]"):
+                    for test in TESTS:
+                        noise[test].append(got[s][test].effect or 0.0)
             for row in groups:
-                if row != "correlation 0.8 (per-sample mean/std)":
-                    counts[row]["evidently"][1] += sum(raw)
-    out: dict[str, Any] = {}
+                if row in CORRELATION_ROWS and "per-feature" not in row:
+                    continue  # Evidently's per-column test: the per-feature row only
+                counts[row]["evidently"][1] += sum(raw)
+    out: dict[str, Any] = {
+        "noise": {
+            t: {"mean": float(np.mean(v)), "p99": float(np.quantile(v, 0.99))}
+            for t, v in noise.items()
+        }
+    }
     for row in rows:
         n = totals[row]
         ev_n = 2 * trials if row == "unchanged" else trials
@@ -158,9 +167,9 @@ def single_window(n_ref: int, n_cur: int, trials: int, seed: int) -> dict[str, A
                 for t in TESTS
             },
             "evidently_default": (
-                counts[row]["evidently"][1] / ev_n
-                if row != "correlation 0.8 (per-sample mean/std)"
-                else None
+                None
+                if row in CORRELATION_ROWS and "per-feature" not in row
+                else counts[row]["evidently"][1] / ev_n
             ),
         }
     return out
@@ -231,8 +240,16 @@ def print_tables(results: dict[str, Any]) -> None:
     print("|" + "---|" * 7)
     for size, rows in results["single_window"].items():
         for row, r in rows.items():
+            if row == "noise":
+                continue
             cells = [f"{_pct(r[t]['significant'])} / {_pct(r[t]['decision'])}" for t in TESTS]
             print(f"| {size} | {row} | {' | '.join(cells)} | {_pct(r['evidently_default'])} |")
+    print("\nNoise on unchanged data (features 0 and 1): mean / 99th percentile\n")
+    print("| n_ref / n_cur | PSI | JS | KS (binned) | Wasserstein |")
+    print("|" + "---|" * 5)
+    for size, rows in results["single_window"].items():
+        cells = [f"{rows['noise'][t]['mean']:.3f} / {rows['noise'][t]['p99']:.3f}" for t in TESTS]
+        print(f"| {size} | {' | '.join(cells)} |")
     print("\nSequential (CUSUM on feature 0's mean)\n")
     print(
         "| n_ref / n_cur | mean windows between false alarms | false alarms per window "

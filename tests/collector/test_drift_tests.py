@@ -14,7 +14,8 @@ from scipy.stats import binom, chi2_contingency
 
 from edgedl.collector import decision, drift, significance
 from edgedl.collector.config import DriftConfig
-from edgedl.profile import Histogram
+from edgedl.collector.references import ReferenceModel
+from edgedl.profile import Histogram, Profile
 
 TRIALS = 2000
 REFERENCES = 500  # each reference meets TRIALS / REFERENCES current samples
@@ -128,3 +129,28 @@ def test_a_decision_says_which_half_held() -> None:
         "threshold",
         "is_drift",
     }
+
+
+def test_a_correlation_change_is_seen_by_the_pca_error_and_by_no_per_feature_statistic() -> None:
+    rng = np.random.default_rng(11)
+    cfg = DriftConfig()
+    caught = {"input/t/pca_error": 0, "input/t/feature[0]": 0, "input/t/feature[1]": 0}
+    trials = 40
+    for _ in range(trials):
+        x = rng.standard_normal((4000, 2))
+        ref, cur = x[:2000].copy(), x[2000:]  # current: independent features
+        ref[:, 1] = 0.5 * ref[:, 0] + np.sqrt(0.75) * ref[:, 1]  # reference: correlation 0.5
+        profile = Profile.from_reference({"t": ref}, {}, bins=10)
+        reference = ReferenceModel.from_profile("m", "1", "0" * 64, profile)
+        live = profile.empty_like()
+        live.observe({"t": cur}, {})
+        counts = drift.pad_counts(
+            [live.histograms[s].counts for s in reference.stats], reference.width
+        )
+        decided = decision.judge_counts(reference, counts, counts.sum(axis=1), cfg).decisions
+        for stat, row in zip(reference.stats, decided, strict=True):
+            if stat in caught:
+                caught[stat] += any(d.is_drift for d in row if d.test in cfg.alert_on)
+    assert caught["input/t/pca_error"] == trials
+    # Each feature keeps its own distribution: only the 1% false alarms of two tests remain.
+    assert caught["input/t/feature[0]"] + caught["input/t/feature[1]"] <= 3

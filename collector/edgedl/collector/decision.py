@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from . import drift, significance
 from .config import DriftConfig
+from .references import ReferenceModel
 
 FloatArray = NDArray[np.float64]
 
@@ -157,6 +158,36 @@ def decide_histograms(
     ]
 
 
+@dataclass(frozen=True)
+class HistogramJudgement:
+    """Every figure, p-value and decision of current counts against a reference, per row."""
+
+    figures: dict[str, FloatArray]
+    p_values: dict[str, FloatArray]
+    decisions: list[list[DriftDecision]]
+
+
+def judge_counts(
+    reference: ReferenceModel,
+    current: FloatArray,
+    samples: FloatArray,
+    cfg: DriftConfig,
+    tests: tuple[str, ...] = HISTOGRAM_TESTS,
+) -> HistogramJudgement:
+    """Compare current counts (rows of ``reference.stats``) with the reference and decide.
+
+    ``samples`` is how many values each row counted (judged from ``cfg.min_samples``).
+    """
+    figures = drift.compare(
+        reference.counts, current, reference.positions, reference.std, reference.mask
+    )
+    p_values = histogram_p_values(
+        reference.counts, current, figures, reference.null, reference.mask
+    )
+    decisions = decide_histograms(reference.stats, figures, p_values, samples, cfg, tests)
+    return HistogramJudgement(figures, p_values, decisions)
+
+
 def histogram_p_values(
     reference: FloatArray,
     current: FloatArray,
@@ -191,8 +222,10 @@ def _finite(x: float | None) -> float | None:
 __all__ = [
     "HISTOGRAM_TESTS",
     "DriftDecision",
+    "HistogramJudgement",
     "decide",
     "decide_histograms",
     "histogram_p_values",
+    "judge_counts",
     "min_effects",
 ]

@@ -32,17 +32,11 @@ def evaluate(
     if reference is not None and reference.stats:
         cur = total.counts
         has = total.ns > 0
-        figures = drift.compare(
-            reference.counts, cur, reference.positions, reference.std, reference.mask
-        )
-        psi, js, ks, ws = (figures[k] for k in ("psi", "js", "ks", "wasserstein"))
-        p_values = decision.histogram_p_values(
-            reference.counts, cur, figures, reference.null, reference.mask
-        )
         alerting = tuple(t for t in decision.HISTOGRAM_TESTS if t in cfg.alert_on)
-        per_stat = decision.decide_histograms(
-            reference.stats, figures, p_values, total.ns, cfg, alerting
-        )
+        judged_counts = decision.judge_counts(reference, cur, total.ns, cfg, alerting)
+        figures, p_values = judged_counts.figures, judged_counts.p_values
+        per_stat = judged_counts.decisions
+        psi, js, ks, ws = (figures[k] for k in ("psi", "js", "ks", "wasserstein"))
         with np.errstate(invalid="ignore", divide="ignore"):
             means = total.sums / total.ns
         for i, stat in enumerate(reference.stats):
