@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import binom, chi2_contingency
+from scipy.stats import binom, chi2, chi2_contingency
 
 from edgedl.collector import decision, drift, significance
 from edgedl.collector.config import DriftConfig
@@ -154,3 +154,9 @@ def test_a_correlation_change_is_seen_by_the_pca_error_and_by_no_per_feature_sta
     assert caught["input/t/pca_error"] == trials
     # Each feature keeps its own distribution: only the 1% false alarms of two tests remain.
     assert caught["input/t/feature[0]"] + caught["input/t/feature[1]"] <= 3
+
+
+@pytest.mark.parametrize("dof", [1, 2, 9, 10, 11, 64, 129, 1200])
+def test_the_vectorised_chi_square_survival_function_matches_scipy(dof: int) -> None:
+    x = np.array([0.0, 0.5, 3.2, 9.0, 17.5, 40.0, 90.0, 300.0, 700.0, 1500.0])
+    assert significance.chi2_sf_rows(x, dof) == pytest.approx(chi2.sf(x, dof), rel=1e-9)

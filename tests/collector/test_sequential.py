@@ -17,7 +17,7 @@ from tests.collector.helpers import (
 
 from edgedl.collector.config import SequentialConfig
 from edgedl.collector.references import ReferenceModel
-from edgedl.collector.sequential import SequentialDetector
+from edgedl.collector.sequential import SequentialDetector, alarm_level
 from edgedl.collector.service import Collector
 from edgedl.collector.sliding import Contribution
 from edgedl.profile import Profile
@@ -155,3 +155,12 @@ def _cusum(collector: Collector) -> dict | None:
         (d for d in results[0].get("sequential", []) if d["statistic"] == "input/image/mean"),
         None,
     )
+
+
+def test_run_lengths_are_set_per_statistic_and_zero_switches_one_off() -> None:
+    cfg = SequentialConfig(statistics={"input/*/nonfinite": 0, "output/*": 5000})
+    det = SequentialDetector(cfg)
+    assert det.level("input/x/nonfinite") is None
+    assert det.level("output/p/top1_confidence") == alarm_level(5000, cfg.allowance)
+    assert det.level("input/x/mean") == alarm_level(1000, cfg.allowance)
+    assert alarm_level(5000, 0.5) > alarm_level(1000, 0.5)

@@ -96,6 +96,8 @@ class DriftMonitor:
             "psi_alert": drift_config.psi_alert,
             "js": drift_config.js_alert,
             "wasserstein": drift_config.wasserstein_alert,
+            "ks": drift_config.ks_alert,
+            "false_alarm_rate": drift_config.false_alarm_rate,
             "class_psi": drift_config.class_psi_alert,
             "confidence_shift": drift_config.confidence_shift_alert,
             "latency_p95_ratio": drift_config.latency_p95_ratio_alert,

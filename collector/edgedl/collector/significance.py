@@ -39,6 +39,7 @@ from .drift import MIN_STD, chi2_sf, shares
 FloatArray = NDArray[np.float64]
 
 NULL_DRAWS = 10_000
+CLOSED_FORM_DOF = 64
 NULL_SEED = 20_251_130
 # p-values at which the drawn null distributions are kept (log-spaced below 0.5).
 _P_GRID = np.concatenate([np.geomspace(1e-4, 0.5, 120), np.linspace(0.5, 1.0, 21)[1:]])
@@ -91,9 +92,33 @@ def degrees_of_freedom(reference: ArrayLike, current: ArrayLike) -> NDArray[np.i
 
 
 def chi2_sf_rows(x: ArrayLike, dof: ArrayLike) -> FloatArray:
-    """:func:`~edgedl.collector.drift.chi2_sf` element-wise (0 at +inf, NaN at NaN)."""
+    """:func:`~edgedl.collector.drift.chi2_sf` element-wise (0 at +inf, NaN at NaN).
+
+    Vectorised with the closed forms of the chi-square survival function for whole and half
+    whole ``dof / 2`` (a finite sum, plus ``erfc`` for odd ``dof``); ``dof`` above
+    :data:`CLOSED_FORM_DOF` uses the scalar series.
+    """
     xs = np.asarray(x, dtype=np.float64)
-    out = np.vectorize(chi2_sf, otypes=[np.float64])(np.nan_to_num(xs, posinf=0.0), dof)
+    ds = np.broadcast_to(np.asarray(dof, dtype=np.int64), xs.shape)
+    half = np.where(np.isfinite(xs), np.maximum(xs, 0.0), 0.0) / 2.0
+    out = np.zeros(xs.shape)
+    odd = ds % 2 == 1
+    # Odd dof: Q = erfc(sqrt(x/2)) + e^(-x/2) Σ_{i=1}^{(dof-1)/2} (x/2)^(i-1/2) / Γ(i+1/2)
+    # Even dof: Q = e^(-x/2) Σ_{i=0}^{dof/2-1} (x/2)^i / i!
+    erfc = np.vectorize(math.erfc, otypes=[np.float64])
+    out = np.where(odd, erfc(np.sqrt(half)), 0.0)
+    term = np.where(odd, np.sqrt(half) * math.exp(-math.lgamma(1.5)), 1.0) * np.exp(-half)
+    steps = np.where(odd, (ds - 1) // 2, ds // 2)
+    for i in range(int(min(steps.max(initial=0), CLOSED_FORM_DOF))):
+        out = out + np.where(i < steps, term, 0.0)
+        base = np.where(odd, i + 1.5, i + 1.0)
+        term = term * half / base
+    out = np.clip(out, 0.0, 1.0)
+    large = ds > 2 * CLOSED_FORM_DOF
+    if np.any(large):
+        scalar = np.vectorize(chi2_sf, otypes=[np.float64])
+        out = np.where(large, scalar(np.where(large, half * 2.0, 0.0), np.where(large, ds, 1)), out)
+    out = np.where(xs <= 0, 1.0, out)
     return np.asarray(np.where(np.isnan(xs), np.nan, np.where(np.isposinf(xs), 0.0, out)))
 
 
@@ -170,23 +195,25 @@ def _upper_quantiles(draws: FloatArray) -> FloatArray:
 def _lookup(
     quantiles: FloatArray, value: ArrayLike, n_ref: ArrayLike, n_cur: ArrayLike
 ) -> FloatArray:
-    """Interpolate p-values from a row's quantiles (``quantiles[:, j]`` has p ``_P_GRID[j]``)."""
+    """Interpolate p-values from each row's quantiles (``quantiles[:, j]`` has ``_P_GRID[j]``).
+
+    At or below the smallest kept value (and for a constant null of zeros): 1. Beyond the
+    largest: below the grid's end, reported as half of it.
+    """
     scaled = np.asarray(value, dtype=np.float64) / np.sqrt(noise_scale(n_ref, n_cur))
-    scaled = np.broadcast_to(scaled, quantiles.shape[:1])
-    out = np.empty(quantiles.shape[0])
+    v = np.broadcast_to(scaled, quantiles.shape[:1])
+    # Quantiles fall as p rises: count the kept values above v to find its place.
+    above = np.sum(quantiles > v[:, None], axis=1)
+    j = np.clip(above, 1, _P_GRID.size - 1)
+    rows = np.arange(quantiles.shape[0])
+    q_hi, q_lo = quantiles[rows, j - 1], quantiles[rows, j]  # q_hi >= v > q_lo
     log_p = np.log(_P_GRID)
-    for i in range(quantiles.shape[0]):
-        q = quantiles[i]  # decreasing in p
-        v = float(scaled[i])
-        if not math.isfinite(v):
-            out[i] = np.nan if math.isnan(v) else _P_GRID[0] / 2
-        elif v <= q[-1]:
-            out[i] = 1.0  # no larger than the smallest draw (and a constant null is all zeros)
-        elif v > q[0]:
-            out[i] = _P_GRID[0] / 2  # beyond every kept quantile: p below the grid's end
-        else:
-            out[i] = float(np.exp(np.interp(-v, -q, log_p)))
-    return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(q_hi > q_lo, (q_hi - v) / (q_hi - q_lo), 0.0)
+    p = np.exp(log_p[j - 1] + np.clip(frac, 0.0, 1.0) * (log_p[j] - log_p[j - 1]))
+    p = np.where(v <= quantiles[:, -1], 1.0, p)
+    p = np.where(v > quantiles[:, 0], _P_GRID[0] / 2, p)
+    return np.asarray(np.where(np.isnan(v), np.nan, p), dtype=np.float64)
 
 
 __all__ = [
