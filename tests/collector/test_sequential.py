@@ -17,9 +17,10 @@ from tests.collector.helpers import (
 
 from edgedl.collector.config import SequentialConfig
 from edgedl.collector.references import ReferenceModel
-from edgedl.collector.sequential import SequentialDetector, alarm_level
+from edgedl.collector.sequential import CusumState, SequentialDetector, alarm_level
 from edgedl.collector.service import Collector
 from edgedl.collector.sliding import Contribution
+from edgedl.collector.store import Store
 from edgedl.profile import Profile
 
 STAT = "input/x/feature[0]"
@@ -164,3 +165,23 @@ def test_run_lengths_are_set_per_statistic_and_zero_switches_one_off() -> None:
     assert det.level("output/p/top1_confidence") == alarm_level(5000, cfg.allowance)
     assert det.level("input/x/mean") == alarm_level(1000, cfg.allowance)
     assert alarm_level(5000, 0.5) > alarm_level(1000, 0.5)
+
+
+def test_cusum_states_are_saved_and_replaced_in_both_databases(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        key = ("f", "cam", "digits", "1")
+        det = SequentialDetector(SequentialConfig())
+        det.last_seq = 4
+        det.states["input/x/mean"] = CusumState(1.5, 0.0, False, 2.0, 10.0, 3, 600.0, 0.12)
+        store.save_sequential_states([(key, det.to_dict())])
+        det.last_seq = 5
+        store.save_sequential_states([(key, det.to_dict())])  # an upsert, not a second row
+        back = SequentialDetector(SequentialConfig())
+        saved = store.sequential_state(*key)
+        assert saved is not None
+        back.load(saved)
+        assert back.last_seq == 5 and back.states == det.states
+        assert store.sequential_state("f", "other", "digits", "1") is None
+    finally:
+        store.close()
