@@ -19,8 +19,8 @@ minimum, the collector's defaults), reported as "significant / decision" rates. 
 are counted over the seven continuous statistics of every unchanged trial; detection on
 feature 0 (correlation: on either feature, on the per-sample mean/std, and on pca_error).
 Evidently's default test, on the raw samples of feature 0 (feature 0 or 1 for correlation):
-two-sample KS p < 0.05 when ``n_cur <= 1000``, else normed Wasserstein (``scipy.stats.
-wasserstein_distance / std(ref)``) >= 0.1.
+two-sample KS p < 0.05 when the reference has at most 1,000 rows, else normed Wasserstein
+(``scipy.stats.wasserstein_distance / std(ref)``) >= 0.1 (so Wasserstein at every size here).
 
 **Sequential**: ``edgedl.collector.sequential.SequentialDetector`` (the collector's defaults:
 1,000 windows between false alarms, steps of 200 samples, allowance 0.5, reference margin 1.5
@@ -102,8 +102,8 @@ def flags(
 
 
 def evidently_default(ref: np.ndarray, cur: np.ndarray) -> bool:
-    """Evidently's default numeric-column test on raw samples."""
-    if cur.size <= 1000:
+    """Evidently's default numeric-column test on raw samples (chosen by the reference's size)."""
+    if ref.size <= 1000:
         return bool(ks_2samp(ref, cur).pvalue < 0.05)
     return bool(wasserstein_distance(ref, cur) / np.std(ref) >= 0.1)
 
