@@ -128,7 +128,9 @@ def test_shifted_inputs_raise_one_drift_alert_and_unshifted_ones_none(
     )
     steady = get_json(f"{collector.url}/api/v1/drift?device=steady-cam")[0]
     assert steady["statistics"] and all(s["judged"] for s in steady["statistics"])
-    assert all(s["status"] == "ok" for s in steady["statistics"]), steady["statistics"]
+    # No figure alerts on unchanged data ("watch" marks a test that is significant at 1%).
+    assert all(s["status"] in ("ok", "watch") for s in steady["statistics"]), steady
+
     alerts = drift_alerts()
     assert not [a for a in alerts if a["device"] == "steady-cam"]
     psi_alert = next(
