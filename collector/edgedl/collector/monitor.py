@@ -13,6 +13,9 @@ thousands of devices delays drift figures by a few ticks instead of slowing inge
 
 Judged only with at least ``min_samples`` in the sliding window: small samples give
 results, marked ``judged: false``, but never alerts.
+
+Each device's windows also feed its CUSUMs (:mod:`edgedl.collector.sequential`), in seq
+order; their state is saved every tick and continued after a restart.
 """
 
 from __future__ import annotations
