@@ -28,7 +28,8 @@ Shares are ``p = counts / counts.sum()``. Formulas, as the common tools define t
   reference and current counts (both are samples): expected counts from the pooled shares,
   statistic ``Σ (o − e)² / e`` over both rows, p-value from the chi-square distribution with
   ``k' − 1`` degrees of freedom, ``k'`` the classes seen in either sample
-  (``scipy.stats.chi2_contingency(..., correction=False)``). Treating the reference shares as
+  (``scipy.stats.chi2_contingency(..., correction=False)``); classes expected fewer than 5
+  times in the smaller sample are tested together. Treating the reference shares as
   exact instead (``scipy.stats.chisquare``) ignores the reference's own noise: with equal
   sizes its statistic is about twice a chi-square variable, and on unchanged data it reads
   p < 0.05 far more often than 5% of the time.
@@ -50,6 +51,7 @@ FloatArray = NDArray[np.float64]
 
 EPSILON = 1e-4
 MIN_STD = 1e-3
+MIN_EXPECTED = 5.0
 
 
 def stack(rows: Sequence[ArrayLike]) -> tuple[FloatArray, NDArray[np.bool_]]:
@@ -209,11 +211,23 @@ def homogeneity(reference: ArrayLike, current: ArrayLike) -> tuple[FloatArray, F
 
 
 def chi_square(reference: ArrayLike, current: ArrayLike) -> tuple[float, float]:
-    """``(statistic, p_value)``: reference and current class counts, two-sample homogeneity."""
+    """``(statistic, p_value)``: reference and current class counts, two-sample homogeneity.
+
+    Classes that the pooled shares expect fewer than :data:`MIN_EXPECTED` of in the smaller
+    sample are tested as one class (Cochran's rule): a class expecting a fraction of a count
+    would make the chi-square approximation anti-conservative.
+    """
     observed = np.asarray(current, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
     if float(observed.sum()) <= 0 or observed.size < 2:
         return 0.0, 1.0
-    stat, p = homogeneity(reference, observed)
+    pooled = ref + observed
+    smaller = min(float(ref.sum()), float(observed.sum()))
+    rare = pooled / max(float(pooled.sum()), 1.0) * smaller < MIN_EXPECTED
+    if rare.sum() >= 2 and (~rare).any():
+        ref = np.append(ref[~rare], ref[rare].sum())
+        observed = np.append(observed[~rare], observed[rare].sum())
+    stat, p = homogeneity(ref, observed)
     return float(stat), float(p)
 
 
