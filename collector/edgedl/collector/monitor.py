@@ -13,6 +13,9 @@ thousands of devices delays drift figures by a few ticks instead of slowing inge
 
 Judged only with at least ``min_samples`` in the sliding window: small samples give
 results, marked ``judged: false``, but never alerts.
+
+Each device's windows also feed its CUSUMs (:mod:`edgedl.collector.sequential`), in seq
+order; their state is saved every tick and continued after a restart.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .alerts import AlertBook, AlertSubject
 from .config import AlertsConfig, DriftConfig
 from .evaluation import evaluate
 from .references import ReferenceBook, ReferenceModel
+from .sequential import SequentialBook
 from .sliding import Contribution, LatencyBaseline, SlidingWindow
 from .store import Store, StoredWindow
 
@@ -89,11 +93,14 @@ class DriftMonitor:
         self._unseen_before: set[int] = set()
         self.retention_s = retention_s
         self.mismatched_histograms = 0
+        self.sequential = SequentialBook(store, drift_config.sequential)
         self.thresholds = {
             "psi_watch": drift_config.psi_watch,
             "psi_alert": drift_config.psi_alert,
             "js": drift_config.js_alert,
             "wasserstein": drift_config.wasserstein_alert,
+            "ks": drift_config.ks_alert,
+            "false_alarm_rate": drift_config.false_alarm_rate,
             "class_psi": drift_config.class_psi_alert,
             "confidence_shift": drift_config.confidence_shift_alert,
             "latency_p95_ratio": drift_config.latency_p95_ratio_alert,
@@ -150,6 +157,7 @@ class DriftMonitor:
             self._last_sync = now
             self.sync_from_store()
         evaluated = self.evaluate_dirty(now)
+        self.sequential.flush()
         if self._on_evaluated is not None and evaluated:
             self._on_evaluated(evaluated)
         if now - self._last_offline_check >= 1.0:
@@ -203,7 +211,9 @@ class DriftMonitor:
         for model in w.models:
             self._fold_model(w.fleet, w.device, w.seq, model)
 
-    def _fold_model(self, fleet: str, device: str, seq: int, model: Any) -> None:
+    def _fold_model(
+        self, fleet: str, device: str, seq: int, model: Any, sequential: bool = True
+    ) -> DeviceKey:
         key: DeviceKey = (fleet, device, model.name, model.version)
         reference = self.references.find(model.name, model.version, model.sha256)
         window = self._devices.get(key)
@@ -217,7 +227,9 @@ class DriftMonitor:
         baseline.add(contribution)
         taken, evicted = window.add(contribution)
         if not taken:
-            return
+            return key
+        if sequential:
+            self.sequential.observe(key, contribution, window.reference)
         fkey: FleetKey = (fleet, model.name, model.version)
         total = self._fleets.get(fkey)
         if total is None or self._fleet_refs.get(fkey) is not window.reference:
@@ -227,6 +239,7 @@ class DriftMonitor:
             if evicted is not None:
                 total.add(evicted, -1.0)
         self._dirty.setdefault(key, None)
+        return key
 
     def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
         """Rebuild a fleet total from its devices' sliding windows."""
@@ -243,6 +256,7 @@ class DriftMonitor:
         first = self.store.windows(device, self.cfg.baseline_windows, True, newest_first=False)
         newest = self.store.windows(device, self.cfg.window_count, True, newest_first=True)
         seen: set[int] = set()
+        keys: set[DeviceKey] = set()
         for row in [*first, *reversed(newest)]:
             if row["seq"] in seen:
                 continue
@@ -252,7 +266,9 @@ class DriftMonitor:
             except TelemetryError:
                 continue
             for model in w.models:
-                self._fold_model(w.fleet, w.device, w.seq, model)
+                keys.add(self._fold_model(w.fleet, w.device, w.seq, model, sequential=False))
+        # The CUSUMs continue from their saved state, with every window since, in seq order.
+        self.sequential.catch_up(device, sorted(keys), self.references, self.cfg.window_count)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -301,6 +317,9 @@ class DriftMonitor:
     ) -> None:
         scope, fleet, device, model, version = key
         result = evaluate(total, reference, baseline, self.cfg)
+        if scope == "device":
+            decisions = self.sequential.decisions((fleet, device, model, version))
+            result["sequential"] = [d.to_dict() for d in decisions]
         result.update(
             scope=scope,
             fleet=fleet,
@@ -331,11 +350,17 @@ class DriftMonitor:
         model, version = result["model"], result["version"]
 
         def observe(
-            kind: str, metric: str, value: float | None, threshold: float, judged: bool
+            kind: str,
+            metric: str,
+            value: float | None,
+            threshold: float,
+            judged: bool,
+            breached: bool | None = None,
+            message: str | None = None,
         ) -> None:
             if value is None or not np.isfinite(value):
                 return
-            breached = judged and abs(value) > threshold
+            breached = judged and (abs(value) > threshold if breached is None else breached)
             if not breached and not self.alerts.open_count:
                 return  # nothing to open, nothing open to resolve
             subject = AlertSubject(kind, scope, fleet, device, model, version, metric)
@@ -346,30 +371,36 @@ class DriftMonitor:
                 threshold,
                 breached,
                 judged,
-                message=f"{where}: {model} {version} {metric} = {value:.3g} (bound {threshold:g})",
+                message=message
+                or f"{where}: {model} {version} {metric} = {value:.3g} (bound {threshold:g})",
                 now=now,
             )
 
-        bounds = {"psi": cfg.psi_alert, "js": cfg.js_alert, "wasserstein": cfg.wasserstein_alert}
+        def decided(d: dict[str, Any]) -> None:
+            """Alert on a DriftDecision: value and bound are its effect (or score) and minimum."""
+            sequential = d["score"] is not None
+            value = d["score"] if sequential else d["effect"]
+            bound = d["threshold"] if sequential else d["min_effect"]
+            where = device or f"fleet {fleet}"
+            observe(
+                "drift",
+                f"{d['test']}:{d['statistic']}",
+                value,
+                bound,
+                d["judged"],
+                breached=d["is_drift"],
+                message=f"{where}: {model} {version} {d['statistic']}: {d['reason']}",
+            )
+
         for stat in result["statistics"]:
-            for metric, bound in bounds.items():
-                if metric in cfg.alert_on:
-                    observe(
-                        "drift",
-                        f"{metric}:{stat['statistic']}",
-                        stat[metric],
-                        bound,
-                        stat["judged"],
-                    )
+            for d in stat["decisions"]:
+                decided(d)
         for cls in result["classes"]:
             if "class_psi" in cfg.alert_on:
-                observe(
-                    "drift",
-                    f"class_psi:{cls['output']}",
-                    cls["psi"],
-                    cfg.class_psi_alert,
-                    cls["judged"],
-                )
+                decided(cls["decision"])
+        for d in result.get("sequential", []):
+            if "cusum" in cfg.alert_on:
+                decided(d)
         for conf in result["confidence"]:
             if "confidence_shift" in cfg.alert_on:
                 observe(

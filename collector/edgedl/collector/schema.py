@@ -167,6 +167,20 @@ rollouts = Table(
 )
 
 
+# Sequential drift detectors (edgedl.collector.sequential): one JSON state per device and
+# model version, so that a restarted collector continues every CUSUM where it stood.
+drift_sequential = Table(
+    "drift_sequential",
+    metadata,
+    Column("fleet", String(128), primary_key=True),
+    Column("device", String(128), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("version", String(128), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
@@ -175,10 +189,15 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[artifacts, rollouts])
 
 
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[drift_sequential])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
     (2, "artifacts, rollouts (fleet rollouts)", _v2),
+    (5, "drift_sequential (CUSUM state per device and model version)", _v5),
 ]
 
 

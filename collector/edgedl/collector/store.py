@@ -22,7 +22,7 @@ from edgedl.errors import ConfigError, EdgeDLError
 from edgedl.telemetry import DeviceStatus, TelemetryWindow
 
 from . import schema
-from .schema import alerts, dead_letter, devices, model_references, windows
+from .schema import alerts, dead_letter, devices, drift_sequential, model_references, windows
 
 
 class StorageError(EdgeDLError):
@@ -247,12 +247,18 @@ class Store:
         limit: int = 100,
         with_payload: bool = False,
         newest_first: bool = True,
+        after_seq: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored windows of a device (or of all), newest first by default."""
+        """Stored windows of a device (or of all), newest first by default.
+
+        ``after_seq`` keeps only a device's windows with a higher seq.
+        """
         cols = [c for c in windows.c if with_payload or c.name != "payload"]
         q = select(*cols)
         if device is not None:
             q = q.where(windows.c.device == device)
+            if after_seq is not None:
+                q = q.where(windows.c.seq > after_seq)
             order = windows.c.seq
         else:
             order = windows.c.id
@@ -406,6 +412,50 @@ class Store:
                     .order_by(model_references.c.added_at.desc())
                 ).first()
             return json.loads(row.manifest) if row else None
+
+    # ---------------------------------------------------------------- sequential drift
+
+    def sequential_state(
+        self, fleet: str, device: str, model: str, version: str
+    ) -> dict[str, Any] | None:
+        """The saved CUSUM state of a device and model version, or None."""
+        t = drift_sequential
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.c.state).where(
+                    and_(
+                        t.c.fleet == fleet,
+                        t.c.device == device,
+                        t.c.model == model,
+                        t.c.version == version,
+                    )
+                )
+            ).first()
+        return dict(json.loads(row.state)) if row else None
+
+    def save_sequential_states(
+        self, states: Sequence[tuple[tuple[str, str, str, str], dict[str, Any]]]
+    ) -> None:
+        """Save (insert or replace) CUSUM states, keyed by (fleet, device, model, version)."""
+        now = time.time()
+        rows = [
+            {
+                "fleet": f,
+                "device": d,
+                "model": m,
+                "version": v,
+                "state": json.dumps(state),
+                "updated_at": now,
+            }
+            for (f, d, m, v), state in states
+        ]
+        stmt = self._insert(drift_sequential)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["fleet", "device", "model", "version"],
+            set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at},
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(stmt, rows)
 
 
 def _window_row(item: StoredWindow) -> dict[str, Any]:
