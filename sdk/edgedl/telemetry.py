@@ -252,7 +252,9 @@ def _check_moments(
     low = sum(map(operator.mul, itertools.islice(counts, 1, None), edges)) - counts[0] * MAX_VALUE
     high = sum(map(operator.mul, counts, edges)) + counts[-1] * MAX_VALUE
     if not low - tol <= total <= high + tol:
-        raise ValueError(f"sum {total:g} cannot come from these bins (between {low:g} and {high:g})")
+        raise ValueError(
+            f"sum {total:g} cannot come from these bins (between {low:g} and {high:g})"
+        )
     if not -tol <= total_sq <= high_sq * (1.0 + MOMENT_TOLERANCE):
         raise ValueError(f"sum_sq {total_sq:g} cannot come from these bins (at most {high_sq:g})")
 

@@ -34,6 +34,7 @@ from edgedl.telemetry import decode_window
 from .alerts import AlertBook, AlertSubject
 from .config import AlertsConfig, DriftConfig
 from .evaluation import evaluate
+from .jsonsafe import finite_or_none
 from .references import ReferenceBook, ReferenceModel
 from .sliding import Contribution, LatencyBaseline, SlidingWindow
 from .store import Store, StoredWindow
@@ -225,15 +226,24 @@ class DriftMonitor:
         else:
             total.add(contribution)
             if evicted is not None:
-                total.add(evicted, -1.0)
+                total.remove(evicted)  # its value sums are recomputed before the next judgement
         self._dirty.setdefault(key, None)
+
+    def _fleet_members(
+        self, fkey: FleetKey, reference: ReferenceModel | None
+    ) -> list[Contribution]:
+        """The sliding-window totals of the devices that make up a fleet total."""
+        return [
+            window.total
+            for (fleet, _, name, version), window in self._devices.items()
+            if (fleet, name, version) == fkey and window.reference is reference
+        ]
 
     def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
         """Rebuild a fleet total from its devices' sliding windows."""
         total = Contribution.empty(reference)
-        for (fleet, _, name, version), window in self._devices.items():
-            if (fleet, name, version) == fkey and window.reference is reference:
-                total.add(window.total)
+        for member in self._fleet_members(fkey, reference):
+            total.add(member)
         self._fleets[fkey] = total
         self._fleet_refs[fkey] = reference
         return total
@@ -282,13 +292,10 @@ class DriftMonitor:
         if self.cfg.fleet:
             for fkey in fleets:
                 fleet, model, version = fkey
-                self._judge(
-                    ("fleet", fleet, "", model, version),
-                    self._fleets[fkey],
-                    self._fleet_refs.get(fkey),
-                    None,
-                    now,
-                )
+                total, reference = self._fleets[fkey], self._fleet_refs.get(fkey)
+                if total.stale:
+                    total.resum(self._fleet_members(fkey, reference))
+                self._judge(("fleet", fleet, "", model, version), total, reference, None, now)
         return len(dirty) + (len(fleets) if self.cfg.fleet else 0)
 
     def _judge(
@@ -396,7 +403,7 @@ class DriftMonitor:
         for row in self.store.devices():
             if row["last_seen"] is None:
                 continue
-            window_s = row["window_s"] or self.alerts_cfg.default_window_s
+            window_s = finite_or_none(row["window_s"]) or self.alerts_cfg.default_window_s
             limit = self.alerts_cfg.offline_after_windows * max(window_s, 0.001)
             silence = now - float(row["last_seen"])
             self.alerts.observe(
