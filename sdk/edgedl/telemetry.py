@@ -233,10 +233,11 @@ def _check_moments(
 
     Bin ``i`` holds values between its edges; the two open overflow bins reach out to
     +-:data:`MAX_VALUE`. So the sum lies between the counts times the bins' lower limits and
-    the counts times their upper limits. The sum of squares lies between 0 and the inner
-    values' count times the larger squared outer edge plus the overflow values' count times
-    ``MAX_VALUE**2`` (a looser bound, but one that costs no pass over the bins). Both up to
-    :data:`MOMENT_TOLERANCE` of the largest magnitude the bins allow (the device's rounding).
+    the counts times their upper limits, give or take :data:`MOMENT_TOLERANCE` of the largest
+    magnitude the bins allow (the device's float rounding). The sum of squares lies between 0
+    (exactly: a float sum of squares never rounds below it) and the inner values' count times
+    the larger squared outer edge plus the overflow values' count times ``MAX_VALUE**2``, give
+    or take the same share (a looser bound than bin by bin, but one that costs no pass).
     """
     if count != sum(counts):
         raise ValueError(f"count {count} is not the sum of the bin counts ({sum(counts)})")
@@ -255,7 +256,7 @@ def _check_moments(
         raise ValueError(
             f"sum {total:g} cannot come from these bins (between {low:g} and {high:g})"
         )
-    if not -tol <= total_sq <= high_sq * (1.0 + MOMENT_TOLERANCE):
+    if not 0.0 <= total_sq <= high_sq * (1.0 + MOMENT_TOLERANCE):
         raise ValueError(f"sum_sq {total_sq:g} cannot come from these bins (at most {high_sq:g})")
 
 
