@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from .errors import DataError, TelemetryError
-from .profile import PROFILE_SCHEMA_VERSION, Histogram, Profile
+from .profile import MAX_VALUE, PROFILE_SCHEMA_VERSION, Histogram, Profile
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "edgedl/v1"
@@ -75,9 +75,10 @@ _MAX_INT = 2**63 - 1
 # stay far below 2**63, sums of values and of their squares far below the largest float.
 #: Largest count in one window: any counter, histogram bin, histogram count or sample count.
 MAX_COUNT = 2**32 - 1
-#: Largest magnitude of a histogram edge and of any value a histogram counts; a value's
-#: square times MAX_COUNT is still about 1e210, so sums over any fleet stay finite.
-MAX_VALUE = 1e100
+#: MAX_VALUE (from edgedl.profile, which counts values beyond it as missing) is the largest
+#: magnitude of a histogram edge and of any value a histogram counts; a value's square
+#: times MAX_COUNT is still about 1e210, so sums over any fleet stay finite.
+_MAX_SQUARE = MAX_VALUE * MAX_VALUE
 #: Latest timestamp accepted (2100-01-01T00:00:00Z, seconds since the epoch); earliest is 0.
 MAX_TIMESTAMP = 4_102_444_800.0
 #: Longest window (31 days).
@@ -231,13 +232,13 @@ def _check_moments(
 ) -> None:
     """``count``, ``total`` and ``total_sq`` must be what values in these bins can add up to.
 
-    Bin ``i`` holds values between its edges; the two open overflow bins reach out to
-    +-:data:`MAX_VALUE`. So the sum lies between the counts times the bins' lower limits and
-    the counts times their upper limits, give or take :data:`MOMENT_TOLERANCE` of the largest
-    magnitude the bins allow (the device's float rounding). The sum of squares lies between 0
-    (exactly: a float sum of squares never rounds below it) and the inner values' count times
-    the larger squared outer edge plus the overflow values' count times ``MAX_VALUE**2``, give
-    or take the same share (a looser bound than bin by bin, but one that costs no pass).
+    Values in the open bin below the first edge lie in ``[-MAX_VALUE, edges[0]]``, those in
+    the inner bins in ``[edges[0], edges[-1]]``, those in the open bin above the last edge in
+    ``[edges[-1], MAX_VALUE]``. So the sum lies between the counts of these three parts times
+    their lower limits and times their upper limits, and the sum of squares between 0 (a float
+    sum of squares never rounds below it) and the counts times the largest squares; give or
+    take :data:`MOMENT_TOLERANCE` of the largest magnitude allowed (the device's float
+    rounding). Three parts rather than every bin: as sound, and no pass over the bins.
     """
     if count != sum(counts):
         raise ValueError(f"count {count} is not the sum of the bin counts ({sum(counts)})")
@@ -245,17 +246,19 @@ def _check_moments(
         if total or total_sq:
             raise ValueError("sum and sum_sq must be 0 when nothing is counted")
         return
-    outside = counts[0] + counts[-1]
-    inner_mag = max(-edges[0], edges[-1])
-    high_sq = (count - outside) * inner_mag * inner_mag + outside * MAX_VALUE * MAX_VALUE
-    tol = MOMENT_TOLERANCE * ((count - outside) * inner_mag + outside * MAX_VALUE)
-    # counts[i] (i >= 1) lies above edges[i - 1]; counts[i] (i < len(edges)) below edges[i].
-    low = sum(map(operator.mul, itertools.islice(counts, 1, None), edges)) - counts[0] * MAX_VALUE
-    high = sum(map(operator.mul, counts, edges)) + counts[-1] * MAX_VALUE
+    below, above = counts[0], counts[-1]
+    outside = below + above
+    inner = count - outside
+    first, last = edges[0], edges[-1]
+    low = inner * first + above * last - below * MAX_VALUE
+    high = below * first + inner * last + above * MAX_VALUE
+    inner_mag = last if last > -first else -first
+    tol = MOMENT_TOLERANCE * (inner * inner_mag + outside * MAX_VALUE)
     if not low - tol <= total <= high + tol:
         raise ValueError(
             f"sum {total:g} cannot come from these bins (between {low:g} and {high:g})"
         )
+    high_sq = inner * inner_mag * inner_mag + outside * _MAX_SQUARE
     if not 0.0 <= total_sq <= high_sq * (1.0 + MOMENT_TOLERANCE):
         raise ValueError(f"sum_sq {total_sq:g} cannot come from these bins (at most {high_sq:g})")
 
