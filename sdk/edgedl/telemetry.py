@@ -75,9 +75,9 @@ _MAX_INT = 2**63 - 1
 # stay far below 2**63, sums of values and of their squares far below the largest float.
 #: Largest count in one window: any counter, histogram bin, histogram count or sample count.
 MAX_COUNT = 2**32 - 1
-#: MAX_VALUE (from edgedl.profile, which counts values beyond it as missing) is the largest
-#: magnitude of a histogram edge and of any value a histogram counts; a value's square
-#: times MAX_COUNT is still about 1e210, so sums over any fleet stay finite.
+# MAX_VALUE (edgedl.profile, which counts values beyond it as missing) is the largest
+# magnitude of a histogram edge and of any value a histogram counts: its square times
+# MAX_COUNT is about 4e209, so sums over any fleet stay finite.
 _MAX_SQUARE = MAX_VALUE * MAX_VALUE
 #: Latest timestamp accepted (2100-01-01T00:00:00Z, seconds since the epoch); earliest is 0.
 MAX_TIMESTAMP = 4_102_444_800.0

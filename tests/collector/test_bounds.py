@@ -30,7 +30,7 @@ from edgedl.collector.schema import devices as devices_table
 from edgedl.collector.schema import windows as windows_table
 from edgedl.collector.service import Collector
 from edgedl.collector.store import Store
-from edgedl.telemetry import encode_status, status_topic
+from edgedl.telemetry import DeviceStatus, TelemetryWindow, encode_status, status_topic
 
 LENGTH = "input/image/length"
 
@@ -107,8 +107,6 @@ def test_a_status_from_the_future_is_a_dead_letter(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    from edgedl.telemetry import DeviceStatus
-
     collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
     future = DeviceStatus(fleet=windows.fleet, device="pi", online=True, since=time.time() + 86_400)
     publisher.publish(status_topic(windows.fleet, "pi"), encode_status(future))
@@ -171,7 +169,9 @@ def test_stored_figures_no_json_can_carry_are_shown_as_null(
     assert throughputs == [None, 0.0]
 
 
-def _length_window(windows: WindowMaker, device: str, seq: int, huge: float = 0.0) -> Any:
+def _length_window(
+    windows: WindowMaker, device: str, seq: int, huge: float = 0.0
+) -> TelemetryWindow:
     """A window whose length histogram also holds one value of ``huge`` (when not 0)."""
     window = windows.window(device, seq, n=50)
     if not huge:
@@ -208,28 +208,20 @@ def test_a_window_with_huge_figures_leaves_no_trace_once_evicted(
     for hist in model["profile"]["histograms"].values():
         hist["counts"] = [2**62] * len(hist["counts"])
     model["profile"]["samples"] = 2**62
-    sent = [raw_window(windows.window("pi", 0), models=[model])]
-    from edgedl.telemetry import encode_window
-
-    for seq, huge in [(1, 1e90), (2, 0.0), (3, 0.0), (4, 0.0), (5, 0.0)]:
-        w = _length_window(windows, "pi", seq, huge)
-        sent.append(raw_window(w) if huge else (sent[0][0], encode_window(w)[0]))
-    for seq in range(4):
-        sent.append(
-            (sent[0][0].replace("/pi/", "/pj/"), encode_window(windows.window("pj", seq))[0])
-        )
+    sent = [raw_window(windows.window("pi", 0), models=[model])]  # 2**62 per bin: refused
+    sent += [raw_window(_length_window(windows, "pi", 1, huge=1e90))]  # within range: stored
+    sent += [raw_window(_length_window(windows, "pi", seq)) for seq in range(2, 6)]
+    sent += [raw_window(windows.window("pj", seq)) for seq in range(4)]
     publisher.publish_many(sent)
-    wait_until(lambda: collector.store.count_windows() >= 9, what="the windows stored")
 
     def settled() -> Any:
         results = get_json(f"{collector.url}/api/v1/drift")
-        by = {(r["scope"], r["device"]): r for r in results}
-        device = by.get(("device", "pi"))
-        if device is None or device["samples"] != 200 or ("fleet", None) not in by:
-            return None
-        return by
+        by = {(r["scope"], r["device"]): r["samples"] for r in results}
+        return by == {("device", "pi"): 200, ("device", "pj"): 200, ("fleet", None): 400} and {
+            (r["scope"], r["device"]): r for r in results
+        }
 
-    by = wait_until(settled, what="pi's sliding window to hold seqs 2-5")
+    by = wait_until(settled, what="pi's sliding window to hold seqs 2-5, pj's 0-3")
     for key, samples in [(("device", "pi"), 200), (("fleet", None), 400)]:
         stats = {s["statistic"]: s for s in by[key]["statistics"]}
         assert by[key]["samples"] == samples
