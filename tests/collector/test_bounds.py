@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import insert
 from tests.collector.helpers import (
     Broker,
@@ -25,6 +26,7 @@ from tests.collector.helpers import (
     raw_window,
     wait_until,
 )
+from tests.collector.test_dashboard import ARGS, CHROMIUM
 
 from edgedl.collector.schema import devices as devices_table
 from edgedl.collector.schema import windows as windows_table
@@ -115,15 +117,10 @@ def test_a_status_from_the_future_is_a_dead_letter(
     assert collector.store.devices() == []
 
 
-def test_stored_figures_no_json_can_carry_are_shown_as_null(
-    broker: Broker,
-    sqlite_url: str,
-    windows: WindowMaker,
-    start_collector: Callable[..., Collector],
-) -> None:
-    """A database written before the ranges: inf window length, an overflowing throughput."""
+def _old_database(url: str, windows: WindowMaker) -> None:
+    """Rows as a collector wrote them before the ranges: inf window length, a 5e-324 s window."""
     good = windows.window("pi", 0)
-    store = Store(sqlite_url)
+    store = Store(url)
     with store.engine.begin() as conn:
         conn.execute(
             insert(devices_table).values(
@@ -160,6 +157,15 @@ def test_stored_figures_no_json_can_carry_are_shown_as_null(
             ],
         )
     store.close()
+
+
+def test_stored_figures_no_json_can_carry_are_shown_as_null(
+    broker: Broker,
+    sqlite_url: str,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    _old_database(sqlite_url, windows)
     collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
     pages = get_every_page(collector, ["pi"])
     assert set(pages.values()) == {200}, pages
@@ -167,6 +173,28 @@ def test_stored_figures_no_json_can_carry_are_shown_as_null(
     assert device["window_s"] is None and device["inferences"] == 2**62
     throughputs = [w["throughput"] for w in get_json(f"{collector.url}/api/v1/windows")]
     assert throughputs == [None, 0.0]
+
+
+@pytest.mark.slow
+def test_the_dashboard_shows_a_device_whose_stored_figures_json_cannot_carry(
+    broker: Broker,
+    sqlite_url: str,
+    windows: WindowMaker,
+    start_collector: Callable[..., Collector],
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    _old_database(sqlite_url, windows)
+    collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(collector.url)
+        page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+        assert page.locator("#devices tbody td.device-name").all_inner_texts() == ["pi"]
+        browser.close()
 
 
 def _length_window(
