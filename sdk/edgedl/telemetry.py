@@ -372,38 +372,39 @@ def _finite_number(value: float) -> bool:
     return -MAX_VALUE <= value <= MAX_VALUE  # False for NaN and the infinities
 
 
-def _check_free_json(value: Any, what: str, depth: int, budget: list[int]) -> None:
-    """Free-form JSON (sample records, rollout status): bounded size, depth and numbers."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise ValueError(f"{what} holds more than {MAX_PIPELINE_FIGURES} values")
+def _check_free_json(value: Any, depth: int = 0) -> None:
+    """Free-form JSON (sample records, rollout status): bounded depth, numbers and strings.
+
+    Its size is bounded by the message's (MAX_DECODED_BYTES), so there is no count here: a
+    window with sampling on carries one value per statistic per record.
+    """
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, (int, float)):
         if not _finite_number(value):
-            raise ValueError(f"{what}: numbers must be finite, within +-{MAX_VALUE:g}")
+            raise ValueError(f"numbers must be finite, within +-{MAX_VALUE:g}")
     elif isinstance(value, str):
         if len(value) > MAX_TEXT:
-            raise ValueError(f"{what}: strings must be at most {MAX_TEXT} characters")
+            raise ValueError(f"strings must be at most {MAX_TEXT} characters")
     elif depth >= 4:
-        raise ValueError(f"{what} nests too deep (at most 4 levels)")
+        raise ValueError("nests too deep (at most 4 levels)")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_free_json(key, what, depth + 1, budget)
-            _check_free_json(item, what, depth + 1, budget)
+            _check_free_json(key, depth + 1)
+            _check_free_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _check_free_json(item, what, depth + 1, budget)
+            _check_free_json(item, depth + 1)
     else:
-        raise ValueError(f"{what} must be JSON")
+        raise ValueError("must be JSON")
 
 
-def _free_json(what: str) -> Any:
-    def check(value: Any) -> Any:
-        _check_free_json(value, what, 0, [MAX_PIPELINE_FIGURES])
-        return value
+def _free_json(value: Any) -> Any:
+    _check_free_json(value)
+    return value
 
-    return AfterValidator(check)
+
+FreeJson = AfterValidator(_free_json)
 
 
 def _pipelines(value: dict[str, Any]) -> dict[str, Any]:
@@ -432,9 +433,7 @@ class TelemetryWindow(_Strict):
     system: SystemFigures = Field(default_factory=SystemFigures)
     pipelines: Pipelines = Field(default_factory=dict)
     spool: SpoolFigures = Field(default_factory=SpoolFigures)
-    samples: Annotated[
-        list[dict[str, Any]] | None, Field(max_length=MAX_SAMPLES), _free_json("samples")
-    ] = None
+    samples: Annotated[list[dict[str, Any]] | None, Field(max_length=MAX_SAMPLES), FreeJson] = None
 
     @field_validator("schema_version")
     @classmethod
@@ -474,7 +473,7 @@ class DeviceStatus(_Strict):
     online: bool
     agent_version: Annotated[str, Field(max_length=64)] = ""
     models: list[ModelRef] = Field(default_factory=list, max_length=MAX_MODELS)
-    rollout: Annotated[dict[str, Any] | None, _free_json("rollout")] = None
+    rollout: Annotated[dict[str, Any] | None, FreeJson] = None
     since: Timestamp
 
 
