@@ -73,6 +73,8 @@ class DriftMonitor:
         self._baselines: dict[DeviceKey, LatencyBaseline] = {}
         self._fleets: dict[FleetKey, Contribution] = {}
         self._fleet_refs: dict[FleetKey, ReferenceModel | None] = {}
+        # The devices of each fleet total, in the order they appeared (sums in a fixed order).
+        self._fleet_devices: dict[FleetKey, dict[DeviceKey, None]] = {}
         self._loaded: set[str] = set()
         self._known_at_start: set[str] = set()
         # Insertion-ordered: the keys that changed longest ago are evaluated first.
@@ -210,6 +212,7 @@ class DriftMonitor:
         window = self._devices.get(key)
         if window is None or (window.reference is None and reference is not None):
             window = self._devices[key] = SlidingWindow(self.cfg.window_count, reference)
+            self._fleet_devices.setdefault((fleet, model.name, model.version), {})[key] = None
         contribution, mismatched = Contribution.from_window(seq, model, window.reference)
         self.mismatched_histograms += mismatched
         baseline = self._baselines.setdefault(
@@ -233,11 +236,8 @@ class DriftMonitor:
         self, fkey: FleetKey, reference: ReferenceModel | None
     ) -> list[Contribution]:
         """The sliding-window totals of the devices that make up a fleet total."""
-        return [
-            window.total
-            for (fleet, _, name, version), window in self._devices.items()
-            if (fleet, name, version) == fkey and window.reference is reference
-        ]
+        windows = (self._devices[key] for key in self._fleet_devices.get(fkey, ()))
+        return [w.total for w in windows if w.reference is reference]
 
     def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
         """Rebuild a fleet total from its devices' sliding windows."""
