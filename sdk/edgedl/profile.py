@@ -39,6 +39,9 @@ from .projection import Projection
 PROFILE_SCHEMA_VERSION = 1
 DEFAULT_BINS = 10
 MAX_FEATURES = 64
+#: Largest magnitude a histogram counts (the telemetry contract's range, edgedl.telemetry);
+#: values beyond it are counted in ``missing``, as non-finite ones are.
+MAX_VALUE = 1e100
 _INPUT_STATS = ("mean", "std", "min", "max", "nonfinite", "length")
 
 FloatArray = NDArray[np.float64]
@@ -50,7 +53,8 @@ class Histogram:
 
     ``counts`` has ``len(edges) + 1`` entries: values below ``edges[0]``, one per inner bin
     ``[edges[i], edges[i+1])`` (the last inner bin is closed on the right), and values above
-    ``edges[-1]``. Non-finite values are counted in ``missing`` and in no bin.
+    ``edges[-1]``. Non-finite values, and values beyond +-:data:`MAX_VALUE`, are counted in
+    ``missing`` and in no bin.
     """
 
     edges: FloatArray
@@ -64,7 +68,7 @@ class Histogram:
     def from_reference(cls, values: NDArray[Any], bins: int = DEFAULT_BINS) -> Histogram:
         """Fix edges on the quantiles of ``values`` and count them on those edges."""
         finite = np.asarray(values, dtype=np.float64).ravel()
-        finite = finite[np.isfinite(finite)]
+        finite = finite[np.abs(finite) <= MAX_VALUE]
         if finite.size == 0:
             edges = np.array([-1.0, 1.0])
         else:
@@ -89,7 +93,7 @@ class Histogram:
     def add(self, values: NDArray[Any]) -> None:
         """Count ``values`` into the bins (in place)."""
         v = np.asarray(values, dtype=np.float64).ravel()
-        finite_mask = np.isfinite(v)
+        finite_mask = np.abs(v) <= MAX_VALUE  # False for NaN and the infinities too
         finite = v[finite_mask]
         self.missing += int(v.size - finite.size)
         if finite.size == 0:

@@ -226,3 +226,42 @@ def get_json_text(url: str) -> str:
     r = httpx.get(url, timeout=10)
     r.raise_for_status()
     return r.text
+
+
+def get_every_page(collector: Any, devices: list[str]) -> dict[str, int]:
+    """The status of every GET page of the API and the dashboard, by path."""
+    import httpx
+
+    paths = [
+        "/",
+        "/static/app.js",
+        "/api/v1/devices",
+        "/api/v1/windows",
+        "/api/v1/windows?limit=5000",
+        "/api/v1/drift",
+        "/api/v1/drift?scope=fleet&history=1",
+        "/api/v1/alerts",
+        "/api/v1/dead-letters",
+        "/api/v1/references",
+        "/api/v1/artifacts",
+        "/api/v1/fleet/models",
+        "/api/v1/rollouts",
+        "/openapi.json",
+        "/metrics",
+        "/healthz",
+    ]
+    for d in devices:
+        paths += [
+            f"/api/v1/devices/{d}",
+            f"/api/v1/windows?device={d}",
+            f"/api/v1/drift?device={d}",
+        ]
+    with httpx.Client(base_url=collector.url, timeout=10) as client:
+        return {p: client.get(p).status_code for p in paths}
+
+
+def raw_window(window: TelemetryWindow, **changes: Any) -> tuple[str, bytes]:
+    """Topic and plain-JSON payload of ``window`` with fields replaced (no validation)."""
+    body = window.model_dump(exclude_none=True)
+    body.update(changes)
+    return telemetry_topic(window.fleet, window.device), json.dumps(body).encode()

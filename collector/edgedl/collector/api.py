@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -18,6 +18,8 @@ from edgedl.telemetry import decode_window
 
 from .alerts import alert_json
 from .fleet.api import fleet_routes
+from .jsonsafe import SafeJSONResponse as JSONResponse
+from .jsonsafe import finite_or_none
 from .openapi import OPENAPI
 from .references import parse_manifest
 
@@ -46,9 +48,10 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[str, Any]:
     """A device row as the API shows it, with ``online`` worked out from silence and status."""
     cfg = collector.config.alerts
-    window_s = row.get("window_s") or cfg.default_window_s
-    limit = cfg.offline_after_windows * max(window_s, 0.001)
-    last_seen = row.get("last_seen")
+    # A database written before windows were bounded may hold inf here: treat it as unknown.
+    window_s = finite_or_none(row.get("window_s"))
+    limit = cfg.offline_after_windows * max(window_s or cfg.default_window_s, 0.001)
+    last_seen = finite_or_none(row.get("last_seen"))
     silent = last_seen is None or now - float(last_seen) > limit
     status = json.loads(row["status"]) if row.get("status") else None
     online = row.get("online") is not False and not silent
@@ -64,7 +67,7 @@ def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[s
         "inferences": int(row.get("inferences") or 0),
         "windows": int(row.get("windows") or 0),
         "last_seq": row.get("last_seq"),
-        "window_s": row.get("window_s"),
+        "window_s": window_s,
         "agent_version": row.get("agent_version"),
         "status": status,
     }
@@ -116,7 +119,7 @@ def create_app(collector: Collector) -> Starlette:
         rows = store.windows(name, limit)
         for r in rows:
             span = r["window_end"] - r["window_start"]
-            r["throughput"] = r["inferences"] / span if span > 0 else None
+            r["throughput"] = finite_or_none(r["inferences"] / span) if span > 0 else None
         return JSONResponse(rows)
 
     def drift_results(request: Request) -> Response:

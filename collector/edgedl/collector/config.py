@@ -4,6 +4,7 @@ One pydantic model per section; :class:`CollectorConfig` composes them::
 
     [mqtt]      broker URL, client id, shared-subscription group, credentials, TLS
     [storage]   database URL, batch size and delay of commits
+    [ingest]    how far a window's clock may be from the collector's
     [http]      where the API and dashboard listen
     [drift]     sliding window, minimum samples, thresholds
     [alerts]    offline detection, webhook
@@ -85,6 +86,19 @@ class StorageConfig(_Section):
     retention_days: float = Field(default=30.0, gt=0, description="windows and dead letters")
 
 
+class IngestConfig(_Section):
+    """``[ingest]``: checks a message passes besides the contract's ranges (docs/telemetry.md).
+
+    A window that ends more than ``max_clock_skew_s`` after it arrived, or more than
+    ``max_window_age_s`` before, is a dead letter: its device's clock is wrong. A status whose
+    ``since`` is more than ``max_clock_skew_s`` ahead is one too (an old status is fine: a
+    retained status can be days old).
+    """
+
+    max_clock_skew_s: float = Field(default=300.0, gt=0, le=86_400.0)
+    max_window_age_s: float = Field(default=30 * 86_400.0, gt=0)
+
+
 class HttpConfig(_Section):
     """``[http]``: the JSON API, /metrics and the dashboard."""
 
@@ -120,7 +134,9 @@ class DriftConfig(_Section):
     least its ``*_alert`` minimum effect (edgedl.collector.decision).
     """
 
-    window_count: int = Field(default=12, ge=1, description="windows in the sliding window")
+    window_count: int = Field(
+        default=12, ge=1, le=1000, description="windows in the sliding window"
+    )
     min_samples: int = Field(default=200, ge=1)
     baseline_windows: int = Field(default=10, ge=1, description="latency baseline: first K")
     evaluate_interval_s: float = Field(default=0.5, gt=0)
@@ -177,6 +193,7 @@ class CollectorConfig(_Section):
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

@@ -37,6 +37,7 @@ from edgedl.telemetry import decode_window
 from .alerts import AlertBook, AlertSubject
 from .config import AlertsConfig, DriftConfig
 from .evaluation import evaluate
+from .jsonsafe import finite_or_none
 from .references import ReferenceBook, ReferenceModel
 from .sequential import SequentialBook
 from .sliding import Contribution, LatencyBaseline, SlidingWindow
@@ -76,6 +77,8 @@ class DriftMonitor:
         self._baselines: dict[DeviceKey, LatencyBaseline] = {}
         self._fleets: dict[FleetKey, Contribution] = {}
         self._fleet_refs: dict[FleetKey, ReferenceModel | None] = {}
+        # The devices of each fleet total, in the order they appeared (sums in a fixed order).
+        self._fleet_devices: dict[FleetKey, dict[DeviceKey, None]] = {}
         self._loaded: set[str] = set()
         self._known_at_start: set[str] = set()
         # Insertion-ordered: the keys that changed longest ago are evaluated first.
@@ -219,6 +222,7 @@ class DriftMonitor:
         window = self._devices.get(key)
         if window is None or (window.reference is None and reference is not None):
             window = self._devices[key] = SlidingWindow(self.cfg.window_count, reference)
+            self._fleet_devices.setdefault((fleet, model.name, model.version), {})[key] = None
         contribution, mismatched = Contribution.from_window(seq, model, window.reference)
         self.mismatched_histograms += mismatched
         baseline = self._baselines.setdefault(
@@ -237,16 +241,22 @@ class DriftMonitor:
         else:
             total.add(contribution)
             if evicted is not None:
-                total.add(evicted, -1.0)
+                total.remove(evicted)  # its value sums are recomputed before the next judgement
         self._dirty.setdefault(key, None)
         return key
+
+    def _fleet_members(
+        self, fkey: FleetKey, reference: ReferenceModel | None
+    ) -> list[Contribution]:
+        """The sliding-window totals of the devices that make up a fleet total."""
+        windows = (self._devices[key] for key in self._fleet_devices.get(fkey, ()))
+        return [w.total for w in windows if w.reference is reference]
 
     def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
         """Rebuild a fleet total from its devices' sliding windows."""
         total = Contribution.empty(reference)
-        for (fleet, _, name, version), window in self._devices.items():
-            if (fleet, name, version) == fkey and window.reference is reference:
-                total.add(window.total)
+        for member in self._fleet_members(fkey, reference):
+            total.add(member)
         self._fleets[fkey] = total
         self._fleet_refs[fkey] = reference
         return total
@@ -298,13 +308,10 @@ class DriftMonitor:
         if self.cfg.fleet:
             for fkey in fleets:
                 fleet, model, version = fkey
-                self._judge(
-                    ("fleet", fleet, "", model, version),
-                    self._fleets[fkey],
-                    self._fleet_refs.get(fkey),
-                    None,
-                    now,
-                )
+                total, reference = self._fleets[fkey], self._fleet_refs.get(fkey)
+                if total.stale:
+                    total.resum(self._fleet_members(fkey, reference))
+                self._judge(("fleet", fleet, "", model, version), total, reference, None, now)
         return len(dirty) + (len(fleets) if self.cfg.fleet else 0)
 
     def _judge(
@@ -427,7 +434,7 @@ class DriftMonitor:
         for row in self.store.devices():
             if row["last_seen"] is None:
                 continue
-            window_s = row["window_s"] or self.alerts_cfg.default_window_s
+            window_s = finite_or_none(row["window_s"]) or self.alerts_cfg.default_window_s
             limit = self.alerts_cfg.offline_after_windows * max(window_s, 0.001)
             silence = now - float(row["last_seen"])
             self.alerts.observe(

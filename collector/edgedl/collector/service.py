@@ -75,7 +75,10 @@ class Collector:
             retention_s=config.storage.retention_days * 86400.0,
         )
         self.ingestor = Ingestor(
-            self.store, config.mqtt.max_payload_bytes, on_stored=self.monitor.submit
+            self.store,
+            config.mqtt.max_payload_bytes,
+            on_stored=self.monitor.submit,
+            clock=config.ingest,
         )
         self.mqtt = MqttConsumer(config.mqtt, config.storage, self.ingestor, self.metrics)
         self.fleet = Fleet(self)
