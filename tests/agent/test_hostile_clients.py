@@ -61,7 +61,7 @@ def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float
     try:
         while chunk := sock.recv(65536):
             received += chunk
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         pass
     except ConnectionResetError:
         pass
@@ -287,14 +287,13 @@ def test_twenty_concurrent_50_mib_requests_stay_within_a_1_gib_budget(
     done.set()
     for t in helpers:
         t.join()
-    del body
     high_water = rss(agent.proc.pid, "VmHWM")
     assert statuses == [200] * 20
     assert checked and all(checked)  # the answers hold 3 * x
     assert max(peak, high_water) < budget, f"peak RSS {max(peak, high_water) / MIB:.0f} MiB"
     assert len(small) >= 10 and set(small) == {200}, small  # small requests kept being served
     deadline = time.monotonic() + 30
-    while rss(agent.proc.pid) > idle + 128 * MIB and time.monotonic() < deadline:
+    while rss(agent.proc.pid) > idle + 64 * MIB and time.monotonic() < deadline:
         time.sleep(0.25)
     after = rss(agent.proc.pid)
-    assert after <= idle + 128 * MIB, f"RSS {after / MIB:.0f} MiB after, {idle / MIB:.0f} idle"
+    assert after <= idle + 64 * MIB, f"RSS {after / MIB:.0f} MiB after, {idle / MIB:.0f} idle"

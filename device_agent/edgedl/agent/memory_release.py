@@ -1,8 +1,10 @@
 """Give freed heap memory back to the operating system after large requests.
 
 glibc keeps freed memory in its heap for reuse, and after a 50 MiB request most of it stays
-counted in the process's RSS. ``malloc_trim(0)`` returns the free pages; elsewhere (musl,
-macOS) this does nothing.
+counted in the process's RSS. ``malloc_trim(0)`` returns the free pages. glibc also gives
+threads their own heaps ("arenas", up to 8 per core), each keeping its own fragments after
+large requests decoded on worker threads; :func:`limit_malloc_arenas` caps them, as
+``MALLOC_ARENA_MAX`` does. Elsewhere (musl, macOS) both do nothing.
 """
 
 from __future__ import annotations
@@ -11,22 +13,42 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
-    return trim
+
+
+def _libc_function(name: str) -> Callable[..., int] | None:
+    libc = _libc()
+    function: Callable[..., int] | None = getattr(libc, name, None) if libc else None
+    return function
+
+
+def limit_malloc_arenas(count: int = 2) -> bool:
+    """Let glibc create at most ``count`` heaps for all threads; call before threads start.
+
+    Does nothing when ``MALLOC_ARENA_MAX`` is set (the operator's choice wins) or without
+    glibc; returns whether the limit was set.
+    """
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
 
 
 def release_free_memory() -> bool:
@@ -35,7 +57,7 @@ def release_free_memory() -> bool:
     Runs ``malloc_trim(0)`` through ctypes, which releases the GIL while it runs, so it may be
     called from a worker thread while the event loop keeps serving.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is None:
         return False
     try:

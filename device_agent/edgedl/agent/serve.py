@@ -21,6 +21,7 @@ from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
 from .fleet.updater import attach as attach_fleet_updates
 from .http_guard import guarded_http_protocol
+from .memory_release import limit_malloc_arenas
 from .pipeline.http import pipeline_routes
 from .pipeline.pipeline_set import PipelineSet
 from .request_body import RequestLimits
@@ -107,6 +108,7 @@ def run_agent(config: AgentConfig) -> None:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    limit_malloc_arenas()  # before the runtime's threads: fewer heaps to fragment
     notifier = SystemdNotifier()
     notifier.status("loading models")
     runtime = AgentRuntime(config)
