@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from tests.agent.conftest import AgentProcess, make_onnx_bundle
+from tests.agent.conftest import AgentProcess, make_onnx_bundle, serve_in_process
 
 MIB = 1024 * 1024
 INFER = "/v2/models/triple/infer"
@@ -66,6 +66,29 @@ def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float
     except ConnectionResetError:
         pass
     return received, time.monotonic() - started
+
+
+def read_response(sock: socket.socket, limit_s: float = 30) -> bytes:
+    """One HTTP response (headers and a Content-Length body) read from ``sock``."""
+    sock.settimeout(limit_s)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def dribble(sock: socket.socket, data: bytes, every_s: float, stop: threading.Event) -> None:
@@ -138,8 +161,7 @@ def test_a_request_too_big_for_the_budget_is_refused_before_its_body_is_read(
             b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: agent\r\n"
             b"Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n"
         )
-        sock.settimeout(30)
-        answer = sock.recv(65536)
+        answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert b"server.request_memory_bytes" in answer
     serves_small(agent)
@@ -173,9 +195,8 @@ def test_a_request_that_does_not_fit_next_to_others_gets_503_then_succeeds(
         assert "retry later" in second.json()["error"]
         serves_small(agent)  # small requests pass the budget meanwhile
         holder.sendall(body[100:])
-        holder.settimeout(30)
-        first = holder.recv(256)
-        assert first.startswith(b"HTTP/1.1 200"), first
+        first = read_response(holder)
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
     again = httpx.post(agent.url + INFER, content=body, timeout=30)
     assert again.status_code == 200, again.text
     assert again.json()["outputs"][0]["data"][:3] == [1.5, 1.5, 1.5]
@@ -200,6 +221,30 @@ def test_slow_headers_are_cut_off_with_408(agent_with: Callable[..., AgentProces
     assert received.startswith(b"HTTP/1.1 408")
     assert took < 15
     serves_small(agent)
+
+
+@pytest.mark.parametrize("protocol", ["h11", "httptools"])
+def test_both_http_protocols_cut_off_slow_headers(triple_bundle: Path, protocol: str) -> None:
+    from edgedl.agent.config import AgentConfig, ModelConfig
+    from edgedl.agent.http_guard import guarded_http_protocol
+
+    config = AgentConfig(models=[ModelConfig(path=str(triple_bundle))])
+    guarded = guarded_http_protocol(1.0, prefer=protocol)
+    with serve_in_process(config, http=guarded) as agent:
+        port = int(agent.url.rsplit(":", 1)[1])
+        stop = threading.Event()
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            # a first request on the connection is answered, the slow second one is cut off
+            slow.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: agent\r\n\r\n")
+            assert read_response(slow).startswith(b"HTTP/1.1 200")
+            headers = b"GET /v2/health/live HTTP/1.1\r\nHost: agent\r\n" + b"X-Pad: a\r\n" * 50
+            sender = threading.Thread(target=dribble, args=(slow, headers, 0.1, stop), daemon=True)
+            sender.start()
+            received, took = read_until_closed(slow, limit_s=20)
+            stop.set()
+        assert received.startswith(b"HTTP/1.1 408"), received
+        assert took < 15
+        assert httpx.get(agent.url + "/v2/health/live", timeout=10).status_code == 200
 
 
 def test_a_slow_body_is_cut_off_with_408(agent_with: Callable[..., AgentProcess]) -> None:

@@ -14,7 +14,9 @@ from edgedl.agent.request_budget import PayloadTooLarge
 LIMIT = 64 * 1024  # JSON decoded into Python objects; the number lists are larger
 
 
-def request(data: Any, datatype: str = "FP32", shape: list[int] | None = None, **extra: Any) -> bytes:
+def request(
+    data: Any, datatype: str = "FP32", shape: list[int] | None = None, **extra: Any
+) -> bytes:
     """An infer request whose input ``x`` holds ``data``, written by the standard library."""
     flat = np.asarray(data).ravel()
     doc = {
@@ -100,7 +102,7 @@ def test_integers_out_of_range_are_400_not_wrapped() -> None:
 
 def test_json_beyond_the_object_bound_is_413() -> None:
     nested = np.zeros((20_000, 3)).tolist()  # nested: no shortcut, ~300 kB of parser work
-    with pytest.raises(PayloadTooLarge, match="server.max_json_object_bytes"):
+    with pytest.raises(PayloadTooLarge, match=r"server\.max_json_object_bytes"):
         decode(request(nested, shape=[20_000, 3]))
 
 
