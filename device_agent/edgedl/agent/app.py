@@ -41,7 +41,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -186,18 +185,16 @@ class _Api:
             if reservation is not None and not answered:
                 self.limits.release(reservation)
         model.finish(started, None)
-        release = BackgroundTask(self._release, reservation)  # once the answer is sent
+        assert reservation is not None
         if out_header_length is None:
-            return Response(payload, media_type="application/json", background=release)
-        return Response(
+            return _HeldResponse(payload, self.limits, reservation, media_type="application/json")
+        return _HeldResponse(
             payload,
+            self.limits,
+            reservation,
             media_type="application/octet-stream",
             headers={"Inference-Header-Content-Length": str(out_header_length)},
-            background=release,
         )
-
-    async def _release(self, reservation: Reservation) -> None:
-        self.limits.release(reservation)  # on the event loop, where the budget lives
 
     async def _infer(
         self,
@@ -227,6 +224,23 @@ class _Api:
             except asyncio.TimeoutError:
                 raise DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms") from None
         return await _encode(model, decoded, outputs, reservation)
+
+
+class _HeldResponse(Response):
+    """A response that gives its request's memory back once it is sent (or fails to be)."""
+
+    def __init__(
+        self, content: bytes, limits: RequestLimits, reservation: Reservation, **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._limits = limits
+        self._reservation = reservation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._limits.release(self._reservation)
 
 
 def _header_length(request: Request) -> int | None:
