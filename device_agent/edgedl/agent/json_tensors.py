@@ -115,7 +115,8 @@ def parse_numbers(text: bytes, dtype: np.dtype[Any]) -> Array | None:
 
     ``None`` when NumPy cannot read it exactly (spacing other than ``", "``, a malformed or
     out-of-range number, an unsupported dtype): the caller then parses it as JSON, which gives
-    the precise error.
+    the precise error. NumPy is a little more lenient than JSON about single numbers: it also
+    reads ``+1``, ``.5``, ``1.`` and ``01``.
     """
     parse_as = _PARSED_AS.get(dtype.name)
     if parse_as is None or text.count(b" ") != text.count(b", "):
