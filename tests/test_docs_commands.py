@@ -177,6 +177,13 @@ SKIPS: dict[tuple[str, str], str] = {
         "docs/performance.md",
         ".venv/bin/python bench/agent.py --seconds 1 --models digits-onnx --throughput-models digits-onnx",
     ): "a benchmark",
+    ("docs/performance.md", ".venv/bin/python bench/agent_memory.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/agent_memory.py --requests 3"): "a benchmark",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/agent_memory.py --requests 3 --no-budget --label before "
+        "--pythonpath $OLD/sdk:$OLD/device_agent",
+    ): "a benchmark of another checkout",
 }
 for _page in ("docs/deploy-raspberry-pi.md", "docs/deploy-jetson.md"):
     SKIPS.update(

@@ -41,9 +41,15 @@ class RunningAgent:
 
 @contextmanager
 def serve_in_process(
-    config: Any, extra_routes: Sequence[Any] = (), admin_routes: Sequence[Any] = ()
+    config: Any,
+    extra_routes: Sequence[Any] = (),
+    admin_routes: Sequence[Any] = (),
+    http: Any = "h11",
 ) -> Iterator[RunningAgent]:
-    """Run the agent's runtime and HTTP app in this process on a free port."""
+    """Run the agent's runtime and HTTP app in this process on a free port.
+
+    ``http``: uvicorn's HTTP protocol (a name or a protocol class).
+    """
     import uvicorn
 
     from edgedl.agent.app import create_app
@@ -55,7 +61,7 @@ def serve_in_process(
     app = create_app(runtime, extra_routes=extra_routes, admin_routes=admin_routes)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", http="h11"
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", http=http
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
