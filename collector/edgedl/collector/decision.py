@@ -169,15 +169,18 @@ class HistogramJudgement:
 
 def judge_counts(
     reference: ReferenceModel,
-    current: FloatArray,
-    samples: FloatArray,
+    current: NDArray[Any],
+    samples: NDArray[Any],
     cfg: DriftConfig,
     tests: tuple[str, ...] = HISTOGRAM_TESTS,
 ) -> HistogramJudgement:
     """Compare current counts (rows of ``reference.stats``) with the reference and decide.
 
     ``samples`` is how many values each row counted (judged from ``cfg.min_samples``).
+    Integer counts (the sliding windows' exact totals) are taken as floats.
     """
+    current = np.asarray(current, dtype=np.float64)
+    samples = np.asarray(samples, dtype=np.float64)
     figures = drift.compare(
         reference.counts, current, reference.positions, reference.std, reference.mask
     )

@@ -147,7 +147,7 @@ class SequentialDetector:
         return alarm_level(arl, self.cfg.allowance) if arl > 0 else None
 
     def observe(
-        self, seq: int, sums: FloatArray, ns: FloatArray, reference: ReferenceModel
+        self, seq: int, sums: NDArray[Any], ns: NDArray[Any], reference: ReferenceModel
     ) -> bool:
         """Fold one window's sums and counts (rows of ``reference.stats``); False if skipped."""
         if seq <= self.last_seq:
