@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -76,3 +79,16 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def send_and_wait_queued(url: str, send: Callable[[int], None], n: int, within: float) -> list[Any]:
+    """Start ``send(i)`` for ``i < n`` on threads; return them once the agent at ``url``
+    reports ``n`` requests queued (fails after ``within`` seconds)."""
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + within
+    while metric(httpx.get(f"{url}/metrics").text, "edgedl_queue_depth") < n:
+        assert time.monotonic() < deadline, "the requests never queued"
+        time.sleep(0.02)
+    return threads

@@ -18,7 +18,12 @@ import httpx
 import numpy as np
 import pytest
 from tests.agent.conftest import AgentProcess
-from tests.agent.serving_helpers import digit_images, json_request, metric, output_of
+from tests.agent.serving_helpers import (
+    digit_images,
+    json_request,
+    output_of,
+    send_and_wait_queued,
+)
 from tests.conftest import EDGEDL, run_edgedl
 
 from edgedl import runtime
@@ -116,13 +121,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(
             timeout=60,
         )
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 3.5
-    while metric(httpx.get(f"{agent.url}/metrics").text, "edgedl_queue_depth") < 8:
-        assert time.monotonic() < deadline, "the requests never queued"
-        time.sleep(0.02)
+    threads = send_and_wait_queued(agent.url, send, 8, within=3.5)
     agent.proc.send_signal(signal.SIGTERM)
     while httpx.get(f"{agent.url}/v2/health/ready").status_code != 503:
         time.sleep(0.01)

@@ -32,12 +32,11 @@ event loop keeps answering small requests meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -49,19 +48,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgedl._version import __version__
 from edgedl.errors import ServingError
 
-from .batcher import DeadlineExceeded, ShuttingDown
+from .answer import answer, off_loop
+from .batcher import ShuttingDown
 from .metrics import CONTENT_TYPE
 from .oip import BadRequest, InferenceRequest, decode_request, encode_response
 from .repository import ModelNotFound
 from .request_body import RequestLimits, read_body
-from .request_budget import JSON_OUTPUT_BYTE_COST, MIB, Reservation
-from .served import InferenceFailed, Servable, ServedModel, Tensors
+from .request_budget import JSON_OUTPUT_BYTE_COST, Reservation
+from .served import InferenceFailed, Servable, Tensors
 from .service import AgentRuntime
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
-_OFF_LOOP_BYTES = 1 * MIB  # bodies and answers larger than this are (de)coded on a thread
 
 
 def create_app(
@@ -212,17 +211,9 @@ class _Api:
             model.input_datatypes,
             self.limits.max_json_object_bytes,
         )
-        decoded = await _off_loop(decode, len(body))
+        decoded = await off_loop(decode, len(body))
         del body, decode
-        wait = decoded.timeout_s or model_timeout(model)
-        if isinstance(model, ServedModel):
-            outputs = await _answer(model.submit_async(decoded.inputs, decoded.timeout_s), wait)
-        else:  # a rollout's split or shadow pair: a thread-side future
-            future = model.submit(decoded.inputs, decoded.timeout_s)
-            try:
-                outputs = await asyncio.wait_for(asyncio.wrap_future(future), wait)
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms") from None
+        outputs = await answer(model, decoded.inputs, decoded.timeout_s)
         return await _encode(model, decoded, outputs, reservation)
 
 
@@ -267,39 +258,8 @@ async def _encode(
         binary = all(out.binary for out in decoded.outputs)
     reservation.resize(in_bytes + out_bytes * (2 if binary else 1 + JSON_OUTPUT_BYTE_COST))
     encode = functools.partial(encode_response, model.name, model.version, decoded, outputs)
-    answer: tuple[bytes, int | None] = await _off_loop(encode, out_bytes)
-    return answer
-
-
-async def _off_loop(work: Callable[[], Any], size: int) -> Any:
-    """``work()``, on a worker thread when ``size`` bytes make it long enough to stall the loop."""
-    if size <= _OFF_LOOP_BYTES:
-        return work()
-    return await asyncio.get_running_loop().run_in_executor(None, work)
-
-
-async def _answer(future: asyncio.Future[Tensors], wait: float) -> Tensors:
-    """Await a batcher's asyncio future for at most ``wait`` seconds.
-
-    A timer that fails the future, not :func:`asyncio.wait_for`, which wraps it in one more
-    future and callback per request. A request still queued when it fires is then skipped.
-    """
-    timer = future.get_loop().call_later(wait, _expire, future, wait)
-    try:
-        return await future
-    finally:
-        timer.cancel()
-
-
-def _expire(future: asyncio.Future[Tensors], wait: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms"))
-
-
-def model_timeout(model: Servable) -> float:
-    """The default deadline of a servable's requests, in seconds."""
-    config = getattr(model, "config", None)
-    return float(getattr(config, "timeout_ms", 10_000.0)) / 1000.0
+    encoded: tuple[bytes, int | None] = await off_loop(encode, out_bytes)
+    return encoded
 
 
 class _RequireToken:

@@ -126,7 +126,7 @@ def decode_request(
         inputs=inputs,
         outputs=outputs,
         binary_output=_flag(params, "binary_data_output"),
-        timeout_s=_timeout(params),
+        timeout_s=request_timeout(params),
     )
 
 
@@ -162,7 +162,9 @@ def _parameters(doc: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return params
 
 
-def _timeout(params: Mapping[str, Any]) -> float | None:
+def request_timeout(params: Mapping[str, Any]) -> float | None:
+    """The deadline a request's parameters ask for, in seconds: ``timeout_ms``, or ``timeout``
+    in microseconds (Triton's); ``None`` when neither is given."""
     for key, scale in (("timeout_ms", 1e-3), ("timeout", 1e-6)):
         if key in params:
             value = params[key]

@@ -1,7 +1,7 @@
 """``edgedl agent serve``: run the HTTP API with uvicorn, speaking sd_notify, draining on SIGTERM.
 
-Start-up: read the config (file, environment, flags), load and verify every bundle, bind,
-then send READY=1. On SIGTERM or SIGINT: send STOPPING=1, answer new requests 503, wait until
+Start-up: read the config (file, environment, flags), load and verify every bundle, bind
+(HTTP, and gRPC on the same event loop when ``server.grpc_port`` is set), then send READY=1. On SIGTERM or SIGINT: send STOPPING=1, answer new requests 503, wait until
 the requests in flight are answered (at most ``server.shutdown_timeout_s``), close, stop the
 batchers and exit 0. A second signal closes at once; a third forces the exit.
 """
@@ -9,13 +9,16 @@ batchers and exit 0. A second signal closes at once; a third forces the exit.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import uvicorn
 from starlette.applications import Starlette
+
+from edgedl.errors import EdgeDLError
 
 from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
@@ -30,17 +33,25 @@ from .service import AgentRuntime
 from .systemd import SystemdNotifier
 from .telemetry.service import attach as attach_telemetry
 
+if TYPE_CHECKING:  # grpcio is imported only when the gRPC API is on
+    from .oip_grpc.server import GrpcServer
+
 log = logging.getLogger("edgedl.agent")
 
 
-def build_app(runtime: AgentRuntime) -> Starlette:
-    """The API with every component's routes (components add theirs here)."""
+def build_app(runtime: AgentRuntime, limits: RequestLimits | None = None) -> Starlette:
+    """The API with every component's routes (components add theirs here).
+
+    ``limits``: the request limits, shared with the gRPC API when it runs; by default a new
+    set from ``runtime.config.server``.
+    """
     runtime.admission.admit_pipelines(runtime.config.pipelines)
     pipelines = PipelineSet.from_configs(runtime.config.pipelines)
     telemetry = attach_telemetry(runtime, pipelines)
     admin = rollout_routes(runtime)
     attach_fleet_updates(runtime, telemetry)
-    limits = RequestLimits.from_config(runtime.config.server)  # one memory budget for all
+    # one memory budget for all
+    limits = limits or RequestLimits.from_config(runtime.config.server)
     return create_app(
         runtime,
         extra_routes=pipeline_routes(pipelines, limits),
@@ -53,12 +64,33 @@ class AgentServer(uvicorn.Server):
     """uvicorn's server with a graceful drain and systemd notifications."""
 
     def __init__(
-        self, config: uvicorn.Config, runtime: AgentRuntime, notifier: SystemdNotifier
+        self,
+        config: uvicorn.Config,
+        runtime: AgentRuntime,
+        notifier: SystemdNotifier,
+        grpc_server: GrpcServer | None = None,
     ) -> None:
         super().__init__(config)
         self.runtime = runtime
         self.notifier = notifier
+        self.grpc_server = grpc_server
+        self.grpc_error: EdgeDLError | None = None
         self._drain_deadline: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.grpc_server is not None and self.started and not self.should_exit:
+            try:
+                await self.grpc_server.start()
+            except EdgeDLError as exc:  # the port could not be bound
+                self.grpc_error = exc
+                self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc_server is not None:
+            # The drain already waited for the calls in flight; this bounds any left.
+            await self.grpc_server.stop(grace=1.0)
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's: it re-raises the signal after shutdown, which would make the exit
@@ -90,8 +122,9 @@ class AgentServer(uvicorn.Server):
             ", ".join(f"{m.name}:{m.version}" for m in self.runtime.repository.models())
             or "no models"
         )
-        log.info("edgedl agent serving %s on http://%s:%d", names, host, port)
-        self.notifier.ready(f"serving {names} on {host}:{port}")
+        grpc = f" and gRPC port {self.grpc_server.port}" if self.grpc_server is not None else ""
+        log.info("edgedl agent serving %s on http://%s:%d%s", names, host, port, grpc)
+        self.notifier.ready(f"serving {names} on {host}:{port}{grpc}")
 
     def address(self) -> tuple[str, int]:
         """The host and port actually bound (``port = 0`` picks a free one)."""
@@ -114,8 +147,14 @@ def run_agent(config: AgentConfig) -> None:
     runtime = AgentRuntime(config)
     runtime.start()
     try:
+        limits = RequestLimits.from_config(config.server)
+        grpc_server = None
+        if config.server.grpc_port is not None:
+            from .oip_grpc.server import GrpcServer
+
+            grpc_server = GrpcServer(runtime, limits, config.server.host, config.server.grpc_port)
         server_config = uvicorn.Config(
-            build_app(runtime),
+            build_app(runtime, limits),
             host=config.server.host,
             port=config.server.port,
             log_level=config.server.log_level,
@@ -128,8 +167,10 @@ def run_agent(config: AgentConfig) -> None:
             http=guarded_http_protocol(config.server.header_timeout_s),
             loop="auto",
         )
-        server = AgentServer(server_config, runtime, notifier)
+        server = AgentServer(server_config, runtime, notifier, grpc_server)
         server.run()
+        if server.grpc_error is not None:
+            raise click.ClickException(f"{server.grpc_error} (is the port in use?)")
         if not server.started:
             raise click.ClickException(
                 f"could not listen on {config.server.host}:{config.server.port} "
@@ -151,6 +192,12 @@ def run_agent(config: AgentConfig) -> None:
 )
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default 8080; 0 picks a free one).")
+@click.option(
+    "--grpc-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Also serve the gRPC Open Inference Protocol on this port (default: off).",
+)
 @click.option("--max-batch-size", default=None, type=click.IntRange(min=1), help="For --model.")
 @click.option(
     "--max-queue-delay-ms", default=None, type=click.FloatRange(min=0), help="For --model."
@@ -169,6 +216,7 @@ def serve(
     models: tuple[str, ...],
     host: str | None,
     port: int | None,
+    grpc_port: int | None,
     max_batch_size: int | None,
     max_queue_delay_ms: float | None,
     mqtt: str | None,
@@ -191,6 +239,8 @@ def serve(
         overrides["server.host"] = host
     if port is not None:
         overrides["server.port"] = port
+    if grpc_port is not None:
+        overrides["server.grpc_port"] = grpc_port
     config = load_config(config_path, overrides=overrides)
     extra: dict[str, Any] = {}
     if max_batch_size is not None:

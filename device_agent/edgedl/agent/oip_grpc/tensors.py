@@ -1,0 +1,159 @@
+"""Tensors between the gRPC protocol's messages and NumPy arrays, both encodings.
+
+* raw: ``raw_input_contents`` holds one little-endian, row-major blob per input, in the order
+  of ``inputs`` (what ``tritonclient.grpc`` sends); the arrays are read straight from those
+  bytes. The answer then carries ``raw_output_contents`` too.
+* typed: each input's ``contents`` holds the values in the field of its datatype
+  (``fp32_contents`` for FP32, ``int_contents`` for INT8/16/32 ...); the answer then uses
+  ``contents`` as well.
+
+A request mixing both, a datatype other than the model's, a shape whose element count does
+not match the data, or an unknown input or output raises
+:class:`~edgedl.agent.oip.BadRequest` saying what is wrong. Request parameters understood:
+``timeout`` (microseconds, as Triton's clients send it) and ``timeout_ms``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.datatypes import NUMPY_DTYPES, datatype_of
+
+from ..oip import BadRequest, InferenceRequest, RequestedOutput, request_timeout
+from .messages import ModelInferResponse
+
+Array = NDArray[Any]
+
+# The typed field holding each datatype's values (FP16 has none: it travels raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def decode_infer_request(request: Any, datatypes: Mapping[str, str]) -> InferenceRequest:
+    """The inputs, wanted outputs and deadline of a ``ModelInferRequest``.
+
+    ``datatypes`` maps each model input to the datatype it takes. Raw requests get raw
+    answers (``binary_output``).
+    """
+    if not request.inputs:
+        raise BadRequest("the request has no inputs")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"raw_input_contents holds {len(raw)} tensors but the request lists "
+            f"{len(request.inputs)} inputs: give one raw blob per input, in order"
+        )
+    inputs: dict[str, Array] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name not in datatypes:
+            raise BadRequest(f"unknown input {name!r} (the model's inputs: {sorted(datatypes)})")
+        if name in inputs:
+            raise BadRequest(f"input {name!r} is given twice")
+        expected = datatypes[name]
+        if tensor.datatype != expected:
+            raise BadRequest(
+                f"input {name!r}: expected datatype {expected}, got {tensor.datatype!r}"
+            )
+        shape = list(tensor.shape)
+        if not shape or any(d < 0 for d in shape):
+            raise BadRequest(f"input {name!r}: the shape must be non-negative sizes, got {shape}")
+        if raw:
+            if tensor.HasField("contents"):
+                raise BadRequest(
+                    f"input {name!r} has contents although the request uses "
+                    "raw_input_contents: use one or the other for all inputs"
+                )
+            arr = _from_raw(name, raw[i], shape, NUMPY_DTYPES[expected])
+        else:
+            arr = _from_contents(name, tensor, shape, expected)
+        inputs[name] = arr
+    timeout_s = request_timeout(parameter_values(request.parameters))
+    return InferenceRequest(
+        id=request.id or None,
+        inputs=inputs,
+        outputs=[RequestedOutput(o.name, bool(raw)) for o in request.outputs] or None,
+        binary_output=bool(raw),
+        timeout_s=timeout_s,
+    )
+
+
+def parameter_values(parameters: Any) -> dict[str, Any]:
+    """A ``map<string, InferParameter>`` as plain values (bool, int, str or float)."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        which = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, which) if which is not None else None
+    return values
+
+
+def _from_raw(name: str, blob: bytes, shape: list[int], dtype: np.dtype[Any]) -> Array:
+    needed = math.prod(shape) * dtype.itemsize
+    if len(blob) != needed:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} of {datatype_of(dtype)} needs {needed} bytes, "
+            f"its raw contents hold {len(blob)}"
+        )
+    return np.frombuffer(blob, dtype=dtype).reshape(shape)
+
+
+def _from_contents(name: str, tensor: Any, shape: list[int], datatype: str) -> Array:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise BadRequest(f"input {name!r}: {datatype} travels only as raw_input_contents")
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values, its {field} holds {len(values)}"
+        )
+    try:
+        arr = np.array(values, dtype=NUMPY_DTYPES[datatype])
+    except OverflowError as exc:
+        raise BadRequest(f"input {name!r}: a value is out of the range of {datatype}") from exc
+    return arr.reshape(shape)
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request: InferenceRequest,
+    outputs: Mapping[str, Array],
+) -> Any:
+    """A ``ModelInferResponse`` with the wanted outputs: raw when the request was raw (or an
+    output is FP16, which has no typed field), typed ``contents`` otherwise."""
+    wanted = [o.name for o in request.outputs] if request.outputs is not None else list(outputs)
+    tensors: list[tuple[str, str, Array]] = []
+    for name in wanted:
+        if name not in outputs:
+            raise BadRequest(f"unknown output {name!r} (the model's outputs: {sorted(outputs)})")
+        arr = np.asarray(outputs[name])
+        datatype = datatype_of(arr.dtype) or "FP32"
+        tensors.append((name, datatype, np.ascontiguousarray(arr, NUMPY_DTYPES[datatype])))
+    raw = request.binary_output or any(d not in CONTENTS_FIELD for _, d, _ in tensors)
+    response = ModelInferResponse(model_name=model_name, model_version=model_version)
+    if request.id is not None:
+        response.id = request.id
+    for name, datatype, arr in tensors:
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        if raw:
+            response.raw_output_contents.append(arr.tobytes())
+        else:
+            getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
+    return response
