@@ -2,7 +2,7 @@
 
     from edgedl.client import AgentClient
 
-    with AgentClient("http://127.0.0.1:8080") as agent:
+    with AgentClient("http://127.0.0.1:8080") as agent:  # or "unix:///run/edgedl/agent.sock"
         agent.ready()                                 # True / False
         agent.metadata("digits")                      # inputs, outputs, versions
         outputs = agent.infer("digits", x)            # x: float array, batch first
@@ -29,14 +29,23 @@ from .datatypes import NUMPY_DTYPES, datatype_of
 from .errors import ServingError
 
 Array = NDArray[Any]
+UNIX_SCHEME = "unix://"  # unix:///run/edgedl/agent.sock: the agent's Unix domain socket
 
 
 class AgentClient:
     """Talks to one running agent. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 30.0) -> None:
+        """``url``: ``http://host:port``, or ``unix:///path/to.sock`` for the agent's Unix socket."""
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        if self.url.startswith(UNIX_SCHEME):
+            path = self.url[len(UNIX_SCHEME) :]
+            if not path.startswith("/"):
+                raise ValueError(f"a Unix socket URL needs an absolute path: {url!r}")
+            transport = httpx.HTTPTransport(uds=path)
+            self._http = httpx.Client(base_url="http://agent", transport=transport, timeout=timeout)
+        else:
+            self._http = httpx.Client(base_url=self.url, timeout=timeout)
         self._inputs: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
 
     def __enter__(self) -> AgentClient:

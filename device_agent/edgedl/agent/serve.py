@@ -1,7 +1,8 @@
 """``edgedl agent serve``: run the HTTP API with uvicorn, speaking sd_notify, draining on SIGTERM.
 
 Start-up: read the config (file, environment, flags), load and verify every bundle, bind
-(HTTP, and gRPC on the same event loop when ``server.grpc_port`` is set), then send READY=1. On SIGTERM or SIGINT: send STOPPING=1, answer new requests 503, wait until
+(HTTP; also a Unix socket when ``server.unix_socket`` is set, and gRPC on the same event loop
+when ``server.grpc_port`` is), then send READY=1. On SIGTERM or SIGINT: send STOPPING=1, answer new requests 503, wait until
 the requests in flight are answered (at most ``server.shutdown_timeout_s``), close, stop the
 batchers and exit 0. A second signal closes at once; a third forces the exit.
 """
@@ -24,6 +25,7 @@ from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
 from .fleet.updater import attach as attach_fleet_updates
 from .http_guard import guarded_http_protocol
+from .listeners import ListenError, bind_tcp, bind_unix, remove_unix
 from .memory_release import limit_malloc_arenas
 from .pipeline.http import pipeline_routes
 from .pipeline.pipeline_set import PipelineSet
@@ -122,16 +124,21 @@ class AgentServer(uvicorn.Server):
             ", ".join(f"{m.name}:{m.version}" for m in self.runtime.repository.models())
             or "no models"
         )
-        grpc = f" and gRPC port {self.grpc_server.port}" if self.grpc_server is not None else ""
-        log.info("edgedl agent serving %s on http://%s:%d%s", names, host, port, grpc)
-        self.notifier.ready(f"serving {names} on {host}:{port}{grpc}")
+        also = ""
+        if self.runtime.config.server.unix_socket:
+            also += f", unix:{self.runtime.config.server.unix_socket}"
+        if self.grpc_server is not None:
+            also += f" and gRPC port {self.grpc_server.port}"
+        log.info("edgedl agent serving %s on http://%s:%d%s", names, host, port, also)
+        self.notifier.ready(f"serving {names} on {host}:{port}{also}")
 
     def address(self) -> tuple[str, int]:
         """The host and port actually bound (``port = 0`` picks a free one)."""
         for server in self.servers:
             for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                return str(host), int(port)
+                if sock.family != socket.AF_UNIX:
+                    host, port = sock.getsockname()[:2]
+                    return str(host), int(port)
         return self.config.host, self.config.port
 
 
@@ -168,7 +175,14 @@ def run_agent(config: AgentConfig) -> None:
             loop="auto",
         )
         server = AgentServer(server_config, runtime, notifier, grpc_server)
-        server.run()
+        sockets = _bind(config) if config.server.unix_socket else None
+        try:
+            server.run(sockets=sockets)
+        finally:
+            for sock in sockets or ():
+                sock.close()
+            if config.server.unix_socket:
+                remove_unix(config.server.unix_socket)
         if server.grpc_error is not None:
             raise click.ClickException(f"{server.grpc_error} (is the port in use?)")
         if not server.started:
@@ -179,6 +193,21 @@ def run_agent(config: AgentConfig) -> None:
     finally:
         runtime.stop(timeout=config.server.shutdown_timeout_s)
         log.info("edgedl agent stopped")
+
+
+def _bind(config: AgentConfig) -> list[socket.socket]:
+    """The TCP socket and the Unix socket of ``[server]``, bound (a clear error otherwise)."""
+    server = config.server
+    assert server.unix_socket is not None
+    try:
+        tcp = bind_tcp(server.host, server.port)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        return [tcp, bind_unix(server.unix_socket)]
+    except ListenError as exc:
+        tcp.close()
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
@@ -192,6 +221,12 @@ def run_agent(config: AgentConfig) -> None:
 )
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default 8080; 0 picks a free one).")
+@click.option(
+    "--unix-socket",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also serve the HTTP API on this Unix domain socket (for applications on the device).",
+)
 @click.option(
     "--grpc-port",
     default=None,
@@ -216,6 +251,7 @@ def serve(
     models: tuple[str, ...],
     host: str | None,
     port: int | None,
+    unix_socket: str | None,
     grpc_port: int | None,
     max_batch_size: int | None,
     max_queue_delay_ms: float | None,
@@ -241,6 +277,8 @@ def serve(
         overrides["server.port"] = port
     if grpc_port is not None:
         overrides["server.grpc_port"] = grpc_port
+    if unix_socket is not None:
+        overrides["server.unix_socket"] = unix_socket
     config = load_config(config_path, overrides=overrides)
     extra: dict[str, Any] = {}
     if max_batch_size is not None:
