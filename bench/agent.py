@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,16 +200,20 @@ def stop_served(model: Any) -> None:
 
 
 class AgentSubprocess:
-    """``edgedl agent serve`` on a free port with one model."""
+    """``edgedl agent serve`` on a free port with one model (and gRPC, a Unix socket)."""
 
-    def __init__(self, bundle: Path, **batching: Any) -> None:
+    def __init__(self, bundle: Path, grpc_port: int | None = None,
+                 unix_socket: str | None = None, **batching: Any) -> None:  # fmt: skip
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self._dir = tempfile.TemporaryDirectory(prefix="edgedl-bench-agent-")
         config = Path(self._dir.name) / "agent.toml"
         settings = "".join(f"{k} = {v}\n" for k, v in batching.items())
-        config.write_text(f'[server]\nport = {self.port}\n\n[[models]]\npath = "{bundle}"\n'
+        grpc = f"grpc_port = {grpc_port}\n" if grpc_port is not None else ""
+        if unix_socket is not None:
+            grpc += f'unix_socket = "{unix_socket}"\n'
+        config.write_text(f'[server]\nport = {self.port}\n{grpc}\n[[models]]\npath = "{bundle}"\n'
                           f"threads = 1\n{settings}")  # fmt: skip
         self.proc = subprocess.Popen([EDGEDL, "agent", "serve", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -326,9 +330,11 @@ def load_in_process(model: Any, x: np.ndarray, concurrency: int, seconds: float)
     return asyncio.run(run())
 
 
-async def _load_http(port: int, path: str, body: bytes, headers: dict[str, str],
+async def _load_http(port: int | str, path: str, body: bytes, headers: dict[str, str],
                      concurrency: int, seconds: float) -> Block:  # fmt: skip
     """``concurrency`` keep-alive connections sending ``body`` back to back for ``seconds``.
+
+    ``port``: a TCP port of 127.0.0.1, or the path of a Unix socket.
 
     A minimal HTTP/1.1 client on asyncio streams: httpx's async client costs several times
     what the agent does per request, and on a small machine it would measure itself.
@@ -338,8 +344,7 @@ async def _load_http(port: int, path: str, body: bytes, headers: dict[str, str],
         + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         + "\r\n"
     ).encode() + body
-    latencies: list[float] = []
-    errors = 0
+    writers: list[asyncio.StreamWriter] = []
 
     async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         writer.write(request)
@@ -351,30 +356,53 @@ async def _load_http(port: int, path: str, body: bytes, headers: dict[str, str],
         await reader.readexactly(length)
         return head.startswith(b"HTTP/1.1 200")
 
+    async def connect() -> Callable[[], Awaitable[bool]]:
+        if isinstance(port, str):
+            reader, writer = await asyncio.open_unix_connection(port)
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        return lambda: exchange(reader, writer)
+
+    try:
+        return await closed_loop(connect, concurrency, seconds)
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+async def closed_loop(connect: Callable[[], Awaitable[Callable[[], Awaitable[bool]]]],
+                      concurrency: int, seconds: float) -> Block:  # fmt: skip
+    """``concurrency`` callers, each made by ``connect()``, calling back to back for ``seconds``.
+
+    A caller returns whether its call succeeded. Each caller first makes three calls; the
+    clock starts once every caller is warm.
+    """
+    latencies: list[float] = []
+    errors = 0
     ready = 0
     go = asyncio.Event()
     began = 0.0
 
     async def worker() -> None:
         nonlocal errors, ready, began
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        call = await connect()
         for _ in range(3):
-            await exchange(reader, writer)
+            await call()
         ready += 1
-        if ready == concurrency:  # the clock starts once every connection is warm
+        if ready == concurrency:
             began = time.perf_counter()
             go.set()
         await go.wait()
         stop_at = began + seconds
         while True:
             t0 = time.perf_counter()
-            ok = await exchange(reader, writer)
+            ok = await call()
             t1 = time.perf_counter()
             errors += not ok
             latencies.append(t1 - t0)
             if t1 > stop_at:
                 break
-        writer.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - began, errors

@@ -47,28 +47,30 @@ def build_bundle(out: Path) -> Path:
     """A bundle of ``y = 3 * x`` with a dynamic batch dimension."""
     from onnx import TensorProto, helper
 
-    from edgedl.bundle import Manifest, TensorSpec, sha256_file, write_bundle
+    from edgedl.bundle import TensorSpec
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
     three = helper.make_tensor("three", TensorProto.FLOAT, [1], [3.0])
     graph = helper.make_graph([helper.make_node("Mul", ["x", "three"], ["y"])], "triple", [x], [y], [three])  # fmt: skip
+    return onnx_bundle(out, graph, [TensorSpec(name="x", shape=[-1, 3], dtype="float32")],
+                       [TensorSpec(name="y", shape=[-1, 3], dtype="float32")])  # fmt: skip
+
+
+def onnx_bundle(out: Path, graph: Any, inputs: list[Any], outputs: list[Any]) -> Path:
+    """``out/<graph name>``: a version 1 onnx-fp32 bundle of an ONNX ``graph``."""
+    from onnx import helper
+
+    from edgedl.bundle import Manifest, sha256_file, write_bundle
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    model_file = out / "triple.onnx"
+    model_file = out / f"{graph.name}.onnx"
     model_file.write_bytes(model.SerializeToString())
-    manifest = Manifest(
-        name="triple",
-        version="1",
-        target="onnx-fp32",
-        runtime="onnxruntime",
-        model_file="model.onnx",
-        sha256=sha256_file(model_file),
-        size_bytes=model_file.stat().st_size,
-        inputs=[TensorSpec(name="x", shape=[-1, 3], dtype="float32")],
-        outputs=[TensorSpec(name="y", shape=[-1, 3], dtype="float32")],
-    )
-    return write_bundle(out / "triple", model_file, manifest, {}).path
+    manifest = Manifest(name=graph.name, version="1", target="onnx-fp32", runtime="onnxruntime",
+                        model_file="model.onnx", sha256=sha256_file(model_file),
+                        size_bytes=model_file.stat().st_size, inputs=inputs, outputs=outputs)  # fmt: skip
+    return write_bundle(out / graph.name, model_file, manifest, {}).path
 
 
 def json_body(size_mib: float) -> bytes:

@@ -178,6 +178,11 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/agent.py --seconds 1 --models digits-onnx --throughput-models digits-onnx",
     ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent_memory.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/protocols.py"): "a benchmark (minutes)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/protocols.py --seconds 1 --models image-224",
+    ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent_memory.py --requests 3"): "a benchmark",
     (
         "docs/performance.md",

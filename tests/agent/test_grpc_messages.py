@@ -74,3 +74,28 @@ def test_a_request_written_by_tritonclient_reads_back_whole() -> None:
     assert ours.outputs[0].name == "output_0"
     assert ours.raw_input_contents[0] == raw
     assert ours.SerializeToString() == theirs.SerializeToString()
+
+
+def test_every_agent_error_maps_to_the_documented_status_code() -> None:
+    import grpc
+
+    from edgedl.agent.batcher import DeadlineExceeded, QueueFull, ShuttingDown
+    from edgedl.agent.oip import BadRequest
+    from edgedl.agent.oip_grpc.service import status_code
+    from edgedl.agent.repository import ModelNotFound
+    from edgedl.agent.request_budget import MemoryBusy, PayloadTooLarge
+    from edgedl.agent.served import BadInput, InferenceFailed
+
+    codes = grpc.StatusCode
+    expected = {
+        BadRequest: codes.INVALID_ARGUMENT,
+        BadInput: codes.INVALID_ARGUMENT,
+        ModelNotFound: codes.NOT_FOUND,
+        PayloadTooLarge: codes.RESOURCE_EXHAUSTED,
+        MemoryBusy: codes.RESOURCE_EXHAUSTED,  # HTTP 503, but the cure is to retry smaller/later
+        QueueFull: codes.RESOURCE_EXHAUSTED,
+        ShuttingDown: codes.UNAVAILABLE,
+        DeadlineExceeded: codes.DEADLINE_EXCEEDED,
+        InferenceFailed: codes.INTERNAL,
+    }
+    assert {error: status_code(error("x")) for error in expected} == expected

@@ -184,7 +184,7 @@ def run_agent(config: AgentConfig) -> None:
             if config.server.unix_socket:
                 remove_unix(config.server.unix_socket)
         if server.grpc_error is not None:
-            raise click.ClickException(f"{server.grpc_error} (is the port in use?)")
+            raise click.ClickException(str(server.grpc_error))
         if not server.started:
             raise click.ClickException(
                 f"could not listen on {config.server.host}:{config.server.port} "

@@ -51,7 +51,9 @@ class GrpcServer:
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise GrpcBindError(f"could not listen for gRPC on {address}: {exc}") from exc
+            raise GrpcBindError(
+                f"could not listen for gRPC on {address} (is the port in use?): {exc}"
+            ) from exc
         if bound == 0:  # older grpcio reports a failed bind this way
             raise GrpcBindError(f"could not listen for gRPC on {address} (is the port in use?)")
         await server.start()

@@ -124,15 +124,15 @@ class InferenceService:
             versions = self.repository.versions(request.name)
         except ModelNotFound as exc:
             await context.abort(status_code(exc), str(exc))
-        response = messages.ModelMetadataResponse()
-        for key, value in model.metadata(versions).items():
-            if key in ("inputs", "outputs"):
-                for tensor in value:
-                    getattr(response, key).add(**tensor)
-            elif key == "versions":
-                response.versions.extend(value)
-            else:
-                setattr(response, key, value)
+        meta = model.metadata(versions)
+        response = messages.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
+        for key in ("inputs", "outputs"):
+            for tensor in meta[key]:
+                getattr(response, key).add(
+                    name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"]
+                )
         return response
 
     async def model_infer(self, message: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -44,6 +44,17 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
 }
 
+# The NumPy dtype of each typed field's values as the protocol defines the field.
+_FIELD_DTYPES = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
 
 def decode_infer_request(request: Any, datatypes: Mapping[str, str]) -> InferenceRequest:
     """The inputs, wanted outputs and deadline of a ``ModelInferRequest``.
@@ -123,11 +134,16 @@ def _from_contents(name: str, tensor: Any, shape: list[int], datatype: str) -> A
         raise BadRequest(
             f"input {name!r}: shape {shape} needs {count} values, its {field} holds {len(values)}"
         )
-    try:
-        arr = np.array(values, dtype=NUMPY_DTYPES[datatype])
-    except OverflowError as exc:
-        raise BadRequest(f"input {name!r}: a value is out of the range of {datatype}") from exc
-    return arr.reshape(shape)
+    dtype = NUMPY_DTYPES[datatype]
+    arr = np.array(values, dtype=_FIELD_DTYPES[field])  # the field's own type: nothing lost
+    if dtype.kind in "iu" and arr.dtype != dtype and arr.size:
+        limits = np.iinfo(dtype)
+        if arr.min() < limits.min or arr.max() > limits.max:
+            raise BadRequest(
+                f"input {name!r}: {field} holds values outside the range of {datatype} "
+                f"[{limits.min}, {limits.max}]"
+            )
+    return arr.astype(dtype, copy=False).reshape(shape)
 
 
 def encode_infer_response(
