@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .datatypes import NUMPY_DTYPES, datatype_of
-from .errors import ServingError
+from .errors import ServingError, UsageError
 
 Array = NDArray[Any]
 UNIX_SCHEME = "unix://"  # unix:///run/edgedl/agent.sock: the agent's Unix domain socket
@@ -41,7 +41,7 @@ class AgentClient:
         if self.url.startswith(UNIX_SCHEME):
             path = self.url[len(UNIX_SCHEME) :]
             if not path.startswith("/"):
-                raise ValueError(f"a Unix socket URL needs an absolute path: {url!r}")
+                raise UsageError(f"a Unix socket URL needs an absolute path: {url!r}")
             transport = httpx.HTTPTransport(uds=path)
             self._http = httpx.Client(base_url="http://agent", transport=transport, timeout=timeout)
         else:

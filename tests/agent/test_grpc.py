@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -271,3 +272,72 @@ def test_a_grpc_port_in_use_stops_the_agent_with_a_clear_error(
         )
         assert agent.proc.wait(60) == 1
     assert f"could not listen for gRPC on 127.0.0.1:{port}" in agent.output
+
+
+@pytest.mark.slow
+def test_tensors_handed_over_in_shared_memory_give_the_same_bits(
+    digits_bundle: Any, agent_process: Callable[..., AgentProcess], grpc_client: Any
+) -> None:
+    import tritonclient.utils.shared_memory as shm
+
+    triton = tritonclient_grpc
+    bundle = digits_bundle("onnx-fp32")
+    x = digit_images(4)
+    expected = runtime.load(bundle).run({"pixels": x})["output_0"]
+    env = {"EDGEDL_AGENT__SERVER__GRPC_SHARED_MEMORY": "true"}
+    _, address = grpc_agent(agent_process, bundle, env=env)
+    client = grpc_client(address)
+    tag = f"edgedl_test_{os.getpid()}"
+    inputs = shm.create_shared_memory_region("in", f"/{tag}_in", x.nbytes)
+    outputs = shm.create_shared_memory_region("out", f"/{tag}_out", expected.nbytes)
+    try:
+        shm.set_shared_memory_region(inputs, [x])
+        client.register_system_shared_memory("camera", f"/{tag}_in", x.nbytes)
+        client.register_system_shared_memory("answers", f"/{tag}_out", expected.nbytes)
+        status = client.get_system_shared_memory_status(as_json=True)["regions"]
+        assert status["camera"]["byte_size"] == str(x.nbytes)
+        tensor = triton.InferInput("pixels", list(x.shape), "FP32")
+        tensor.set_shared_memory("camera", x.nbytes)
+        wanted = triton.InferRequestedOutput("output_0")
+        wanted.set_shared_memory("answers", expected.nbytes)
+        result = client.infer("digits", [tensor], outputs=[wanted])
+        out = result.get_output("output_0")
+        assert out.parameters["shared_memory_region"].string_param == "answers"
+        got = shm.get_contents_as_numpy(outputs, np.float32, [4, 10])
+        np.testing.assert_array_equal(got, expected)
+        # a raw input and an output into shared memory, mixed
+        result = client.infer("digits", [pixels(x)], outputs=[wanted])
+        np.testing.assert_array_equal(
+            shm.get_contents_as_numpy(outputs, np.float32, [4, 10]), expected
+        )
+
+        too_small = triton.InferRequestedOutput("output_0")
+        too_small.set_shared_memory("answers", 8)
+        with pytest.raises(triton.InferenceServerException, match="more than the 8") as info:
+            client.infer("digits", [tensor], outputs=[too_small])
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        client.unregister_system_shared_memory("camera")
+        with pytest.raises(
+            triton.InferenceServerException, match="unknown shared memory region 'camera'"
+        ) as info:
+            client.infer("digits", [tensor])
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(
+            triton.InferenceServerException, match="must name an object in /dev/shm"
+        ):
+            client.register_system_shared_memory("etc", "/../etc/passwd", 8)
+        client.unregister_system_shared_memory()
+        assert client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {}
+    finally:
+        shm.destroy_shared_memory_region(inputs)
+        shm.destroy_shared_memory_region(outputs)
+
+
+@pytest.mark.slow
+def test_shared_memory_is_refused_unless_configured(
+    digits_bundle: Any, agent_process: Callable[..., AgentProcess], grpc_client: Any
+) -> None:
+    _, address = grpc_agent(agent_process, digits_bundle("onnx-fp32"))
+    client = grpc_client(address)
+    with pytest.raises(tritonclient_grpc.InferenceServerException, match="shared memory is off"):
+        client.register_system_shared_memory("camera", "/anything", 8)

@@ -23,6 +23,12 @@ _MESSAGE_NAMES = [
     "ModelInferResponse",
     "InferParameter",
     "InferTensorContents",
+    "SystemSharedMemoryStatusRequest",
+    "SystemSharedMemoryStatusResponse",
+    "SystemSharedMemoryRegisterRequest",
+    "SystemSharedMemoryRegisterResponse",
+    "SystemSharedMemoryUnregisterRequest",
+    "SystemSharedMemoryUnregisterResponse",
 ]
 
 

@@ -16,7 +16,7 @@ from tests.agent.serving_helpers import digit_images
 
 from edgedl import runtime
 from edgedl.client import AgentClient
-from edgedl.errors import ServingError
+from edgedl.errors import ServingError, UsageError
 
 
 @pytest.fixture
@@ -80,5 +80,5 @@ def test_a_stale_socket_file_is_replaced_but_a_live_one_or_a_plain_file_is_refus
 
 
 def test_a_unix_url_needs_an_absolute_path() -> None:
-    with pytest.raises(ValueError, match="absolute path"):
+    with pytest.raises(UsageError, match="absolute path"):
         AgentClient("unix://relative.sock")

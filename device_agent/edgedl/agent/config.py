@@ -2,7 +2,8 @@
 
 One pydantic model per section; :class:`AgentConfig` composes them::
 
-    [server]        host, port, gRPC port, Unix socket, request limits (size, memory, time), admin token, shutdown
+    [server]        host, port, Unix socket, gRPC port, request limits (size, memory, time),
+                    admin token, shutdown
     [[models]]      one table per bundle to serve, with its batching settings
     [store]         the on-disk model store (edgedl.agent.rollout)
     [rollout]       rollout defaults (edgedl.agent.rollout)
@@ -47,6 +48,7 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    grpc_shared_memory: bool = False
     unix_socket: str | None = Field(default=None, min_length=1, max_length=107)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_json_object_bytes: int = Field(default=1024 * 1024, gt=0)

@@ -1,10 +1,11 @@
 """``edgedl agent serve``: run the HTTP API with uvicorn, speaking sd_notify, draining on SIGTERM.
 
 Start-up: read the config (file, environment, flags), load and verify every bundle, bind
-(HTTP; also a Unix socket when ``server.unix_socket`` is set, and gRPC on the same event loop
-when ``server.grpc_port`` is), then send READY=1. On SIGTERM or SIGINT: send STOPPING=1, answer new requests 503, wait until
-the requests in flight are answered (at most ``server.shutdown_timeout_s``), close, stop the
-batchers and exit 0. A second signal closes at once; a third forces the exit.
+(HTTP; also a Unix socket when ``server.unix_socket`` is set, and gRPC on the same event
+loop when ``server.grpc_port`` is), then send READY=1. On SIGTERM or SIGINT: send
+STOPPING=1, answer new requests 503 (gRPC: UNAVAILABLE), wait until the requests in flight
+on either API are answered (at most ``server.shutdown_timeout_s``), close, stop the batchers
+and exit 0. A second signal closes at once; a third forces the exit.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def build_app(runtime: AgentRuntime, limits: RequestLimits | None = None) -> Sta
     telemetry = attach_telemetry(runtime, pipelines)
     admin = rollout_routes(runtime)
     attach_fleet_updates(runtime, telemetry)
-    # one memory budget for all
-    limits = limits or RequestLimits.from_config(runtime.config.server)
+    limits = limits or RequestLimits.from_config(runtime.config.server)  # one budget for all
     return create_app(
         runtime,
         extra_routes=pipeline_routes(pipelines, limits),

@@ -4,7 +4,9 @@ The messages are those of KServe's ``grpc_predict_v2.proto`` (package ``inferenc
 protocol is published by KServe under Apache-2.0): field for field the same names, numbers
 and types, so they are the same bytes on the wire as what ``tritonclient.grpc`` and KServe's
 clients send (``tests/agent/test_grpc_messages.py`` checks them against tritonclient's own
-definitions). ``InferParameter`` also carries Triton's ``double_param`` and ``uint64_param``.
+definitions). ``InferParameter`` also carries Triton's ``double_param`` and ``uint64_param``,
+and Triton's system shared memory RPCs (``SystemSharedMemoryRegister`` ...) have their
+messages here too.
 
 They are described here as a table and loaded into a private descriptor pool, not generated
 by ``protoc``: nothing is generated at build time, no generated code is pinned to one
@@ -99,6 +101,26 @@ _MESSAGES: dict[str, list[_Field]] = {
         _PARAMETERS,
         ("contents", 5, ".inference.InferTensorContents", ""),
     ],
+    # Triton's system shared memory extension
+    "SystemSharedMemoryStatusRequest": [("name", 1, "string", "")],
+    "SystemSharedMemoryStatusResponse": [
+        ("regions", 1, ".inference.SystemSharedMemoryStatusResponse.RegionStatus", "map"),
+    ],
+    "SystemSharedMemoryStatusResponse.RegionStatus": [
+        ("name", 1, "string", ""),
+        ("key", 2, "string", ""),
+        ("offset", 3, "uint64", ""),
+        ("byte_size", 4, "uint64", ""),
+    ],
+    "SystemSharedMemoryRegisterRequest": [
+        ("name", 1, "string", ""),
+        ("key", 2, "string", ""),
+        ("offset", 3, "uint64", ""),
+        ("byte_size", 4, "uint64", ""),
+    ],
+    "SystemSharedMemoryRegisterResponse": [],
+    "SystemSharedMemoryUnregisterRequest": [("name", 1, "string", "")],
+    "SystemSharedMemoryUnregisterResponse": [],
     "InferParameter": [
         ("bool_param", 1, "bool", "parameter_choice"),
         ("int64_param", 2, "int64", "parameter_choice"),
@@ -194,3 +216,6 @@ ModelInferRequest = message_class("ModelInferRequest")
 ModelInferResponse = message_class("ModelInferResponse")
 InferTensorContents = message_class("InferTensorContents")
 InferParameter = message_class("InferParameter")
+SystemSharedMemoryStatusResponse = message_class("SystemSharedMemoryStatusResponse")
+SystemSharedMemoryRegisterResponse = message_class("SystemSharedMemoryRegisterResponse")
+SystemSharedMemoryUnregisterResponse = message_class("SystemSharedMemoryUnregisterResponse")

@@ -5,8 +5,12 @@ the protocol differs. RPCs::
 
     ServerLive, ServerReady                   live / ready (false while loading or draining)
     ModelReady, ModelMetadata                 per model (and version)
-    ModelInfer                                raw_input_contents or typed contents
+    ModelInfer                                raw_input_contents or typed contents, or
+                                              tensors in shared memory regions
     ServerMetadata                            name "edgedl" and the agent's version
+    SystemSharedMemoryRegister, ...Unregister, ...Status
+                                              Triton's system shared memory extension, when
+                                              server.grpc_shared_memory is on
 
 Errors end the call with a status code and the same message the HTTP API would give:
 
@@ -50,6 +54,7 @@ from ..request_body import ClientGone, RequestLimits
 from ..request_budget import JSON_OUTPUT_BYTE_COST, MemoryBusy, PayloadTooLarge, Reservation
 from ..served import InferenceFailed, Servable, Tensors
 from ..service import AgentRuntime
+from ..shared_memory import SharedMemoryError, SharedMemoryRegions
 from . import messages
 from .tensors import decode_infer_request, encode_infer_response
 
@@ -86,6 +91,14 @@ class InferenceService:
         self.runtime = runtime
         self.repository = runtime.repository
         self.limits = limits
+        self.regions: SharedMemoryRegions | None = None
+        if runtime.config.server.grpc_shared_memory:
+            self.regions = SharedMemoryRegions()
+
+    def close(self) -> None:
+        """Unmap every registered shared memory region."""
+        if self.regions is not None and self.regions.status():
+            self.regions.unregister()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The handler to add to a ``grpc.aio`` server."""
@@ -98,6 +111,13 @@ class InferenceService:
             "ModelMetadata": _typed(self.model_metadata, "ModelMetadataRequest"),
             # bytes in, bytes out: the budget is reserved before the message is parsed
             "ModelInfer": unary(self.model_infer),
+            "SystemSharedMemoryRegister": _typed(
+                self.shm_register, "SystemSharedMemoryRegisterRequest"
+            ),
+            "SystemSharedMemoryUnregister": _typed(
+                self.shm_unregister, "SystemSharedMemoryUnregisterRequest"
+            ),
+            "SystemSharedMemoryStatus": _typed(self.shm_status, "SystemSharedMemoryStatusRequest"),
         }
         return grpc.method_handlers_generic_handler(messages.SERVICE, methods)
 
@@ -135,6 +155,39 @@ class InferenceService:
                 )
         return response
 
+    async def shm_register(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._shm().register(request.name, request.key, request.offset, request.byte_size)
+        except ServingError as exc:
+            await context.abort(status_code(exc), str(exc))
+        return messages.SystemSharedMemoryRegisterResponse()
+
+    async def shm_unregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._shm().unregister(request.name)
+        except ServingError as exc:
+            await context.abort(status_code(exc), str(exc))
+        return messages.SystemSharedMemoryUnregisterResponse()
+
+    async def shm_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            regions = self._shm().status(request.name)
+        except ServingError as exc:
+            await context.abort(status_code(exc), str(exc))
+        response = messages.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
+
+    def _shm(self) -> SharedMemoryRegions:
+        if self.regions is None:
+            raise SharedMemoryError(
+                "shared memory is off: set server.grpc_shared_memory = true to use it"
+            )
+        return self.regions
+
     async def model_infer(self, message: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         model: Servable | None = None
@@ -148,7 +201,9 @@ class InferenceService:
             model = self.repository.resolve(request.model_name, request.model_version or None)
             if self.runtime.draining:
                 raise ShuttingDown("the agent is shutting down and takes no new requests")
-            decode = functools.partial(decode_infer_request, request, model.input_datatypes)
+            decode = functools.partial(
+                decode_infer_request, request, model.input_datatypes, self.regions
+            )
             decoded = await off_loop(decode, len(message))
             del request, decode
             outputs = await answer(model, decoded.inputs, _deadline(decoded, model, context))
@@ -185,7 +240,9 @@ class InferenceService:
         in_bytes = sum(int(arr.nbytes) for arr in decoded.inputs.values())
         per_byte = 2 if decoded.binary_output else 2 + JSON_OUTPUT_BYTE_COST
         reservation.resize(in_bytes + out_bytes * per_byte)
-        encode = functools.partial(_serialize, model.name, model.version, decoded, outputs)
+        encode = functools.partial(
+            _serialize, model.name, model.version, decoded, outputs, self.regions
+        )
         encoded: bytes = await off_loop(encode, out_bytes)
         return encoded
 
@@ -213,8 +270,14 @@ def _parse(message: bytes) -> Any:
         raise BadRequest(f"the message is not a ModelInferRequest: {exc}") from exc
 
 
-def _serialize(name: str, version: str, decoded: InferenceRequest, outputs: Tensors) -> bytes:
-    return _to_bytes(encode_infer_response(name, version, decoded, outputs))
+def _serialize(
+    name: str,
+    version: str,
+    decoded: InferenceRequest,
+    outputs: Tensors,
+    regions: SharedMemoryRegions | None,
+) -> bytes:
+    return _to_bytes(encode_infer_response(name, version, decoded, outputs, regions))
 
 
 def _deadline(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 from edgedl.datatypes import NUMPY_DTYPES, datatype_of
 
 from ..oip import BadRequest, InferenceRequest, RequestedOutput, request_timeout
+from ..shared_memory import SharedMemoryError, SharedMemoryRegions
 from .messages import ModelInferResponse
 
 Array = NDArray[Any]
@@ -56,22 +58,44 @@ _FIELD_DTYPES = {
 }
 
 
-def decode_infer_request(request: Any, datatypes: Mapping[str, str]) -> InferenceRequest:
+@dataclass
+class RegionSlice:
+    """Where a tensor lies in a registered shared memory region."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass
+class GrpcInferenceRequest(InferenceRequest):
+    """A decoded request, with the outputs to write into shared memory regions."""
+
+    output_regions: dict[str, RegionSlice] = field(default_factory=dict)
+
+
+def decode_infer_request(
+    request: Any, datatypes: Mapping[str, str], regions: SharedMemoryRegions | None = None
+) -> GrpcInferenceRequest:
     """The inputs, wanted outputs and deadline of a ``ModelInferRequest``.
 
-    ``datatypes`` maps each model input to the datatype it takes. Raw requests get raw
+    ``datatypes`` maps each model input to the datatype it takes; ``regions``: the shared
+    memory regions inputs may point at (``None``: shared memory is off). Raw requests get raw
     answers (``binary_output``).
     """
     if not request.inputs:
         raise BadRequest("the request has no inputs")
     raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
+    in_regions = [_region_slice(t.parameters, f"input {t.name!r}") for t in request.inputs]
+    carried = in_regions.count(None)
+    if raw and len(raw) != carried:
         raise BadRequest(
             f"raw_input_contents holds {len(raw)} tensors but the request lists "
-            f"{len(request.inputs)} inputs: give one raw blob per input, in order"
+            f"{carried} inputs not in shared memory: give one raw blob per input, in order"
         )
     inputs: dict[str, Array] = {}
-    for i, tensor in enumerate(request.inputs):
+    blobs = iter(raw)
+    for tensor, where in zip(request.inputs, in_regions, strict=True):
         name = tensor.name
         if name not in datatypes:
             raise BadRequest(f"unknown input {name!r} (the model's inputs: {sorted(datatypes)})")
@@ -85,24 +109,63 @@ def decode_infer_request(request: Any, datatypes: Mapping[str, str]) -> Inferenc
         shape = list(tensor.shape)
         if not shape or any(d < 0 for d in shape):
             raise BadRequest(f"input {name!r}: the shape must be non-negative sizes, got {shape}")
-        if raw:
+        if where is not None:
+            view = _regions(regions).view(where.region, where.offset, where.byte_size)
+            arr = _from_raw(name, view, shape, NUMPY_DTYPES[expected])
+        elif raw:
             if tensor.HasField("contents"):
                 raise BadRequest(
                     f"input {name!r} has contents although the request uses "
                     "raw_input_contents: use one or the other for all inputs"
                 )
-            arr = _from_raw(name, raw[i], shape, NUMPY_DTYPES[expected])
+            arr = _from_raw(name, next(blobs), shape, NUMPY_DTYPES[expected])
         else:
             arr = _from_contents(name, tensor, shape, expected)
         inputs[name] = arr
+    output_regions = {}
+    for out in request.outputs:
+        where = _region_slice(out.parameters, f"output {out.name!r}")
+        if where is not None:
+            _regions(regions).view(where.region, where.offset, where.byte_size)  # exists, fits
+            output_regions[out.name] = where
+    binary = bool(raw) or not any(t.HasField("contents") for t in request.inputs)
     timeout_s = request_timeout(parameter_values(request.parameters))
-    return InferenceRequest(
+    return GrpcInferenceRequest(
         id=request.id or None,
         inputs=inputs,
-        outputs=[RequestedOutput(o.name, bool(raw)) for o in request.outputs] or None,
-        binary_output=bool(raw),
+        outputs=[RequestedOutput(o.name, binary) for o in request.outputs] or None,
+        binary_output=binary,
         timeout_s=timeout_s,
+        output_regions=output_regions,
     )
+
+
+def _region_slice(parameters: Any, what: str) -> RegionSlice | None:
+    """The shared memory parameters of a tensor, or ``None`` when it has none."""
+    values = parameter_values(parameters)
+    region = values.get("shared_memory_region")
+    if region is None:
+        return None
+    size = values.get("shared_memory_byte_size")
+    offset = values.get("shared_memory_offset", 0)
+    if not isinstance(region, str) or not isinstance(size, int) or not _is_count(size, offset):
+        raise BadRequest(
+            f"{what}: shared memory needs shared_memory_region (a string), "
+            "shared_memory_byte_size and optionally shared_memory_offset (integers >= 0)"
+        )
+    return RegionSlice(region, offset, size)
+
+
+def _is_count(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def _regions(regions: SharedMemoryRegions | None) -> SharedMemoryRegions:
+    if regions is None:
+        raise SharedMemoryError(
+            "the agent does not take tensors in shared memory (server.grpc_shared_memory)"
+        )
+    return regions
 
 
 def parameter_values(parameters: Any) -> dict[str, Any]:
@@ -114,7 +177,7 @@ def parameter_values(parameters: Any) -> dict[str, Any]:
     return values
 
 
-def _from_raw(name: str, blob: bytes, shape: list[int], dtype: np.dtype[Any]) -> Array:
+def _from_raw(name: str, blob: bytes | memoryview, shape: list[int], dtype: np.dtype[Any]) -> Array:
     needed = math.prod(shape) * dtype.itemsize
     if len(blob) != needed:
         raise BadRequest(
@@ -151,10 +214,13 @@ def encode_infer_response(
     model_version: str,
     request: InferenceRequest,
     outputs: Mapping[str, Array],
+    regions: SharedMemoryRegions | None = None,
 ) -> Any:
     """A ``ModelInferResponse`` with the wanted outputs: raw when the request was raw (or an
-    output is FP16, which has no typed field), typed ``contents`` otherwise."""
+    output is FP16, which has no typed field), typed ``contents`` otherwise; an output asked
+    for in a shared memory region is written there (and its raw entry left empty)."""
     wanted = [o.name for o in request.outputs] if request.outputs is not None else list(outputs)
+    in_shm = request.output_regions if isinstance(request, GrpcInferenceRequest) else {}
     tensors: list[tuple[str, str, Array]] = []
     for name in wanted:
         if name not in outputs:
@@ -162,14 +228,36 @@ def encode_infer_response(
         arr = np.asarray(outputs[name])
         datatype = datatype_of(arr.dtype) or "FP32"
         tensors.append((name, datatype, np.ascontiguousarray(arr, NUMPY_DTYPES[datatype])))
-    raw = request.binary_output or any(d not in CONTENTS_FIELD for _, d, _ in tensors)
+    raw = request.binary_output or any(
+        d not in CONTENTS_FIELD for n, d, _ in tensors if n not in in_shm
+    )
     response = ModelInferResponse(model_name=model_name, model_version=model_version)
     if request.id is not None:
         response.id = request.id
     for name, datatype, arr in tensors:
         tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
-        if raw:
+        if name in in_shm:
+            _write_region(_regions(regions), in_shm[name], name, arr, tensor)
+            if raw:
+                response.raw_output_contents.append(b"")  # keeps raw entries in output order
+        elif raw:
             response.raw_output_contents.append(arr.tobytes())
         else:
             getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
     return response
+
+
+def _write_region(
+    regions: SharedMemoryRegions, where: RegionSlice, name: str, arr: Array, tensor: Any
+) -> None:
+    if arr.nbytes > where.byte_size:
+        raise SharedMemoryError(
+            f"output {name!r} takes {arr.nbytes} bytes, more than the {where.byte_size} of "
+            f"its shared memory region {where.region!r}"
+        )
+    view = regions.view(where.region, where.offset, arr.nbytes)
+    np.frombuffer(view, np.uint8)[:] = arr.reshape(-1).view(np.uint8)
+    tensor.parameters["shared_memory_region"].string_param = where.region
+    tensor.parameters["shared_memory_byte_size"].int64_param = arr.nbytes
+    if where.offset:
+        tensor.parameters["shared_memory_offset"].int64_param = where.offset
