@@ -200,20 +200,18 @@ def stop_served(model: Any) -> None:
 
 
 class AgentSubprocess:
-    """``edgedl agent serve`` on a free port with one model (and gRPC, a Unix socket)."""
+    """``edgedl agent serve`` on a free port with one model; ``server``: more [server] keys."""
 
-    def __init__(self, bundle: Path, grpc_port: int | None = None,
-                 unix_socket: str | None = None, **batching: Any) -> None:  # fmt: skip
+    def __init__(self, bundle: Path, server: dict[str, Any] | None = None,
+                 **batching: Any) -> None:  # fmt: skip
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self._dir = tempfile.TemporaryDirectory(prefix="edgedl-bench-agent-")
         config = Path(self._dir.name) / "agent.toml"
         settings = "".join(f"{k} = {v}\n" for k, v in batching.items())
-        grpc = f"grpc_port = {grpc_port}\n" if grpc_port is not None else ""
-        if unix_socket is not None:
-            grpc += f'unix_socket = "{unix_socket}"\n'
-        config.write_text(f'[server]\nport = {self.port}\n{grpc}\n[[models]]\npath = "{bundle}"\n'
+        extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (server or {}).items())
+        config.write_text(f'[server]\nport = {self.port}\n{extra}\n[[models]]\npath = "{bundle}"\n'
                           f"threads = 1\n{settings}")  # fmt: skip
         self.proc = subprocess.Popen([EDGEDL, "agent", "serve", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -13,6 +13,9 @@ spreads over every cell. The clients run in this process:
   grpc         ModelInfer with raw_input_contents (what tritonclient.grpc sends), one
                grpc.aio channel (its own connection) per concurrent caller, the message
                serialised once up front
+  grpc-shm     the same with the input in a system shared memory region registered once
+               (server.grpc_shared_memory; the client writes the input there once: a camera
+               process would write each frame), outputs raw in the answer
 
 Models:
   digits-onnx  the digits CNN as onnx-fp32 (bench/agent.py builds it once, with TensorFlow in
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-PROTOCOLS = ("http-json", "http-binary", "http-binary-unix", "grpc")
+PROTOCOLS = ("http-json", "http-binary", "http-binary-unix", "grpc", "grpc-shm")
 CONCURRENCY = (1, 8)
 BLOCK_S = 0.5
 Block = tuple[list[float], float, int]  # latencies, seconds, errors
@@ -93,14 +96,39 @@ def json_request(name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": "application/json"}
 
 
-def grpc_request(model: str, name: str, x: np.ndarray) -> bytes:
+def grpc_request(model: str, name: str, x: np.ndarray, region: str | None = None) -> bytes:
+    """A serialised ModelInferRequest: ``x`` raw, or pointing at shared memory ``region``."""
     from edgedl.agent.oip_grpc.messages import ModelInferRequest
 
     request = ModelInferRequest(model_name=model)
-    request.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(np.ascontiguousarray(x, "<f4").tobytes())
+    tensor = request.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
+    if region is None:
+        request.raw_input_contents.append(np.ascontiguousarray(x, "<f4").tobytes())
+    else:
+        tensor.parameters["shared_memory_region"].string_param = region
+        tensor.parameters["shared_memory_byte_size"].int64_param = x.nbytes
     serialized: bytes = request.SerializeToString()
     return serialized
+
+
+def shared_input(port: int, x: np.ndarray) -> Any:
+    """``x`` in a new POSIX shared memory object, registered with the agent as region "bench"."""
+    from multiprocessing import shared_memory
+
+    import grpc
+
+    from edgedl.agent.oip_grpc.messages import message_class
+
+    memory = shared_memory.SharedMemory(create=True, size=x.nbytes)
+    np.ndarray(x.shape, np.float32, buffer=memory.buf)[:] = x
+    register = message_class("SystemSharedMemoryRegisterRequest")(
+        name="bench", key=f"/{memory.name}", byte_size=x.nbytes
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryRegister")(
+            register.SerializeToString(), timeout=10
+        )
+    return memory
 
 
 async def _load_grpc(bench: Any, port: int, message: bytes, concurrency: int,
@@ -143,21 +171,22 @@ def measure(bench: Any, bundle: Path, seconds: float) -> list[dict[str, Any]]:
         s.bind(("127.0.0.1", 0))
         grpc_port = s.getsockname()[1]
     unix_socket = f"/tmp/edgedl-bench-{os.getpid()}.sock"
-    agent = bench.AgentSubprocess(
-        bundle, grpc_port=grpc_port, unix_socket=unix_socket, max_batch_size=32
-    )
+    server = {"grpc_port": grpc_port, "unix_socket": unix_socket, "grpc_shared_memory": True}
+    agent = bench.AgentSubprocess(bundle, server=server, max_batch_size=32)
+    memory = shared_input(grpc_port, x)
     path = f"/v2/models/{manifest.name}/infer"
     binary = bench.binary_request(spec.name, x)
     bodies = {"http-json": json_request(spec.name, x), "http-binary": binary,
               "http-binary-unix": binary}  # fmt: skip
-    message = grpc_request(manifest.name, spec.name, x)
+    messages = {"grpc": grpc_request(manifest.name, spec.name, x),
+                "grpc-shm": grpc_request(manifest.name, spec.name, x, region="bench")}  # fmt: skip
     blocks: dict[tuple[str, int], list[Block]] = {}
     try:
         for _ in range(max(1, round(seconds / BLOCK_S))):
             for protocol in PROTOCOLS:
                 for c in CONCURRENCY:
-                    if protocol == "grpc":
-                        load = _load_grpc(bench, grpc_port, message, c, BLOCK_S)
+                    if protocol in messages:
+                        load = _load_grpc(bench, grpc_port, messages[protocol], c, BLOCK_S)
                     else:
                         body, headers = bodies[protocol]
                         where = unix_socket if protocol.endswith("unix") else agent.port
@@ -165,6 +194,8 @@ def measure(bench: Any, bundle: Path, seconds: float) -> list[dict[str, Any]]:
                     blocks.setdefault((protocol, c), []).append(asyncio.run(load))
     finally:
         agent.stop()
+        memory.close()
+        memory.unlink()
     return [{"protocol": protocol, "concurrency": c, **bench._summary(measured)}
             for (protocol, c), measured in blocks.items()]  # fmt: skip
 
