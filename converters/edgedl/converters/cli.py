@@ -49,6 +49,11 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
 )
 @click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line.")
 @click.option(
+    "--state-dict",
+    type=click.Path(path_type=Path),
+    help="Weights (torch.save of a state dict) for a package.module:factory MODEL.",
+)
+@click.option(
     "--max-accuracy-drop",
     type=float,
     default=1.0,
@@ -79,6 +84,7 @@ def convert(
     output: Path | None,
     io: str | None,
     labels: Path | None,
+    state_dict: Path | None,
     max_accuracy_drop: float,
     calibration_samples: int,
     threads: int | None,
@@ -86,7 +92,11 @@ def convert(
     as_tar: bool,
     as_json: bool,
 ) -> None:
-    """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a validated bundle.
+    """Convert MODEL into a validated bundle.
+
+    MODEL is a .keras/.h5 file, a SavedModel directory, an .onnx file, a PyTorch
+    TorchScript (.pt) or torch.export (.pt2) file, or package.module:factory (with
+    --state-dict).
 
     \b
     Example:
@@ -103,6 +113,7 @@ def convert(
         output=output,
         io=io,
         labels=labels,
+        state_dict=state_dict,
         max_accuracy_drop=max_accuracy_drop,
         calibration_samples=calibration_samples,
         threads=threads,

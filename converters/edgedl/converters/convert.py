@@ -30,8 +30,8 @@ from edgedl.errors import DataError, UsageError, ValidationFailed
 from edgedl.profile import Profile
 
 from .artifact import describe
-from .data import Dataset, load_dataset
-from .sources import SourceModel, detect_kind, load_source
+from .data import Dataset, load_dataset, stored_sample_shape
+from .sources import KIND_NAMES, SourceKind, SourceModel, detect_kind, load_source
 from .targets import BuildContext, Target, get_target
 from .validate import measure_latency, validate
 
@@ -44,6 +44,8 @@ _TOOLS = (
     "onnxruntime",
     "onnxconverter-common",
     "ai-edge-litert",
+    "torch",
+    "onnxscript",
 )
 REPORT_SCHEMA_VERSION = 1
 
@@ -61,6 +63,7 @@ class ConvertOptions:
     output: Path | None = None
     io: str | None = None
     labels: Path | None = None
+    state_dict: Path | None = None
     max_accuracy_drop: float = 1.0
     calibration_samples: int = 500
     threads: int | None = None
@@ -187,11 +190,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
     model_path = Path(model)
     target, device, io_dtype = _resolve_target(options)
     kind = detect_kind(model_path)
-    if not target.accepts(kind):
-        raise UsageError(
-            f"{target.name} needs a Keras or SavedModel source; {model_path.name} is ONNX "
-            "(use an onnx-* target)"
-        )
+    _check_source_fits(kind, model_path, target, options)
     name = options.name or _default_name(model_path)
     output = (options.output or Path.cwd() / f"{name}-{options.version}-{target.name}").resolve()
     if output.exists() and not options.force:
@@ -203,7 +202,9 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
 
     with tempfile.TemporaryDirectory(prefix="edgedl-convert-") as tmp:
         workdir = Path(tmp)
-        source = load_source(model_path, workdir)
+        source = load_source(
+            model_path, workdir, options.state_dict, _torch_sample_shape(kind, options)
+        )
         calibration, validation, warnings = _load_data(source, options, target)
         n_cal = min(len(calibration), options.calibration_samples) if calibration else 0
         with progress.step("calibrating", n_cal) as advance:
@@ -251,6 +252,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
             providers=device.execution_providers if device else None,
         )
         report = _base_report(manifest, target, source, device, threads, built.calibration)
+        warnings[:0] = source.warnings
         report["warnings"] = warnings
         if validation is not None:
             with progress.step("validating", len(validation)) as advance:
@@ -300,6 +302,35 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
     )
 
 
+def _check_source_fits(
+    kind: SourceKind, model: Path, target: Target, options: ConvertOptions
+) -> None:
+    if options.state_dict is not None and kind != "torch":
+        raise UsageError("--state-dict goes with a PyTorch package.module:factory model")
+    if target.accepts(kind):
+        return
+    hint = "use an onnx-* target"
+    if kind == "torch":
+        hint += "; PyTorch → TFLite is not supported yet"
+    raise UsageError(
+        f"{target.name} needs a Keras or SavedModel source; {model.name} is "
+        f"{KIND_NAMES[kind]} ({hint})"
+    )
+
+
+def _torch_sample_shape(kind: SourceKind, options: ConvertOptions) -> tuple[int, ...] | None:
+    """A PyTorch module's per-sample input shape, from its calibration or validation data."""
+    if kind != "torch":
+        return None
+    data = options.calibration or options.validation
+    if data is None:
+        raise UsageError(
+            "a PyTorch source takes its input shape from the data: give --calibration or "
+            "--validation (.npy/.npz shaped as the module expects, e.g. N,C,H,W)"
+        )
+    return stored_sample_shape(data, "calibration" if options.calibration else "validation")
+
+
 def _class_count(outputs: dict[str, Any]) -> int | None:
     for arr in outputs.values():
         if arr.ndim == 2 and arr.shape[1] >= 2:
@@ -322,7 +353,7 @@ def _base_report(
         "target": target.name,
         "runtime": target.runtime,
         "device": device.name if device else None,
-        "source": {"path": str(source.path), "kind": source.kind},
+        "source": {"path": str(source.path), "kind": source.kind, **source.details},
         "tools": _tool_versions(),
         "calibration": calibration,
         "inputs": [s.model_dump() for s in manifest.inputs],

@@ -96,6 +96,26 @@ def load_dataset(
     return ds
 
 
+def stored_sample_shape(path: str | Path, role: str = "calibration") -> tuple[int, ...]:
+    """One sample's shape as stored in a ``.npy``/``.npz`` file (for models without shapes)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix not in (".npy", ".npz"):
+        raise DataError(
+            f"{role} data {p}: a PyTorch source takes its input shape from a .npy or .npz "
+            "file (inputs shaped as the module expects, batch first)"
+        )
+    if p.suffix == ".npy":
+        x = _np_load(p, role)
+    else:
+        with _np_load(p, role) as npz:
+            if "x" not in npz.files:
+                raise DataError(f"{role} data {p}: no array 'x'")
+            x = npz["x"]
+    if np.ndim(x) < 2:
+        raise DataError(f"{role} data {p}: expected a batch of samples, found shape {np.shape(x)}")
+    return tuple(int(d) for d in np.shape(x)[1:])
+
+
 def _np_load(p: Path, role: str) -> Any:
     try:
         return np.load(p, allow_pickle=False)

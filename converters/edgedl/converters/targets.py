@@ -65,7 +65,7 @@ class Target:
             "runtime": self.runtime,
             "description": self.description,
             "needs_calibration": self.needs_calibration,
-            "sources": ["keras", "saved_model", "onnx"]
+            "sources": ["keras", "saved_model", "onnx", "torch"]
             if self.family == "onnx"
             else ["keras", "saved_model"],
         }

@@ -1,4 +1,4 @@
-"""ONNX targets: export with tf2onnx, quantize with ONNX Runtime, fp16 with onnxconverter-common."""
+"""ONNX targets: export with tf2onnx (or take the source's ONNX), quantize with ONNX Runtime, fp16 with onnxconverter-common."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def export_fp32(ctx: BuildContext) -> Path:
     out = ctx.workdir / "model.fp32.onnx"
     if out.exists():
         return out
-    if ctx.source.kind == "onnx":
-        shutil.copyfile(ctx.source.path, out)
+    if ctx.source.onnx_path is not None:  # an ONNX source, or a PyTorch one exported to ONNX
+        shutil.copyfile(ctx.source.onnx_path, out)
         return out
     assert ctx.source.saved_model_dir is not None
     tf = import_tensorflow()
