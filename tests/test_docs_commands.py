@@ -78,7 +78,10 @@ SKIPS: dict[tuple[str, str], str] = {
     ("README.md", "make test-repeat N=3"): "runs the whole suite three times, this test included",
     ("README.md", "pip install edgedl[convert]"): PIP,
     ("README.md", "pip install edgedl[agent]"): PIP,
-    ("docs/converting.md", "pip install torch --index-url https://download.pytorch.org/whl/cpu"): PIP,
+    (
+        "docs/converting.md",
+        "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+    ): PIP,
     ("docs/converting.md", "pip install edgedl[torch]"): PIP,
     ("README.md", "pip install edgedl[collector]"): PIP,
     ("docs/collector.md", "pip install edgedl[collector]"): PIP,
