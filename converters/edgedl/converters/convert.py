@@ -31,6 +31,7 @@ from edgedl.profile import Profile
 
 from .artifact import describe
 from .data import Dataset, load_dataset, stored_sample_shape
+from .diagnostics import diagnose, value_summary
 from .sources import KIND_NAMES, SourceKind, SourceModel, detect_kind, load_source
 from .targets import BuildContext, Target, get_target
 from .validate import measure_latency, validate
@@ -164,7 +165,6 @@ def _load_data(
         )
     if options.calibration is not None:
         calibration = load_dataset(options.calibration, sample_shape, "calibration")
-        warnings += calibration.warnings
     validation = None
     if options.validation is not None:
         validation = load_dataset(options.validation, sample_shape, "validation")
@@ -206,6 +206,9 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
             model_path, workdir, options.state_dict, _torch_sample_shape(kind, options)
         )
         calibration, validation, warnings = _load_data(source, options, target)
+        diagnostics = _diagnose(calibration, validation) if target.needs_calibration else None
+        if diagnostics:
+            warnings += [f["message"] for f in diagnostics["findings"]]
         n_cal = min(len(calibration), options.calibration_samples) if calibration else 0
         with progress.step("calibrating", n_cal) as advance:
             ctx = BuildContext(
@@ -252,6 +255,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
             providers=device.execution_providers if device else None,
         )
         report = _base_report(manifest, target, source, device, threads, built.calibration)
+        report["calibration_diagnostics"] = diagnostics
         warnings[:0] = source.warnings
         report["warnings"] = warnings
         if validation is not None:
@@ -300,6 +304,18 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
         tar_path=tar_path,
         warnings=warnings,
     )
+
+
+def _diagnose(calibration: Dataset | None, validation: Dataset | None) -> dict[str, Any] | None:
+    """The calibration data's value summary and what :func:`diagnose` found wrong with it."""
+    if calibration is None:
+        return None
+    separate = validation is not None and validation is not calibration
+    return {
+        "calibration": value_summary(calibration.x),
+        "validation": value_summary(validation.x) if separate and validation else None,
+        "findings": [f.to_dict() for f in diagnose(calibration, validation)],
+    }
 
 
 def _check_source_fits(
