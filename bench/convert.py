@@ -3,6 +3,10 @@
 Models:
   digits       the digits CNN (examples/digits), trained on scikit-learn's digits; accuracy on
                its held-out split.
+  torch-digits the same CNN in PyTorch (edgedl.converters.torch_digits), trained here in a few
+               seconds, given as package.module:factory plus its state dict; onnx-* targets
+               only (PyTorch sources do not go to TFLite). Its conversion time includes the
+               ONNX export (torch.export).
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
@@ -11,7 +15,8 @@ Models:
                and flip) of the two real photographs scikit-learn ships
                (sklearn.datasets.load_sample_images), scaled to [-1, 1] as MobileNetV2 expects.
 
-Usage: python bench/convert.py [--models digits,mobilenetv2] [--out bench/results/convert.json]
+Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2]
+                               [--out bench/results/convert.json]
 Prints a markdown table and writes JSON (with the machine it ran on).
 """
 
@@ -91,20 +96,27 @@ def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, o
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         work = Path(tmp)
-        sources: dict[str, tuple[Path, Path, Path, Path | None]] = {}
+        # name: (model, calibration, validation, labels, state dict)
+        sources: dict[str, tuple[str | Path, Path, Path, Path | None, Path | None]] = {}
         if "digits" in models:
             d = train_digits(work / "digits")
-            sources["digits"] = (d.model, d.train, d.test, d.labels)
+            sources["digits"] = (d.model, d.train, d.test, d.labels, None)
+        if "torch-digits" in models:
+            from edgedl.converters.torch_digits import train_torch_digits
+
+            t = train_torch_digits(work / "torch-digits")
+            sources["torch-digits"] = (t.factory, t.train, t.test, t.labels, t.state_dict)
         if "mobilenetv2" in models:
             m, c, v = mobilenet_sources(work, cal_samples, 64)
-            sources["mobilenetv2"] = (m, c, v, None)
-        for model_name, (model, cal, val, labels) in sources.items():
+            sources["mobilenetv2"] = (m, c, v, None, None)
+        for model_name, (model, cal, val, labels, state_dict) in sources.items():
             fp32_size: dict[str, int] = {}
-            for target in TARGETS:
+            targets = [t for t in TARGETS if state_dict is None or TARGETS[t].family == "onnx"]
+            for target in targets:
                 started = time.perf_counter()
                 result = convert(model, ConvertOptions(
                     target=target, calibration=cal, validation=val, labels=labels,
-                    output=work / "bundles" / model_name / target,
+                    state_dict=state_dict, output=work / "bundles" / model_name / target,
                     calibration_samples=cal_samples, max_accuracy_drop=100.0,
                 ))  # fmt: skip
                 seconds = time.perf_counter() - started
@@ -152,7 +164,7 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark edgedl convert per target.")
-    parser.add_argument("--models", default="digits,mobilenetv2")
+    parser.add_argument("--models", default="digits,torch-digits,mobilenetv2")
     parser.add_argument("--out", type=Path, default=Path("bench/results/convert.json"))
     parser.add_argument("--calibration-samples", type=int, default=200)
     args = parser.parse_args()

@@ -12,6 +12,7 @@ from rich.table import Table
 from edgedl.cli import emit_json
 from edgedl.errors import ValidationFailed
 
+from .auto import AUTO, convert_auto
 from .convert import ConvertOptions
 from .convert import convert as run_convert
 from .report import render_report
@@ -23,7 +24,10 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
-    "--target", "-t", help="Conversion target (see 'edgedl targets'); default: the device's."
+    "--target",
+    "-t",
+    help="Conversion target (see 'edgedl targets'), or 'auto': the fastest candidate within "
+    "--max-accuracy-drop; default: the device's.",
 )
 @click.option(
     "--device",
@@ -58,7 +62,8 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
     type=float,
     default=1.0,
     show_default=True,
-    help="Fail (exit 3, no bundle) when accuracy drops by more percentage points.",
+    help="Fail (exit 3) when accuracy drops by more percentage points (absolute); the bound "
+    "of --target auto.",
 )
 @click.option(
     "--calibration-samples",
@@ -123,7 +128,7 @@ def convert(
     )
     console = Console(stderr=as_json)
     try:
-        result = run_convert(model, options)
+        result = (convert_auto if target == AUTO else run_convert)(model, options)
     except ValidationFailed as exc:
         failed = getattr(exc, "result", None)
         if failed is not None:

@@ -121,8 +121,12 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _default_name(model: Path) -> str:
-    stem = model.name if model.is_dir() else model.stem
+def default_name(model: Path) -> str:
+    """The model's name when ``--name`` is not given: its file name, or a factory's module."""
+    if ":" in model.name:  # package.module:factory
+        stem = model.name.split(":")[0].rsplit(".", 1)[-1]
+    else:
+        stem = model.name if model.is_dir() else model.stem
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "model"
 
 
@@ -191,7 +195,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
     target, device, io_dtype = _resolve_target(options)
     kind = detect_kind(model_path)
     _check_source_fits(kind, model_path, target, options)
-    name = options.name or _default_name(model_path)
+    name = options.name or default_name(model_path)
     output = (options.output or Path.cwd() / f"{name}-{options.version}-{target.name}").resolve()
     if output.exists() and not options.force:
         raise UsageError(f"{output} already exists (use --force to replace it)")

@@ -203,6 +203,8 @@ def export_onnx(
 ) -> tuple[str, list[str]]:
     """Export ``model`` to ONNX at ``out`` with a dynamic batch axis; return (exporter, notes).
 
+    The file is self-contained (weights inside, no external data file), so it can be copied.
+
     ``torch.export`` (``dynamo=True``) first; when it cannot trace the module, the TorchScript
     exporter, with a note saying why. :class:`ConversionError` when neither can.
     """
@@ -217,7 +219,7 @@ def export_onnx(
             with _quiet():
                 torch.onnx.export(
                     target, (example,), str(out), dynamo=True, dynamic_shapes=batch,
-                    opset_version=opset, **names,
+                    opset_version=opset, external_data=False, **names,
                 )  # fmt: skip
             return "torch.export (dynamo)", notes
         except Exception as exc:
