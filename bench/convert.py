@@ -5,8 +5,9 @@ Models:
                its held-out split.
   torch-digits the same CNN in PyTorch (edgedl.converters.torch_digits), trained here in a few
                seconds, given as package.module:factory plus its state dict; onnx-* targets
-               only (PyTorch sources do not go to TFLite). Its conversion time includes the
-               ONNX export (torch.export).
+               only (PyTorch sources do not go to TFLite), then --target auto
+               --max-accuracy-drop 1 (its row: the chosen candidate; its table in the JSON).
+               Conversion times include the ONNX export (torch.export).
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
@@ -137,9 +138,46 @@ def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, o
                     "latency_p95_ms": r["latency_ms"]["p95"],
                 })  # fmt: skip
                 print(f"  {model_name:<12} {target:<22} {seconds:6.1f} s", flush=True)
+            if state_dict is not None:
+                rows.append(
+                    auto_row(model_name, model, cal, val, labels, state_dict, work, cal_samples)
+                )
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
     return rows
+
+
+def auto_row(
+    model_name: str,
+    model: str | Path,
+    cal: Path,
+    val: Path,
+    labels: Path | None,
+    state_dict: Path | None,
+    work: Path,
+    cal_samples: int,
+) -> dict[str, object]:
+    """``--target auto --max-accuracy-drop 1``: the chosen candidate, and the whole table."""
+    from edgedl.converters.auto import convert_auto
+
+    started = time.perf_counter()
+    result = convert_auto(model, ConvertOptions(
+        target="auto", calibration=cal, validation=val, labels=labels, state_dict=state_dict,
+        output=work / "bundles" / model_name / "auto", max_accuracy_drop=1.0,
+        calibration_samples=cal_samples,
+    ))  # fmt: skip
+    seconds = time.perf_counter() - started
+    auto = result.report["auto"]
+    chosen = next(r for r in auto["candidates"] if r.get("chosen"))
+    print(f"  {model_name:<12} auto -> {auto['chosen']:<14} {seconds:6.1f} s", flush=True)
+    return {
+        "model": model_name, "target": f"auto → {auto['chosen']}",
+        "convert_seconds": round(seconds, 2), "size_bytes": chosen["size_bytes"],
+        "size_vs_fp32": None, "accuracy_drop_pts": result.report["accuracy_drop_pts"],
+        "top1_agreement": result.report["top1_agreement"], "sqnr_db": chosen["sqnr_db"],
+        "latency_p50_ms": chosen["latency_p50_ms"], "latency_p95_ms": chosen["latency_p95_ms"],
+        "auto": auto,
+    }  # fmt: skip
 
 
 def markdown(rows: list[dict[str, object]]) -> str:

@@ -163,6 +163,10 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/convert.py",
     ): "a benchmark (minutes); never part of the test run",
     ("docs/performance.md", ".venv/bin/python bench/convert.py --models digits"): "a benchmark",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models torch-digits",
+    ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/telemetry.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",
