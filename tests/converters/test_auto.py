@@ -126,7 +126,12 @@ def test_int8_over_the_bound_gives_way_to_a_float_candidate(
     assert auto["measure"] == "accuracy"
     assert rows["onnx-int8"]["drop_pts"] > 5.0  # plain int8 loses the model
     assert not rows["onnx-int8"]["within_bound"]
-    assert auto["chosen"] in ("onnx-fp16", "onnx-dynamic", "onnx-fp32")
+    # Mixed precision: the two convs around the wide channel, the worst first, kept in float.
+    mixed = rows["onnx-int8-mixed"]
+    assert mixed["float_layers"] == ["/2/Conv", "/0/Conv"]
+    assert mixed["within_bound"] and mixed["drop_pts"] <= 1.0
+    assert mixed["size_bytes"] < rows["onnx-fp32"]["size_bytes"]  # the Gemms stay int8
+    assert auto["chosen"] in ("onnx-int8-mixed", "onnx-fp16", "onnx-dynamic", "onnx-fp32")
     assert rows[auto["chosen"]]["drop_pts"] <= 1.0
     assert result.report["accuracy_drop_pts"] <= 1.0  # the written bundle is that candidate
 
@@ -143,10 +148,12 @@ def test_a_bound_nothing_meets_writes_the_best_shows_the_table_exits_3(
     assert "Traceback" not in result.stderr
     assert "no candidate is within --max-accuracy-drop -1" in result.last_error_line
     assert "--target auto: candidates, ranked" in result.stdout
-    for target in ("onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"):
+    for target in ("onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32", "onnx-int8-mixed"):
         assert target in result.stdout
     bundle = Bundle.open(out)  # never "no model": the best candidate is there
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is False
     drops = {r["target"]: r["drop_pts"] for r in report["auto"]["candidates"]}
-    assert drops[bundle.manifest.target] == min(drops.values())
+    chosen = report["auto"]["chosen"]
+    assert drops[chosen] == min(drops.values())
+    assert bundle.manifest.target == chosen.removesuffix("-mixed")  # mixed is onnx-int8 inside

@@ -57,6 +57,14 @@ def test_int8_is_smaller_than_fp16(torch_bundles: Any) -> None:
     assert not float_ops & {"Conv", "Gemm", "MatMul"}
 
 
+def test_int8_report_ranks_the_layers_by_their_quantization_error(torch_bundles: Any) -> None:
+    layers = torch_bundles["digits-int8"].report["calibration"]["layer_errors"]
+    assert sorted(r["op"] for r in layers) == ["Conv", "Conv", "Gemm", "Gemm"]
+    losses = [r["loss_db"] for r in layers]
+    assert losses == sorted(losses, reverse=True)  # the worst first
+    assert all(r["sqnr_db"] > 15 for r in layers)  # a well-behaved model quantizes cleanly
+
+
 def test_agent_serves_the_pytorch_bundles_like_the_runtime(
     torch_bundles: Any, torch_digits: Any, tmp_path: Path
 ) -> None:

@@ -1,7 +1,9 @@
 """``--target auto``: build every candidate for the device, validate each, keep the fastest within the bound.
 
 The candidates are the int8, fp16, dynamic and fp32 targets of the device's runtime family
-(LiteRT or ONNX Runtime). Each is converted and validated like a single target; then their
+(LiteRT or ONNX Runtime); when ``onnx-int8`` exceeds the bound, mixed precision joins them:
+``onnx-int8`` with its most sensitive layers kept in float, added one at a time in the order
+of their measured error until the candidate is within the bound. Each is converted and validated like a single target; then their
 latencies are measured again, round-robin, so that a noisy neighbour slows all of them alike.
 The drop a candidate is judged by is absolute, in percentage points: the accuracy drop when
 the validation data has labels, else the top-1 disagreement with the source.
@@ -39,6 +41,8 @@ CANDIDATES = {
     "tflite": ["tflite-int8", "tflite-fp16", "tflite-dynamic", "tflite-fp32"],
     "onnx": ["onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"],
 }
+MIXED = "onnx-int8-mixed"  # onnx-int8 with its most sensitive layers kept in float
+MAX_FLOAT_LAYERS = 8
 SLOWER_MARGIN = 0.10  # slower than fp32 by more than this share of its p50
 LATENCY_ROUNDS = 5
 LATENCY_RUNS = 40
@@ -86,6 +90,9 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
                 rows.append({"target": name, "skipped": str(exc)})
         if not results:
             raise ConversionError("--target auto: no candidate converted: " + _reasons(rows))
+        mixed = _mixed_precision(model, options, results, Path(tmp))
+        if mixed is not None:
+            results[MIXED] = mixed
         latencies = _latencies(results, options)
         rows = [_row(name, r, latencies[name]) for name, r in results.items()] + rows
         table = _rank(rows, options.max_accuracy_drop)
@@ -118,6 +125,33 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
             result=result,
         )
     return result
+
+
+def _mixed_precision(
+    model: str | Path, options: ConvertOptions, results: dict[str, ConvertResult], tmp: Path
+) -> ConvertResult | None:
+    """onnx-int8 over the bound: keep its worst layers in float, one more at a time.
+
+    Layers go in the order of their measured error (:mod:`.sensitivity`), until the
+    candidate is within the bound or :data:`MAX_FLOAT_LAYERS` are float; the last try is
+    the candidate either way, so the table shows how far mixed precision got.
+    """
+    int8 = results.get("onnx-int8")
+    if int8 is None or _drop(int8.report) <= options.max_accuracy_drop:
+        return None
+    order = [r["node"] for r in (int8.report.get("calibration") or {}).get("layer_errors", [])]
+    tried = None
+    for k in range(1, min(len(order), MAX_FLOAT_LAYERS) + 1):
+        tried = convert(
+            model,
+            replace(
+                options, target="onnx-int8", float_nodes=tuple(order[:k]), force=False,
+                tar=False, output=tmp / f"{MIXED}-{k}", max_accuracy_drop=math.inf,
+            ),
+        )  # fmt: skip
+        if _drop(tried.report) <= options.max_accuracy_drop:
+            break
+    return tried
 
 
 def _reasons(rows: list[dict[str, Any]]) -> str:
@@ -181,6 +215,7 @@ def _row(name: str, result: ConvertResult, latency: dict[str, float]) -> dict[st
         "latency_p95_ms": latency["p95"],
         "float_ops": sum(int(o["count"]) for o in r.get("float_ops") or []),
         "inserted_nodes": _inserted_nodes(result),
+        "float_layers": list((r.get("calibration") or {}).get("float_nodes") or []),
     }
 
 

@@ -65,6 +65,7 @@ class ConvertOptions:
     io: str | None = None
     labels: Path | None = None
     state_dict: Path | None = None
+    float_nodes: tuple[str, ...] = ()
     max_accuracy_drop: float = 1.0
     calibration_samples: int = 500
     threads: int | None = None
@@ -222,6 +223,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
                 io_dtype=io_dtype,
                 calibration_samples=options.calibration_samples,
                 advance=advance,
+                float_nodes=options.float_nodes,
             )
             built = target.build(ctx)
         warnings += built.warnings

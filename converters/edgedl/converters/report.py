@@ -73,6 +73,8 @@ def render_candidates(auto: dict[str, Any], console: Console) -> None:
         verdict = "chosen" if r["chosen"] else ""
         if not r["within_bound"]:
             verdict = ", ".join(v for v in (verdict, "over the bound") if v)
+        if r.get("float_layers"):
+            verdict = ", ".join(v for v in (verdict, f"float: {' '.join(r['float_layers'])}") if v)
         if r["slower_than_fp32"]:
             verdict = ", ".join(
                 v for v in (verdict, f"slower than fp32: {r['slower_than_fp32']}") if v

@@ -31,6 +31,7 @@ class BuildContext:
     io_dtype: str = "int8"
     calibration_samples: int = 500
     advance: Callable[[int], None] = lambda n: None
+    float_nodes: tuple[str, ...] = ()  # layers an int8 target keeps in float, by node name
 
 
 @dataclass
