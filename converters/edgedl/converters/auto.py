@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgedl import runtime
-from edgedl.bundle import write_bundle
+from edgedl.bundle import pack_bundle, write_bundle
 from edgedl.devices import get_device
 from edgedl.errors import ConversionError, UsageError, ValidationFailed
 
@@ -74,23 +74,27 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
     rows: list[dict[str, Any]] = []
     results: dict[str, ConvertResult] = {}
     with tempfile.TemporaryDirectory(prefix="edgedl-auto-") as tmp:
-        for name in candidates_for(model_path, options.device):
-            if TARGETS[name].needs_calibration and options.calibration is None:
-                rows.append({"target": name, "skipped": "needs --calibration"})
+        for target in candidates_for(model_path, options.device):
+            if TARGETS[target].needs_calibration and options.calibration is None:
+                rows.append({"target": target, "skipped": "needs --calibration"})
                 continue
             try:
-                results[name] = convert(
+                results[target] = convert(
                     model,
                     replace(
-                        options, target=name, output=Path(tmp) / name, force=False, tar=False,
-                        max_accuracy_drop=math.inf,
+                        options, target=target, output=Path(tmp) / target, force=False,
+                        tar=False, max_accuracy_drop=math.inf,
                     ),
                 )  # fmt: skip
             except ConversionError as exc:
-                rows.append({"target": name, "skipped": str(exc)})
+                rows.append({"target": target, "skipped": str(exc)})
         if not results:
             raise ConversionError("--target auto: no candidate converted: " + _reasons(rows))
-        mixed = _mixed_precision(model, options, results, Path(tmp))
+        try:
+            mixed = _mixed_precision(model, options, results, Path(tmp))
+        except ConversionError as exc:
+            rows.append({"target": MIXED, "skipped": str(exc)})
+            mixed = None
         if mixed is not None:
             results[MIXED] = mixed
         latencies = _latencies(results, options)
@@ -116,7 +120,14 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
             report,
             overwrite=options.force,
         )
-    result = ConvertResult(report=report, report_path=bundle.path / "report.json", bundle=bundle)
+    tar_path = pack_bundle(bundle.path, bundle.path.with_suffix(".tar")) if options.tar else None
+    result = ConvertResult(
+        report=report,
+        report_path=bundle.path / "report.json",
+        bundle=bundle,
+        tar_path=tar_path,
+        warnings=list(report.get("warnings", [])),
+    )
     if not chosen["within_bound"]:
         raise ValidationFailed(
             f"no candidate is within --max-accuracy-drop {options.max_accuracy_drop:g}; "

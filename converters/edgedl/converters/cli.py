@@ -160,7 +160,11 @@ def targets(as_json: bool) -> None:
     if as_json:
         emit_json([t.to_dict() for t in TARGETS.values()])
         return
-    table = Table(title="Conversion targets")
+    table = Table(
+        title="Conversion targets",
+        caption="--target auto: the fastest of the device's int8 / fp16 / dynamic / fp32 "
+        "within --max-accuracy-drop",
+    )
     for col in ("target", "runtime", "calibration", "sources", "what it is"):
         table.add_column(col)
     for t in TARGETS.values():
