@@ -4,13 +4,16 @@ int8 that is slower than float flagged, and a best bundle written even when noth
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tests.agent.conftest import AgentProcess
 from tests.conftest import run_edgedl
 
+from edgedl import runtime
 from edgedl.bundle import Bundle
 from edgedl.converters import ConvertOptions
 from edgedl.converters.auto import convert_auto
@@ -134,6 +137,19 @@ def test_int8_over_the_bound_gives_way_to_a_float_candidate(
     assert auto["chosen"] in ("onnx-int8-mixed", "onnx-fp16", "onnx-dynamic", "onnx-fp32")
     assert rows[auto["chosen"]]["drop_pts"] <= 1.0
     assert result.report["accuracy_drop_pts"] <= 1.0  # the written bundle is that candidate
+    # The chosen bundle serves through a real agent exactly as the runtime runs it.
+    x = np.load(torch_digits.test)["x"][:16]
+    agent = AgentProcess(["--model", str(tmp_path / "auto")], dict(os.environ), tmp_path / "log")
+    try:
+        agent.wait_ready()
+        with agent.client() as client:
+            served = client.infer("outlier", x)
+    finally:
+        agent.stop()
+    direct = runtime.load(tmp_path / "auto").run({"input": x})
+    assert served.keys() == direct.keys()
+    for key, value in direct.items():
+        np.testing.assert_array_equal(served[key], value)
 
 
 def test_a_bound_nothing_meets_writes_the_best_shows_the_table_exits_3(
