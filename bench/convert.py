@@ -14,7 +14,10 @@ Models:
                bench/efficientnet_lite0.py), as package.module:factory, on 224x224 crops
                (random position, scale and flip) of scikit-learn's two photographs, scaled
                (x - 127) / 128 as the Lite models expect. No labels: quality is top-1
-               agreement with the PyTorch model. onnx-* targets, then --target auto.
+               agreement with the PyTorch model. onnx-* targets, then --target auto. The
+               four targets take about 3.5 minutes on two shared cores; auto did not finish
+               within 15 minutes there: plain int8 keeps about 92% agreement, so the
+               mixed-precision fallback converts and validates once per layer it adds.
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
