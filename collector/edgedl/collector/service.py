@@ -53,7 +53,7 @@ class Collector:
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
         self.metrics = CollectorMetrics()
-        self.store = Store(config.storage.url)
+        self.store = Store(config.storage.url, max_seq_jump=config.storage.max_seq_jump)
         self.references = ReferenceBook(self.store)
         for path in config.references:
             self.references.register_path(path)
@@ -75,7 +75,10 @@ class Collector:
             retention_s=config.storage.retention_days * 86400.0,
         )
         self.ingestor = Ingestor(
-            self.store, config.mqtt.max_payload_bytes, on_stored=self.monitor.submit
+            self.store,
+            config.mqtt.max_payload_bytes,
+            on_stored=self.monitor.submit,
+            registry_required=config.registry.required,
         )
         self.mqtt = MqttConsumer(config.mqtt, config.storage, self.ingestor, self.metrics)
         self.fleet = Fleet(self)

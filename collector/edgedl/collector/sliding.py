@@ -1,8 +1,9 @@
 """Sliding windows of telemetry, summed on the reference profile's bins.
 
 A :class:`Contribution` is one model window's figures laid out on a reference's rows, so
-sums are plain array additions. A :class:`SlidingWindow` keeps the newest ``capacity``
-contributions of one device (by ``seq``) and their running total; the fleet total of a model
+sums are plain array additions. A :class:`SlidingWindow` keeps the ``capacity`` contributions
+of one device that arrived last (each ``(epoch, seq)`` once) and their running total; ordered
+by arrival, not by seq, so no seq, however large, can hold a place in it for good; the fleet total of a model
 version is the sum of its devices' totals, kept by adding what a device adds and subtracting
 what it evicts.
 """
@@ -31,7 +32,7 @@ class Contribution:
     profile samples.
     """
 
-    __slots__ = ("classes", "scalars", "seq", "table", "width")
+    __slots__ = ("classes", "epoch", "scalars", "seq", "table", "width")
 
     def __init__(
         self,
@@ -40,12 +41,14 @@ class Contribution:
         classes: dict[str, NDArray[np.float64]],
         width: int,
         seq: int = -1,
+        epoch: str = "",
     ) -> None:
         self.table = table
         self.scalars = scalars
         self.classes = classes
         self.width = width
         self.seq = seq
+        self.epoch = epoch
 
     @classmethod
     def empty(cls, reference: ReferenceModel | None) -> Contribution:
@@ -59,7 +62,7 @@ class Contribution:
 
     @classmethod
     def from_window(
-        cls, seq: int, model: ModelWindow, reference: ReferenceModel | None
+        cls, seq: int, model: ModelWindow, reference: ReferenceModel | None, epoch: str = ""
     ) -> tuple[Contribution, int]:
         """A model window on ``reference``'s rows; also how many histograms did not fit."""
         counts = model.counts
@@ -72,7 +75,7 @@ class Contribution:
         mismatched = 0
         classes: dict[str, NDArray[np.float64]] = {}
         if reference is None:
-            return cls(np.zeros((0, 2)), scalars, classes, 0, seq), 0
+            return cls(np.zeros((0, 2)), scalars, classes, 0, seq, epoch), 0
         width = reference.width
         rows: list[list[float]] = []
         histograms = profile.histograms if profile is not None else {}
@@ -92,7 +95,7 @@ class Contribution:
             else:
                 mismatched += live is not None
                 classes[key] = np.zeros_like(ref_counts)
-        return cls(table, scalars, classes, width, seq), mismatched
+        return cls(table, scalars, classes, width, seq, epoch), mismatched
 
     def add(self, other: Contribution, sign: float = 1.0) -> None:
         """Add (or with ``sign=-1`` subtract) another contribution in place."""
@@ -152,22 +155,21 @@ class SlidingWindow:
         self.capacity = capacity
         self.reference = reference
         self.total = Contribution.empty(reference)
-        self._entries: dict[int, Contribution] = {}
+        self._entries: dict[tuple[str, int], Contribution] = {}  # in arrival order
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, c: Contribution) -> tuple[bool, Contribution | None]:
-        """Take a contribution: ``(taken, evicted)``. Old or repeated seqs are not taken."""
-        if c.seq in self._entries:
+        """Take a contribution: ``(taken, evicted)``. A repeated ``(epoch, seq)`` is not taken;
+        past ``capacity`` the contribution that arrived first is evicted."""
+        if (c.epoch, c.seq) in self._entries:
             return False, None
-        if len(self._entries) >= self.capacity and c.seq < min(self._entries):
-            return False, None
-        self._entries[c.seq] = c
+        self._entries[(c.epoch, c.seq)] = c
         self.total.add(c)
         evicted = None
         if len(self._entries) > self.capacity:
-            evicted = self._entries.pop(min(self._entries))
+            evicted = self._entries.pop(next(iter(self._entries)))
             self.total.add(evicted, -1.0)
         return True, evicted
 
@@ -179,7 +181,7 @@ class LatencyBaseline:
         self.windows = windows
         self.min_samples = min_samples
         self.latency = np.zeros(LATENCY_BINS)
-        self._seqs: set[int] = set()
+        self._seqs: set[tuple[str, int]] = set()
 
     @property
     def complete(self) -> bool:
@@ -188,7 +190,7 @@ class LatencyBaseline:
 
     def add(self, c: Contribution) -> None:
         """Count a window into the baseline while it is still being built."""
-        if self.complete or c.seq in self._seqs:
+        if self.complete or (c.epoch, c.seq) in self._seqs:
             return
-        self._seqs.add(c.seq)
+        self._seqs.add((c.epoch, c.seq))
         self.latency += c.latency

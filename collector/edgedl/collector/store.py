@@ -3,7 +3,9 @@
 One :class:`Store` per collector. ``sqlite:///path.db`` opens SQLite in WAL mode;
 ``postgresql://user@host/db`` opens PostgreSQL through psycopg 3. Both get the same schema
 (:mod:`edgedl.collector.schema`) and the same statements: inserts of windows use
-``INSERT … ON CONFLICT (device, seq) DO NOTHING``, so a redelivered window is stored once.
+``INSERT … ON CONFLICT (fleet, device, epoch, seq) DO NOTHING``, so a redelivered window is
+stored once. A device is ``(fleet, device)`` everywhere; its spool epochs (lives) are rows of
+``device_epochs``, which give the windows missing between the first and last seq of each.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, create_engine, event, func, select, update
+from sqlalchemy import Engine, and_, case, create_engine, event, func, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgedl.errors import ConfigError, EdgeDLError
 from edgedl.telemetry import DeviceStatus, TelemetryWindow
 
 from . import schema
-from .schema import alerts, dead_letter, devices, model_references, windows
+from .schema import (
+    alerts,
+    dead_letter,
+    device_epochs,
+    devices,
+    model_references,
+    registered_devices,
+    windows,
+)
+
+DeviceKey = tuple[str, str]  # fleet, device
+EpochKey = tuple[str, str, str]  # fleet, device, epoch
 
 
 class StorageError(EdgeDLError):
@@ -38,6 +51,14 @@ class StoredWindow:
     received_at: float
     latency_ms: tuple[float | None, float | None, float | None] = (None, None, None)
     id: int | None = None
+
+
+@dataclass
+class Committed:
+    """What a committed batch did: the windows that were new, and those refused."""
+
+    stored: list[StoredWindow]
+    refused: list[DeadLetter]
 
 
 @dataclass
@@ -72,8 +93,9 @@ def engine_url(url: str) -> str:
 class Store:
     """The collector's database. Thread-safe: every method opens its own transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_seq_jump: int = 100_000) -> None:
         self.url = url
+        self.max_seq_jump = max_seq_jump
         sa_url = engine_url(url)
         self.dialect = "sqlite" if sa_url.startswith("sqlite") else "postgresql"
         try:
@@ -92,8 +114,10 @@ class Store:
         self._insert = _insert_for(self.dialect)
         self._insert_window = (
             self._insert(windows)
-            .on_conflict_do_nothing(index_elements=["device", "seq"])
-            .returning(windows.c.id, windows.c.device, windows.c.seq)
+            .on_conflict_do_nothing(index_elements=["fleet", "device", "epoch", "seq"])
+            .returning(
+                windows.c.id, windows.c.fleet, windows.c.device, windows.c.epoch, windows.c.seq
+            )
         )
 
     def close(self) -> None:
@@ -107,26 +131,35 @@ class Store:
         batch: Sequence[StoredWindow],
         statuses: Sequence[ReceivedStatus] = (),
         dead: Sequence[DeadLetter] = (),
-    ) -> list[StoredWindow]:
-        """Store a batch in one transaction; return the windows that were new (ids set)."""
+    ) -> Committed:
+        """Store a batch in one transaction: the windows that were new (ids set), and those
+        refused because their seq jumps more than ``max_seq_jump`` from their epoch's seqs
+        (stored as dead letters with the others)."""
         inserted: list[StoredWindow] = []
+        refused: list[DeadLetter] = []
         # SQLite allows one writer; serialising here avoids 'database is locked' retries.
         with self._write_lock, self.engine.begin() as conn:
             if batch:
-                by_key = {(w.window.device, w.window.seq): w for w in batch}
+                accepted = self._plausible(conn, batch, refused)
+                by_key = {_key(w.window): w for w in accepted}
                 # One cached statement, executemany: SQLAlchemy batches it into multi-row
                 # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
-                result = conn.execute(
-                    self._insert_window, [_window_row(w) for w in by_key.values()]
+                result = (
+                    conn.execute(self._insert_window, [_window_row(w) for w in by_key.values()])
+                    if by_key
+                    else ()
                 )
                 for row in result:
-                    item = by_key[(row.device, row.seq)]
+                    item = by_key[(row.fleet, row.device, row.epoch, row.seq)]
                     item.id = int(row.id)
                     inserted.append(item)
+                inserted.sort(key=lambda item: item.id or 0)
                 self._upsert_devices(conn, inserted)
+                self._upsert_epochs(conn, inserted)
             for st in statuses:
                 self._upsert_status(conn, st)
-            if dead:
+            letters = [*dead, *refused]
+            if letters:
                 conn.execute(
                     dead_letter.insert(),
                     [
@@ -137,23 +170,108 @@ class Store:
                             "payload_size": len(d.payload),
                             "received_at": d.received_at,
                         }
-                        for d in dead
+                        for d in letters
                     ],
                 )
-        return inserted
+        return Committed(inserted, refused)
 
-    def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
-        per_device: dict[str, dict[str, Any]] = {}
+    def _plausible(
+        self, conn: Any, batch: Sequence[StoredWindow], refused: list[DeadLetter]
+    ) -> list[StoredWindow]:
+        """The windows whose seq is within ``max_seq_jump`` of their epoch's stored seqs.
+
+        The first window of an epoch is taken whatever its seq (an upgraded agent goes on
+        counting); every later one must lie within the jump of the seqs seen so far, so a
+        forged far-away seq can neither be stored nor stretch the epoch's range.
+        """
+        keys = {(w.window.fleet, w.window.device, w.window.epoch) for w in batch}
+        e = device_epochs.c
+        rows = conn.execute(
+            select(e.fleet, e.device, e.epoch, e.first_seq, e.last_seq).where(
+                tuple_(e.fleet, e.device, e.epoch).in_(list(keys))
+            )
+        )
+        span: dict[EpochKey, list[int]] = {
+            (r.fleet, r.device, r.epoch): [int(r.first_seq), int(r.last_seq)] for r in rows
+        }
+        jump = self.max_seq_jump
+        accepted: list[StoredWindow] = []
+        for item in batch:
+            w = item.window
+            seqs = span.get((w.fleet, w.device, w.epoch))
+            if seqs is None:
+                span[(w.fleet, w.device, w.epoch)] = [w.seq, w.seq]
+            elif w.seq > seqs[1] + jump or w.seq < seqs[0] - jump:
+                refused.append(
+                    DeadLetter(
+                        f"edgedl/v1/{w.fleet}/{w.device}/telemetry",
+                        f"seq {w.seq} is more than storage.max_seq_jump ({jump}) away from the "
+                        f"seqs {seqs[0]}..{seqs[1]} of epoch {w.epoch!r}",
+                        item.payload,
+                        item.received_at,
+                    )
+                )
+                continue
+            else:
+                seqs[0], seqs[1] = min(seqs[0], w.seq), max(seqs[1], w.seq)
+            accepted.append(item)
+        return accepted
+
+    def _upsert_epochs(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
+        lives: dict[EpochKey, dict[str, Any]] = {}
         for item in inserted:
             w = item.window
-            row = per_device.get(w.device)
+            row = lives.get(_key(w)[:3])
+            if row is None:
+                row = lives[_key(w)[:3]] = {
+                    "fleet": w.fleet,
+                    "device": w.device,
+                    "epoch": w.epoch,
+                    "first_seq": w.seq,
+                    "last_seq": w.seq,
+                    "windows": 0,
+                    "inferences": 0,
+                    "first_seen": item.received_at,
+                    "last_seen": item.received_at,
+                }
+            row["first_seq"] = min(row["first_seq"], w.seq)
+            row["last_seq"] = max(row["last_seq"], w.seq)
+            row["windows"] += 1
+            row["inferences"] += w.inferences
+            row["last_seen"] = max(row["last_seen"], item.received_at)
+        if not lives:
+            return
+        stmt = self._insert(device_epochs)
+        new, old = stmt.excluded, device_epochs.c
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["fleet", "device", "epoch"],
+            set_={
+                "first_seq": case(
+                    (new.first_seq < old.first_seq, new.first_seq), else_=old.first_seq
+                ),
+                "last_seq": case((new.last_seq > old.last_seq, new.last_seq), else_=old.last_seq),
+                "windows": old.windows + new.windows,
+                "inferences": old.inferences + new.inferences,
+                "last_seen": case(
+                    (new.last_seen > old.last_seen, new.last_seen), else_=old.last_seen
+                ),
+            },
+        )
+        conn.execute(stmt, list(lives.values()))
+
+    def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
+        per_device: dict[DeviceKey, dict[str, Any]] = {}
+        for item in inserted:
+            w = item.window
+            row = per_device.get((w.fleet, w.device))
             first = w.models[0] if w.models else None
             if row is None:
-                row = per_device[w.device] = {
+                row = per_device[(w.fleet, w.device)] = {
                     "device": w.device,
                     "fleet": w.fleet,
                     "first_seen": item.received_at,
                     "last_seen": item.received_at,
+                    "epoch": w.epoch,
                     "last_seq": w.seq,
                     "window_s": max(w.window_end - w.window_start, 0.0),
                     "model": first.name if first else None,
@@ -165,7 +283,9 @@ class Store:
             row["inferences"] += w.inferences
             row["windows"] += 1
             row["last_seen"] = max(row["last_seen"], item.received_at)
-            if w.seq >= row["last_seq"]:
+            # The newest window of the device: a later seq of its epoch, or a new epoch.
+            if w.epoch != row["epoch"] or w.seq >= row["last_seq"]:
+                row["epoch"] = w.epoch
                 row["last_seq"] = w.seq
                 row["window_s"] = max(w.window_end - w.window_start, 0.0)
                 row["model"] = first.name if first else row["model"]
@@ -174,15 +294,16 @@ class Store:
         if not per_device:
             return
         stmt = self._insert(devices)
-        newer = stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
+        newer = (stmt.excluded.epoch != func.coalesce(devices.c.epoch, "")) | (
+            stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
+        )
 
         def latest(col: str) -> Any:
             return case((newer, stmt.excluded[col]), else_=devices.c[col])
 
         stmt = stmt.on_conflict_do_update(
-            index_elements=["device"],
+            index_elements=["fleet", "device"],
             set_={
-                "fleet": stmt.excluded.fleet,
                 "last_seen": case(
                     (
                         stmt.excluded.last_seen > func.coalesce(devices.c.last_seen, 0.0),
@@ -190,6 +311,7 @@ class Store:
                     ),
                     else_=devices.c.last_seen,
                 ),
+                "epoch": latest("epoch"),
                 "last_seq": latest("last_seq"),
                 "window_s": latest("window_s"),
                 # A heartbeat window (no model served in it) leaves model and version as they were.
@@ -212,17 +334,18 @@ class Store:
             "status_since": s.since,
             "agent_version": s.agent_version,
             "status": s.model_dump_json(exclude_none=True),
+            "status_received_at": st.received_at,
             "inferences": 0,
             "windows": 0,
         }
         stmt = self._insert(devices).values(row)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["device"],
+            index_elements=["fleet", "device"],
             set_={
                 "online": stmt.excluded.online,
                 "status_since": stmt.excluded.status_since,
                 "status": stmt.excluded.status,
-                "fleet": stmt.excluded.fleet,
+                "status_received_at": stmt.excluded.status_received_at,
             },
         )
         conn.execute(stmt)
@@ -230,16 +353,44 @@ class Store:
     # ---------------------------------------------------------------- queries
 
     def devices(self) -> list[dict[str, Any]]:
-        """Every device, as stored."""
+        """Every device, as stored, with ``epochs`` (lives) and ``missing`` (windows)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.fleet, devices.c.device))
-            return [dict(r._mapping) for r in rows]
+            out = [dict(r._mapping) for r in rows]
+            lives: dict[DeviceKey, list[dict[str, Any]]] = {}
+            for life in conn.execute(select(device_epochs)):
+                lives.setdefault((life.fleet, life.device), []).append(_life(life._mapping))
+        for row in out:
+            _add_lives(row, lives.get((row["fleet"], row["device"]), []))
+        return out
 
-    def device(self, device: str) -> dict[str, Any] | None:
-        """One device, or None."""
+    def device(self, device: str, fleet: str | None = None) -> dict[str, Any] | None:
+        """One device (with its ``epochs`` and ``missing``), or None.
+
+        Without ``fleet``, the device of that name if only one fleet has one; raises
+        :class:`AmbiguousDevice` when several do.
+        """
+        q = select(devices).where(devices.c.device == device)
+        if fleet is not None:
+            q = q.where(devices.c.fleet == fleet)
         with self.engine.connect() as conn:
-            row = conn.execute(select(devices).where(devices.c.device == device)).first()
-            return dict(row._mapping) if row else None
+            rows = [dict(r._mapping) for r in conn.execute(q.order_by(devices.c.fleet))]
+            if len(rows) > 1:
+                fleets = ", ".join(r["fleet"] for r in rows)
+                raise AmbiguousDevice(
+                    f"device {device!r} is in several fleets ({fleets}): name the fleet"
+                )
+            if not rows:
+                return None
+            row = rows[0]
+            e = device_epochs.c
+            lives = conn.execute(
+                select(device_epochs)
+                .where(and_(e.fleet == row["fleet"], e.device == device))
+                .order_by(e.first_seen)
+            )
+            _add_lives(row, [_life(life._mapping) for life in lives])
+        return row
 
     def windows(
         self,
@@ -247,24 +398,30 @@ class Store:
         limit: int = 100,
         with_payload: bool = False,
         newest_first: bool = True,
+        fleet: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored windows of a device (or of all), newest first by default."""
+        """Stored windows of a device (or of a fleet, or of all), newest first by default.
+
+        Newest means last stored: seqs restart with each epoch of a device.
+        """
         cols = [c for c in windows.c if with_payload or c.name != "payload"]
         q = select(*cols)
         if device is not None:
             q = q.where(windows.c.device == device)
-            order = windows.c.seq
-        else:
-            order = windows.c.id
+        if fleet is not None:
+            q = q.where(windows.c.fleet == fleet)
+        order = windows.c.id
         q = q.order_by(order.desc() if newest_first else order.asc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
-    def count_windows(self, device: str | None = None) -> int:
+    def count_windows(self, device: str | None = None, fleet: str | None = None) -> int:
         """How many windows are stored (for one device, or in all)."""
         q = select(func.count()).select_from(windows)
         if device is not None:
             q = q.where(windows.c.device == device)
+        if fleet is not None:
+            q = q.where(windows.c.fleet == fleet)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -299,6 +456,50 @@ class Store:
                 (r.device, int(r.seq))
                 for r in conn.execute(select(windows.c.device, windows.c.seq))
             ]
+
+    def window_identities(self) -> list[tuple[str, str, str, int]]:
+        """Every stored ``(fleet, device, epoch, seq)``: for tests and audits."""
+        w = windows.c
+        with self.engine.connect() as conn:
+            return [
+                (r.fleet, r.device, r.epoch, int(r.seq))
+                for r in conn.execute(select(w.fleet, w.device, w.epoch, w.seq))
+            ]
+
+    # ---------------------------------------------------------------- registry
+
+    def register_device(self, fleet: str, device: str) -> bool:
+        """Enrol a device; False when it was enrolled already."""
+        stmt = (
+            self._insert(registered_devices)
+            .values(fleet=fleet, device=device, added_at=time.time())
+            .on_conflict_do_nothing(index_elements=["fleet", "device"])
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    def unregister_device(self, fleet: str, device: str) -> bool:
+        """Remove a device from the registry; False when it was not enrolled."""
+        r = registered_devices.c
+        stmt = registered_devices.delete().where(and_(r.fleet == fleet, r.device == device))
+        with self._write_lock, self.engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    def registered_devices(self) -> list[dict[str, Any]]:
+        """The enrolled devices: fleet, device, added_at."""
+        r = registered_devices.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(registered_devices).order_by(r.fleet, r.device))
+            return [dict(row._mapping) for row in rows]
+
+    def registered_among(self, keys: set[DeviceKey]) -> set[DeviceKey]:
+        """Which of these ``(fleet, device)`` are enrolled."""
+        if not keys:
+            return set()
+        r = registered_devices.c
+        q = select(r.fleet, r.device).where(tuple_(r.fleet, r.device).in_(list(keys)))
+        with self.engine.connect() as conn:
+            return {(row.fleet, row.device) for row in conn.execute(q)}
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters."""
@@ -408,6 +609,28 @@ class Store:
             return json.loads(row.manifest) if row else None
 
 
+class AmbiguousDevice(EdgeDLError):
+    """A device named without its fleet, and several fleets have a device of that name."""
+
+
+def _key(w: TelemetryWindow) -> tuple[str, str, str, int]:
+    return (w.fleet, w.device, w.epoch, w.seq)
+
+
+def _life(row: Any) -> dict[str, Any]:
+    """A ``device_epochs`` row as the API shows it, with the windows missing in its range."""
+    life = {k: row[k] for k in ("epoch", "first_seq", "last_seq", "windows", "inferences")}
+    life.update(first_seen=row["first_seen"], last_seen=row["last_seen"])
+    span = int(row["last_seq"]) - int(row["first_seq"]) + 1
+    life["missing"] = max(0, span - int(row["windows"]))
+    return life
+
+
+def _add_lives(row: dict[str, Any], lives: list[dict[str, Any]]) -> None:
+    row["epochs"] = sorted(lives, key=lambda life: life["first_seen"])
+    row["missing"] = sum(life["missing"] for life in lives)
+
+
 def _window_row(item: StoredWindow) -> dict[str, Any]:
     w = item.window
     first = w.models[0] if w.models else None
@@ -415,6 +638,7 @@ def _window_row(item: StoredWindow) -> dict[str, Any]:
     return {
         "device": w.device,
         "fleet": w.fleet,
+        "epoch": w.epoch,
         "seq": w.seq,
         "window_start": w.window_start,
         "window_end": w.window_end,
