@@ -24,14 +24,17 @@ _db_option = click.option(
 )
 
 
-def _with_store(config_path: str | None, db_url: str | None, action: Callable[[Any], None]) -> None:
+def _with_registry(
+    config_path: str | None, db_url: str | None, action: Callable[[Any], None]
+) -> None:
     from .config import load_config
+    from .registry import DeviceRegistry
     from .store import Store
 
     overrides = {"storage.url": db_url} if db_url else {}
     store = Store(load_config(config_path, overrides=overrides).storage.url)
     try:
-        action(store)
+        action(DeviceRegistry(store))
     finally:
         store.close()
 
@@ -51,11 +54,11 @@ def add(fleet: str, device: str, config_path: str | None, db_url: str | None) ->
     validate_id(fleet, "fleet")
     validate_id(device, "device")
 
-    def action(store: Any) -> None:
-        new = store.register_device(fleet, device)
+    def action(registry: Any) -> None:
+        new = registry.add(fleet, device)
         click.echo(f"{fleet}/{device}: " + ("enrolled" if new else "already enrolled"))
 
-    _with_store(config_path, db_url, action)
+    _with_registry(config_path, db_url, action)
 
 
 @devices.command("rm")
@@ -67,12 +70,12 @@ def rm(fleet: str, device: str, config_path: str | None, db_url: str | None) -> 
     """Remove DEVICE of FLEET from the registry (its stored telemetry stays)."""
     from edgedl.errors import EdgeDLError
 
-    def action(store: Any) -> None:
-        if not store.unregister_device(fleet, device):
+    def action(registry: Any) -> None:
+        if not registry.remove(fleet, device):
             raise EdgeDLError(f"{fleet}/{device} is not enrolled")
         click.echo(f"{fleet}/{device}: removed")
 
-    _with_store(config_path, db_url, action)
+    _with_registry(config_path, db_url, action)
 
 
 @devices.command("ls")
@@ -82,8 +85,8 @@ def rm(fleet: str, device: str, config_path: str | None, db_url: str | None) -> 
 def ls(config_path: str | None, db_url: str | None, as_json: bool) -> None:
     """List the enrolled devices."""
 
-    def action(store: Any) -> None:
-        rows = store.registered_devices()
+    def action(registry: Any) -> None:
+        rows = registry.enrolled()
         if as_json:
             click.echo(json.dumps([{"fleet": r["fleet"], "device": r["device"]} for r in rows]))
             return
@@ -92,4 +95,4 @@ def ls(config_path: str | None, db_url: str | None, as_json: bool) -> None:
         for r in rows:
             click.echo(f"{r['fleet']}/{r['device']}")
 
-    _with_store(config_path, db_url, action)
+    _with_registry(config_path, db_url, action)

@@ -31,6 +31,7 @@ from edgedl.telemetry import (
 )
 
 from .drift import percentiles
+from .registry import DeviceRegistry
 from .store import DeadLetter, ReceivedStatus, StorageError, Store, StoredWindow
 
 log = logging.getLogger("edgedl.collector.ingest")
@@ -76,6 +77,7 @@ class Ingestor:
         self.max_payload_bytes = max_payload_bytes
         self._on_stored = on_stored
         self.registry_required = registry_required
+        self._registry = DeviceRegistry(store)
 
     def ingest(self, messages: Sequence[Message]) -> IngestResult:
         """Validate and store a batch in one transaction. Raises StorageError if the DB fails."""
@@ -143,7 +145,7 @@ class Ingestor:
         """The windows and statuses of enrolled devices; the others become dead letters."""
         keys = {(w.window.fleet, w.window.device) for w in windows}
         keys |= {(s.status.fleet, s.status.device) for s in statuses}
-        known = self.store.registered_among(keys)
+        known = self._registry.among(keys)
         for w in windows:
             if (w.window.fleet, w.window.device) not in known:
                 topic = telemetry_topic(w.window.fleet, w.window.device)

@@ -14,69 +14,36 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, create_engine, event, func, select, tuple_, update
+from sqlalchemy import Engine, and_, case, create_engine, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgedl.errors import ConfigError, EdgeDLError
-from edgedl.telemetry import DeviceStatus, TelemetryWindow
 
-from . import schema
-from .schema import (
-    alerts,
-    dead_letter,
-    device_epochs,
-    devices,
-    model_references,
-    registered_devices,
-    windows,
-)
+from . import lives, schema
+from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
+from .schema import alerts, dead_letter, device_epochs, devices, model_references, windows
 
 DeviceKey = tuple[str, str]  # fleet, device
-EpochKey = tuple[str, str, str]  # fleet, device, epoch
+
+__all__ = [
+    "AmbiguousDevice",
+    "Committed",
+    "DeadLetter",
+    "ReceivedStatus",
+    "StorageError",
+    "Store",
+    "StoredWindow",
+]
 
 
 class StorageError(EdgeDLError):
     """The database cannot be opened or written."""
 
 
-@dataclass
-class StoredWindow:
-    """A window to store: what was decoded, what arrived, and a few figures for queries."""
-
-    window: TelemetryWindow
-    payload: bytes
-    received_at: float
-    latency_ms: tuple[float | None, float | None, float | None] = (None, None, None)
-    id: int | None = None
-
-
-@dataclass
-class Committed:
-    """What a committed batch did: the windows that were new, and those refused."""
-
-    stored: list[StoredWindow]
-    refused: list[DeadLetter]
-
-
-@dataclass
-class ReceivedStatus:
-    """A status message and when it arrived."""
-
-    status: DeviceStatus
-    received_at: float
-
-
-@dataclass
-class DeadLetter:
-    """A message refused by validation, kept for people to look at."""
-
-    topic: str
-    reason: str
-    payload: bytes
-    received_at: float
+class AmbiguousDevice(EdgeDLError):
+    """A device named without its fleet, and several fleets have a device of that name."""
 
 
 def engine_url(url: str) -> str:
@@ -110,10 +77,10 @@ class Store:
                 self.schema_version = schema.migrate(conn)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open database {_redact(url)}: {_first_line(exc)}") from exc
-        self._write_lock = threading.Lock()
-        self._insert = _insert_for(self.dialect)
-        self._insert_window = (
-            self._insert(windows)
+        self.write_lock = threading.Lock()
+        self.insert = _insert_for(self.dialect)
+        self._window_insert = (
+            self.insert(windows)
             .on_conflict_do_nothing(index_elements=["fleet", "device", "epoch", "seq"])
             .returning(
                 windows.c.id, windows.c.fleet, windows.c.device, windows.c.epoch, windows.c.seq
@@ -133,19 +100,26 @@ class Store:
         dead: Sequence[DeadLetter] = (),
     ) -> Committed:
         """Store a batch in one transaction: the windows that were new (ids set), and those
-        refused because their seq jumps more than ``max_seq_jump`` from their epoch's seqs
-        (stored as dead letters with the others)."""
+        refused (stored as dead letters with the others): a seq more than ``max_seq_jump``
+        from its epoch's seqs, or a window whose key is stored with a different payload.
+
+        A window whose ``(fleet, device, epoch, seq)`` is stored with the same payload is a
+        duplicate (a redelivery) and is left out silently.
+        """
         inserted: list[StoredWindow] = []
         refused: list[DeadLetter] = []
         # SQLite allows one writer; serialising here avoids 'database is locked' retries.
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             if batch:
-                accepted = self._plausible(conn, batch, refused)
-                by_key = {_key(w.window): w for w in accepted}
+                by_key: dict[WindowKey, StoredWindow] = {}
+                for item in lives.plausible(conn, batch, self.max_seq_jump, refused):
+                    first = by_key.setdefault(window_key(item.window), item)
+                    if first is not item and first.payload != item.payload:
+                        refused.append(lives.conflict(item))
                 # One cached statement, executemany: SQLAlchemy batches it into multi-row
                 # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
                 result = (
-                    conn.execute(self._insert_window, [_window_row(w) for w in by_key.values()])
+                    conn.execute(self._window_insert, [_window_row(w) for w in by_key.values()])
                     if by_key
                     else ()
                 )
@@ -153,9 +127,13 @@ class Store:
                     item = by_key[(row.fleet, row.device, row.epoch, row.seq)]
                     item.id = int(row.id)
                     inserted.append(item)
+                if len(inserted) < len(by_key):
+                    new = {id(item) for item in inserted}
+                    repeated = [w for w in by_key.values() if id(w) not in new]
+                    lives.conflicts(conn, repeated, refused)
                 inserted.sort(key=lambda item: item.id or 0)
                 self._upsert_devices(conn, inserted)
-                self._upsert_epochs(conn, inserted)
+                lives.upsert_epochs(conn, self.insert, inserted)
             for st in statuses:
                 self._upsert_status(conn, st)
             letters = [*dead, *refused]
@@ -174,90 +152,6 @@ class Store:
                     ],
                 )
         return Committed(inserted, refused)
-
-    def _plausible(
-        self, conn: Any, batch: Sequence[StoredWindow], refused: list[DeadLetter]
-    ) -> list[StoredWindow]:
-        """The windows whose seq is within ``max_seq_jump`` of their epoch's stored seqs.
-
-        The first window of an epoch is taken whatever its seq (an upgraded agent goes on
-        counting); every later one must lie within the jump of the seqs seen so far, so a
-        forged far-away seq can neither be stored nor stretch the epoch's range.
-        """
-        keys = {(w.window.fleet, w.window.device, w.window.epoch) for w in batch}
-        e = device_epochs.c
-        rows = conn.execute(
-            select(e.fleet, e.device, e.epoch, e.first_seq, e.last_seq).where(
-                tuple_(e.fleet, e.device, e.epoch).in_(list(keys))
-            )
-        )
-        span: dict[EpochKey, list[int]] = {
-            (r.fleet, r.device, r.epoch): [int(r.first_seq), int(r.last_seq)] for r in rows
-        }
-        jump = self.max_seq_jump
-        accepted: list[StoredWindow] = []
-        for item in batch:
-            w = item.window
-            seqs = span.get((w.fleet, w.device, w.epoch))
-            if seqs is None:
-                span[(w.fleet, w.device, w.epoch)] = [w.seq, w.seq]
-            elif w.seq > seqs[1] + jump or w.seq < seqs[0] - jump:
-                refused.append(
-                    DeadLetter(
-                        f"edgedl/v1/{w.fleet}/{w.device}/telemetry",
-                        f"seq {w.seq} is more than storage.max_seq_jump ({jump}) away from the "
-                        f"seqs {seqs[0]}..{seqs[1]} of epoch {w.epoch!r}",
-                        item.payload,
-                        item.received_at,
-                    )
-                )
-                continue
-            else:
-                seqs[0], seqs[1] = min(seqs[0], w.seq), max(seqs[1], w.seq)
-            accepted.append(item)
-        return accepted
-
-    def _upsert_epochs(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
-        lives: dict[EpochKey, dict[str, Any]] = {}
-        for item in inserted:
-            w = item.window
-            row = lives.get(_key(w)[:3])
-            if row is None:
-                row = lives[_key(w)[:3]] = {
-                    "fleet": w.fleet,
-                    "device": w.device,
-                    "epoch": w.epoch,
-                    "first_seq": w.seq,
-                    "last_seq": w.seq,
-                    "windows": 0,
-                    "inferences": 0,
-                    "first_seen": item.received_at,
-                    "last_seen": item.received_at,
-                }
-            row["first_seq"] = min(row["first_seq"], w.seq)
-            row["last_seq"] = max(row["last_seq"], w.seq)
-            row["windows"] += 1
-            row["inferences"] += w.inferences
-            row["last_seen"] = max(row["last_seen"], item.received_at)
-        if not lives:
-            return
-        stmt = self._insert(device_epochs)
-        new, old = stmt.excluded, device_epochs.c
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["fleet", "device", "epoch"],
-            set_={
-                "first_seq": case(
-                    (new.first_seq < old.first_seq, new.first_seq), else_=old.first_seq
-                ),
-                "last_seq": case((new.last_seq > old.last_seq, new.last_seq), else_=old.last_seq),
-                "windows": old.windows + new.windows,
-                "inferences": old.inferences + new.inferences,
-                "last_seen": case(
-                    (new.last_seen > old.last_seen, new.last_seen), else_=old.last_seen
-                ),
-            },
-        )
-        conn.execute(stmt, list(lives.values()))
 
     def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
         per_device: dict[DeviceKey, dict[str, Any]] = {}
@@ -293,7 +187,7 @@ class Store:
                 row["agent_version"] = w.agent_version
         if not per_device:
             return
-        stmt = self._insert(devices)
+        stmt = self.insert(devices)
         newer = (stmt.excluded.epoch != func.coalesce(devices.c.epoch, "")) | (
             stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
         )
@@ -338,7 +232,7 @@ class Store:
             "inferences": 0,
             "windows": 0,
         }
-        stmt = self._insert(devices).values(row)
+        stmt = self.insert(devices).values(row)
         stmt = stmt.on_conflict_do_update(
             index_elements=["fleet", "device"],
             set_={
@@ -357,11 +251,13 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.fleet, devices.c.device))
             out = [dict(r._mapping) for r in rows]
-            lives: dict[DeviceKey, list[dict[str, Any]]] = {}
+            by_device: dict[DeviceKey, list[dict[str, Any]]] = {}
             for life in conn.execute(select(device_epochs)):
-                lives.setdefault((life.fleet, life.device), []).append(_life(life._mapping))
+                by_device.setdefault((life.fleet, life.device), []).append(
+                    lives.life(life._mapping)
+                )
         for row in out:
-            _add_lives(row, lives.get((row["fleet"], row["device"]), []))
+            lives.add_lives(row, by_device.get((row["fleet"], row["device"]), []))
         return out
 
     def device(self, device: str, fleet: str | None = None) -> dict[str, Any] | None:
@@ -384,12 +280,12 @@ class Store:
                 return None
             row = rows[0]
             e = device_epochs.c
-            lives = conn.execute(
+            found = conn.execute(
                 select(device_epochs)
                 .where(and_(e.fleet == row["fleet"], e.device == device))
                 .order_by(e.first_seen)
             )
-            _add_lives(row, [_life(life._mapping) for life in lives])
+            lives.add_lives(row, [lives.life(life._mapping) for life in found])
         return row
 
     def windows(
@@ -466,41 +362,6 @@ class Store:
                 for r in conn.execute(select(w.fleet, w.device, w.epoch, w.seq))
             ]
 
-    # ---------------------------------------------------------------- registry
-
-    def register_device(self, fleet: str, device: str) -> bool:
-        """Enrol a device; False when it was enrolled already."""
-        stmt = (
-            self._insert(registered_devices)
-            .values(fleet=fleet, device=device, added_at=time.time())
-            .on_conflict_do_nothing(index_elements=["fleet", "device"])
-        )
-        with self._write_lock, self.engine.begin() as conn:
-            return bool(conn.execute(stmt).rowcount)
-
-    def unregister_device(self, fleet: str, device: str) -> bool:
-        """Remove a device from the registry; False when it was not enrolled."""
-        r = registered_devices.c
-        stmt = registered_devices.delete().where(and_(r.fleet == fleet, r.device == device))
-        with self._write_lock, self.engine.begin() as conn:
-            return bool(conn.execute(stmt).rowcount)
-
-    def registered_devices(self) -> list[dict[str, Any]]:
-        """The enrolled devices: fleet, device, added_at."""
-        r = registered_devices.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(registered_devices).order_by(r.fleet, r.device))
-            return [dict(row._mapping) for row in rows]
-
-    def registered_among(self, keys: set[DeviceKey]) -> set[DeviceKey]:
-        """Which of these ``(fleet, device)`` are enrolled."""
-        if not keys:
-            return set()
-        r = registered_devices.c
-        q = select(r.fleet, r.device).where(tuple_(r.fleet, r.device).in_(list(keys)))
-        with self.engine.connect() as conn:
-            return {(row.fleet, row.device) for row in conn.execute(q)}
-
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters."""
         q = select(dead_letter).order_by(dead_letter.c.id.desc()).limit(limit)
@@ -514,7 +375,7 @@ class Store:
 
     def prune(self, before: float) -> int:
         """Delete windows and dead letters received before ``before``; how many rows went."""
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
             gone += conn.execute(
                 dead_letter.delete().where(dead_letter.c.received_at < before)
@@ -526,12 +387,12 @@ class Store:
     def open_alert(self, alert: dict[str, Any]) -> int | None:
         """Insert an open alert unless one with its ``open_key`` is open; its id or None."""
         stmt = (
-            self._insert(alerts)
+            self.insert(alerts)
             .values(alert)
             .on_conflict_do_nothing(index_elements=["open_key"])
             .returning(alerts.c.id)
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             row = conn.execute(stmt).first()
             return int(row.id) if row else None
 
@@ -543,7 +404,7 @@ class Store:
             .values(open_key=None, state="resolved", resolved_at=at)
             .returning(*alerts.c)
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             row = conn.execute(stmt).first()
             return dict(row._mapping) if row else None
 
@@ -574,12 +435,12 @@ class Store:
             "manifest": json.dumps(manifest),
             "added_at": time.time(),
         }
-        stmt = self._insert(model_references).values(row)
+        stmt = self.insert(model_references).values(row)
         stmt = stmt.on_conflict_do_update(
             index_elements=["sha256"],
             set_={k: stmt.excluded[k] for k in ("model", "version", "manifest", "added_at")},
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             conn.execute(stmt)
 
     def references(self) -> list[dict[str, Any]]:
@@ -607,28 +468,6 @@ class Store:
                     .order_by(model_references.c.added_at.desc())
                 ).first()
             return json.loads(row.manifest) if row else None
-
-
-class AmbiguousDevice(EdgeDLError):
-    """A device named without its fleet, and several fleets have a device of that name."""
-
-
-def _key(w: TelemetryWindow) -> tuple[str, str, str, int]:
-    return (w.fleet, w.device, w.epoch, w.seq)
-
-
-def _life(row: Any) -> dict[str, Any]:
-    """A ``device_epochs`` row as the API shows it, with the windows missing in its range."""
-    life = {k: row[k] for k in ("epoch", "first_seq", "last_seq", "windows", "inferences")}
-    life.update(first_seen=row["first_seen"], last_seen=row["last_seen"])
-    span = int(row["last_seq"]) - int(row["first_seq"]) + 1
-    life["missing"] = max(0, span - int(row["windows"]))
-    return life
-
-
-def _add_lives(row: dict[str, Any], lives: list[dict[str, Any]]) -> None:
-    row["epochs"] = sorted(lives, key=lambda life: life["first_seen"])
-    row["missing"] = sum(life["missing"] for life in lives)
 
 
 def _window_row(item: StoredWindow) -> dict[str, Any]:
