@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tests.agent.conftest import AgentProcess
 from tests.agent.serving_helpers import digit_images
 from tests.conftest import EDGEDL
 from tests.e2e.conftest import CollectorProcess
-from tests.e2e.test_telemetry_e2e import AGENT_TOML, next_seq, send, wait_until
+from tests.e2e.test_telemetry_e2e import next_seq, send, start_agent, wait_until
 from tests.mqtt_broker import MosquittoBroker
 
 from edgedl.telemetry import (
@@ -46,21 +47,39 @@ pytestmark = pytest.mark.slow
 FAR = 2**63 - 2
 
 
-def start_agent(
+@dataclass
+class Story:
+    """A collector process (digits as its reference) and the agents a test starts on its broker."""
+
+    bundle: Path
+    collector: CollectorProcess
+    broker: MosquittoBroker
+    start: Callable[..., AgentProcess]
+    folder: Path
+
+    def agent(self, fleet: str, device: str) -> tuple[AgentProcess, Path]:
+        """A started agent of ``fleet/device`` and its spool file (one folder per device)."""
+        folder = self.folder / f"{fleet}-{device}"
+        agent = start_agent(self.start, self.bundle, self.broker, folder, device, fleet=fleet)
+        return agent, folder / "spool.db"
+
+
+@pytest.fixture
+def story(
     agent_process: Callable[..., AgentProcess],
-    bundle: Path,
-    broker: MosquittoBroker,
-    folder: Path,
-    fleet: str,
-    device: str,
-) -> AgentProcess:
-    folder.mkdir(exist_ok=True)
-    config = folder / "agent.toml"
-    config.write_text(AGENT_TOML.format(spool=folder / "spool.db"))
-    return agent_process(
-        "--config", config, "--model", bundle, "--mqtt", broker.url,
-        "--fleet", fleet, "--device", device, "--telemetry-interval", "0.5",
-    )  # fmt: skip
+    collector_process: Callable[..., CollectorProcess],
+    e2e_broker: MosquittoBroker,
+    digits_bundle: Callable[..., Path],
+    tmp_path: Path,
+) -> Callable[..., Story]:
+    """A factory: ``story("--registry-required")`` starts the collector with those flags."""
+
+    def make(*collector_args: str) -> Story:
+        bundle = digits_bundle("tflite-int8")
+        collector = collector_process("--reference", bundle, *collector_args)
+        return Story(bundle, collector, e2e_broker, agent_process, tmp_path)
+
+    return make
 
 
 def spool_epoch(spool: Path) -> str:
@@ -88,23 +107,18 @@ def windows_of(collector: CollectorProcess, fleet: str, device: str) -> list[dic
 
 
 def test_two_fleets_with_one_device_name_are_both_counted_exactly(
-    agent_process: Callable[..., AgentProcess],
-    collector_process: Callable[..., CollectorProcess],
-    e2e_broker: MosquittoBroker,
-    digits_bundle: Callable[..., Path],
-    tmp_path: Path,
+    story: Callable[..., Story],
 ) -> None:
-    bundle = digits_bundle("tflite-int8")
-    collector = collector_process("--reference", bundle)
+    world = story()
+    collector = world.collector
     images = digit_images(100)
     counts = {"factory-a": 40, "factory-b": 60}
     windows = {}
     for fleet, n in counts.items():
-        folder = tmp_path / fleet
-        agent = start_agent(agent_process, bundle, e2e_broker, folder, fleet, "pi-1")
+        agent, spool = world.agent(fleet, "pi-1")
         send(agent, images[:n])
         assert agent.terminate() == 0
-        windows[fleet] = next_seq(folder / "spool.db")
+        windows[fleet] = next_seq(spool)
     for fleet, n in counts.items():
         wait_until(
             lambda f=fleet: (listed(collector, f, "pi-1") or {}).get("windows") == windows[f],  # type: ignore[misc]
@@ -117,17 +131,12 @@ def test_two_fleets_with_one_device_name_are_both_counted_exactly(
 
 
 def test_a_device_whose_spool_is_deleted_keeps_reporting_every_window(
-    agent_process: Callable[..., AgentProcess],
-    collector_process: Callable[..., CollectorProcess],
-    e2e_broker: MosquittoBroker,
-    digits_bundle: Callable[..., Path],
-    tmp_path: Path,
+    story: Callable[..., Story],
 ) -> None:
-    bundle = digits_bundle("tflite-int8")
-    collector = collector_process("--reference", bundle)
-    folder, spool = tmp_path / "pi-9", tmp_path / "pi-9" / "spool.db"
+    world = story()
+    collector = world.collector
     images = digit_images(200)
-    agent = start_agent(agent_process, bundle, e2e_broker, folder, "factory-7", "pi-9")
+    agent, spool = world.agent("factory-7", "pi-9")
     send(agent, images[:100])
     assert agent.terminate() == 0
     first_life = next_seq(spool)
@@ -136,9 +145,9 @@ def test_a_device_whose_spool_is_deleted_keeps_reporting_every_window(
         60,
         "the first life's windows",
     )
-    for path in folder.glob("spool.db*"):  # re-imaged: the spool is gone
+    for path in spool.parent.glob("spool.db*"):  # re-imaged: the spool is gone
         path.unlink()
-    agent = start_agent(agent_process, bundle, e2e_broker, folder, "factory-7", "pi-9")
+    agent, _ = world.agent("factory-7", "pi-9")
     send(agent, images[100:])
     assert agent.terminate() == 0
     second_life = next_seq(spool)
@@ -193,19 +202,14 @@ class Forger:
 
 
 def test_forged_far_and_near_future_seqs_change_nothing_for_the_real_device(
-    agent_process: Callable[..., AgentProcess],
-    collector_process: Callable[..., CollectorProcess],
-    e2e_broker: MosquittoBroker,
-    digits_bundle: Callable[..., Path],
-    tmp_path: Path,
+    story: Callable[..., Story],
 ) -> None:
-    bundle = digits_bundle("tflite-int8")
-    collector = collector_process("--reference", bundle)
-    folder, spool = tmp_path / "pi-3", tmp_path / "pi-3" / "spool.db"
-    forger = Forger(e2e_broker, "factory-7", "pi-3")
+    world = story()
+    collector = world.collector
+    forger = Forger(world.broker, "factory-7", "pi-3")
     images = digit_images(200)
     try:
-        agent = start_agent(agent_process, bundle, e2e_broker, folder, "factory-7", "pi-3")
+        agent, spool = world.agent("factory-7", "pi-3")
         sent = send(agent, images[:100])
         wait_until(lambda: forger.served_window() is not None, 30, "a window of pi-3 seen")
         real = forger.served_window()
@@ -248,22 +252,18 @@ def test_forged_far_and_near_future_seqs_change_nothing_for_the_real_device(
 
 
 def test_a_forged_retained_offline_status_does_not_take_a_reporting_device_offline(
-    agent_process: Callable[..., AgentProcess],
-    collector_process: Callable[..., CollectorProcess],
-    e2e_broker: MosquittoBroker,
-    digits_bundle: Callable[..., Path],
-    tmp_path: Path,
+    story: Callable[..., Story],
 ) -> None:
-    bundle = digits_bundle("tflite-int8")
-    collector = collector_process("--reference", bundle)
-    agent = start_agent(agent_process, bundle, e2e_broker, tmp_path / "pi-6", "factory-7", "pi-6")
+    world = story()
+    collector = world.collector
+    agent, _ = world.agent("factory-7", "pi-6")
     send(agent, digit_images(20))
     wait_until(
         lambda: (listed(collector, "factory-7", "pi-6") or {}).get("online") is True,
         30,
         "pi-6 online",
     )
-    forger = Forger(e2e_broker, "factory-7", "pi-6")
+    forger = Forger(world.broker, "factory-7", "pi-6")
     try:
         forged = DeviceStatus(fleet="factory-7", device="pi-6", online=False, since=time.time())
         forger.publish_status(encode_status(forged))
@@ -296,11 +296,7 @@ def devices_cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_with_the_registry_required_only_enrolled_devices_are_stored(
-    agent_process: Callable[..., AgentProcess],
-    collector_process: Callable[..., CollectorProcess],
-    e2e_broker: MosquittoBroker,
-    digits_bundle: Callable[..., Path],
-    tmp_path: Path,
+    story: Callable[..., Story], tmp_path: Path
 ) -> None:
     db = f"sqlite:///{tmp_path / 'collector0.db'}"  # the database collector_process uses
     added = devices_cli(db, "add", "factory-r", "pi-ok")
@@ -308,15 +304,14 @@ def test_with_the_registry_required_only_enrolled_devices_are_stored(
     assert devices_cli(db, "ls").stdout.splitlines() == ["factory-r/pi-ok"]
     bad = devices_cli(db, "add", "factory-r", "no/slash")
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
-    bundle = digits_bundle("tflite-int8")
-    collector = collector_process("--reference", bundle, "--registry-required")
+    world = story("--registry-required")
+    collector = world.collector
     windows = {}
     for device in ("pi-ok", "pi-stranger"):
-        folder = tmp_path / device
-        agent = start_agent(agent_process, bundle, e2e_broker, folder, "factory-r", device)
+        agent, spool = world.agent("factory-r", device)
         send(agent, digit_images(20))
         assert agent.terminate() == 0
-        windows[device] = next_seq(folder / "spool.db")
+        windows[device] = next_seq(spool)
     wait_until(
         lambda: (listed(collector, "factory-r", "pi-ok") or {}).get("windows") == windows["pi-ok"],
         60,
