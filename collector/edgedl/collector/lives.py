@@ -40,46 +40,95 @@ def conflicts(conn: Any, repeated: list[StoredWindow], refused: list[DeadLetter]
             refused.append(conflict(item))
 
 
-def plausible(
-    conn: Any, batch: Sequence[StoredWindow], jump: int, refused: list[DeadLetter]
-) -> list[StoredWindow]:
-    """The windows whose seq is within ``max_seq_jump`` of their epoch's stored seqs.
+class SeqSpans:
+    """The seqs each epoch has seen (first, last), cached from the database.
 
-    The first window of an epoch is taken whatever its seq (an upgraded agent goes on
-    counting); every later one must lie within the jump of the seqs seen so far, so a
-    forged far-away seq can neither be stored nor stretch the epoch's range.
+    :meth:`plausible` checks a batch against the cache and asks the database only about
+    epochs it has not seen yet, or before refusing a window (another collector sharing the
+    database may have seen more of the epoch). :meth:`commit` takes in what a committed batch
+    stored; a batch that rolled back leaves the cache as it was.
     """
-    keys = {(w.window.fleet, w.window.device, w.window.epoch) for w in batch}
+
+    def __init__(self, jump: int) -> None:
+        self.jump = jump
+        self._spans: dict[EpochKey, tuple[int, int]] = {}
+
+    def plausible(
+        self, conn: Any, batch: Sequence[StoredWindow], refused: list[DeadLetter]
+    ) -> list[StoredWindow]:
+        """The windows whose seq is within ``jump`` of the seqs their epoch has seen.
+
+        The first window of an epoch is taken whatever its seq (an upgraded agent goes on
+        counting); every later one must lie within the jump of the seqs seen so far, so a
+        forged far-away seq can neither be stored nor stretch the epoch's range.
+        """
+        spans = self._spans
+        unknown = {_epoch_of(item) for item in batch} - spans.keys()
+        if unknown:
+            spans.update(_stored_spans(conn, unknown))
+        accepted, doubtful = self._check(batch)
+        if doubtful:
+            # Before refusing, ask the database: it may know more of these epochs than this
+            # cache (another collector shares it); then check the batch again, in order.
+            spans.update(_stored_spans(conn, {_epoch_of(item) for item, _, _ in doubtful}))
+            accepted, doubtful = self._check(batch)
+            refused.extend(_too_far(item, first, last, self.jump) for item, first, last in doubtful)
+        return accepted
+
+    def _check(
+        self, batch: Sequence[StoredWindow]
+    ) -> tuple[list[StoredWindow], list[tuple[StoredWindow, int, int]]]:
+        """Walk the batch in arrival order: the windows within the jump of the seqs seen
+        before them, and the others with the span they were judged against."""
+        span: dict[EpochKey, list[int]] = {}
+        accepted: list[StoredWindow] = []
+        doubtful: list[tuple[StoredWindow, int, int]] = []
+        for item in batch:
+            key, seq = _epoch_of(item), item.window.seq
+            seqs = span.get(key)
+            if seqs is None:
+                known = self._spans.get(key)
+                seqs = span[key] = list(known) if known else [seq, seq]
+            if seq > seqs[1] + self.jump or seq < seqs[0] - self.jump:
+                doubtful.append((item, seqs[0], seqs[1]))
+                continue
+            seqs[0], seqs[1] = min(seqs[0], seq), max(seqs[1], seq)
+            accepted.append(item)
+        return accepted, doubtful
+
+    def commit(self, stored: Sequence[StoredWindow]) -> None:
+        """Take in the seqs of windows that a committed batch stored."""
+        spans = self._spans
+        for item in stored:
+            key, seq = _epoch_of(item), item.window.seq
+            first, last = spans.get(key, (seq, seq))
+            spans[key] = (min(first, seq), max(last, seq))
+
+
+def _epoch_of(item: StoredWindow) -> EpochKey:
+    w = item.window
+    return (w.fleet, w.device, w.epoch)
+
+
+def _stored_spans(conn: Any, keys: set[EpochKey]) -> dict[EpochKey, tuple[int, int]]:
     e = device_epochs.c
     rows = conn.execute(
         select(e.fleet, e.device, e.epoch, e.first_seq, e.last_seq).where(
             tuple_(e.fleet, e.device, e.epoch).in_(list(keys))
         )
     )
-    span: dict[EpochKey, list[int]] = {
-        (r.fleet, r.device, r.epoch): [int(r.first_seq), int(r.last_seq)] for r in rows
-    }
-    accepted: list[StoredWindow] = []
-    for item in batch:
-        w = item.window
-        seqs = span.get((w.fleet, w.device, w.epoch))
-        if seqs is None:
-            span[(w.fleet, w.device, w.epoch)] = [w.seq, w.seq]
-        elif w.seq > seqs[1] + jump or w.seq < seqs[0] - jump:
-            refused.append(
-                DeadLetter(
-                    telemetry_topic(w.fleet, w.device),
-                    f"seq {w.seq} is more than storage.max_seq_jump ({jump}) away from the "
-                    f"seqs {seqs[0]}..{seqs[1]} of epoch {w.epoch!r}",
-                    item.payload,
-                    item.received_at,
-                )
-            )
-            continue
-        else:
-            seqs[0], seqs[1] = min(seqs[0], w.seq), max(seqs[1], w.seq)
-        accepted.append(item)
-    return accepted
+    return {(r.fleet, r.device, r.epoch): (int(r.first_seq), int(r.last_seq)) for r in rows}
+
+
+def _too_far(item: StoredWindow, first: int, last: int, jump: int) -> DeadLetter:
+    w = item.window
+    return DeadLetter(
+        telemetry_topic(w.fleet, w.device),
+        f"seq {w.seq} is more than storage.max_seq_jump ({jump}) away from the "
+        f"seqs {first}..{last} of epoch {w.epoch!r}",
+        item.payload,
+        item.received_at,
+    )
 
 
 def upsert_epochs(conn: Any, insert: Any, inserted: Sequence[StoredWindow]) -> None:

@@ -63,6 +63,7 @@ class Store:
     def __init__(self, url: str, max_seq_jump: int = 100_000) -> None:
         self.url = url
         self.max_seq_jump = max_seq_jump
+        self._spans = lives.SeqSpans(max_seq_jump)
         sa_url = engine_url(url)
         self.dialect = "sqlite" if sa_url.startswith("sqlite") else "postgresql"
         try:
@@ -109,49 +110,43 @@ class Store:
         inserted: list[StoredWindow] = []
         refused: list[DeadLetter] = []
         # SQLite allows one writer; serialising here avoids 'database is locked' retries.
-        with self.write_lock, self.engine.begin() as conn:
-            if batch:
-                by_key: dict[WindowKey, StoredWindow] = {}
-                for item in lives.plausible(conn, batch, self.max_seq_jump, refused):
-                    first = by_key.setdefault(window_key(item.window), item)
-                    if first is not item and first.payload != item.payload:
-                        refused.append(lives.conflict(item))
-                # One cached statement, executemany: SQLAlchemy batches it into multi-row
-                # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
-                result = (
-                    conn.execute(self._window_insert, [_window_row(w) for w in by_key.values()])
-                    if by_key
-                    else ()
-                )
-                for row in result:
-                    item = by_key[(row.fleet, row.device, row.epoch, row.seq)]
-                    item.id = int(row.id)
-                    inserted.append(item)
-                if len(inserted) < len(by_key):
-                    new = {id(item) for item in inserted}
-                    repeated = [w for w in by_key.values() if id(w) not in new]
-                    lives.conflicts(conn, repeated, refused)
-                inserted.sort(key=lambda item: item.id or 0)
-                self._upsert_devices(conn, inserted)
-                lives.upsert_epochs(conn, self.insert, inserted)
-            for st in statuses:
-                self._upsert_status(conn, st)
-            letters = [*dead, *refused]
-            if letters:
-                conn.execute(
-                    dead_letter.insert(),
-                    [
-                        {
-                            "topic": d.topic[:300],
-                            "reason": d.reason[:500],
-                            "payload": d.payload[:1024],
-                            "payload_size": len(d.payload),
-                            "received_at": d.received_at,
-                        }
-                        for d in letters
-                    ],
-                )
+        with self.write_lock:
+            with self.engine.begin() as conn:
+                if batch:
+                    inserted = self._insert_windows(conn, batch, refused)
+                    self._upsert_devices(conn, inserted)
+                    lives.upsert_epochs(conn, self.insert, inserted)
+                for st in statuses:
+                    self._upsert_status(conn, st)
+                if dead or refused:
+                    conn.execute(dead_letter.insert(), [_dead_row(d) for d in [*dead, *refused]])
+            # Committed: what was stored now counts for the seq checks of the next batches.
+            self._spans.commit(inserted)
         return Committed(inserted, refused)
+
+    def _insert_windows(
+        self, conn: Any, batch: Sequence[StoredWindow], refused: list[DeadLetter]
+    ) -> list[StoredWindow]:
+        """Insert the plausible windows of a batch; those that were new, in arrival order."""
+        by_key: dict[WindowKey, StoredWindow] = {}
+        for item in self._spans.plausible(conn, batch, refused):
+            first = by_key.setdefault(window_key(item.window), item)
+            if first is not item and first.payload != item.payload:
+                refused.append(lives.conflict(item))
+        if not by_key:
+            return []
+        # One cached statement, executemany: SQLAlchemy batches it into multi-row
+        # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
+        result = conn.execute(self._window_insert, [_window_row(w) for w in by_key.values()])
+        inserted: list[StoredWindow] = []
+        for row in result:
+            item = by_key[(row.fleet, row.device, row.epoch, row.seq)]
+            item.id = int(row.id)
+            inserted.append(item)
+        if len(inserted) < len(by_key):
+            new = {id(item) for item in inserted}
+            lives.conflicts(conn, [w for w in by_key.values() if id(w) not in new], refused)
+        return sorted(inserted, key=lambda item: item.id or 0)
 
     def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
         per_device: dict[DeviceKey, dict[str, Any]] = {}
@@ -468,6 +463,16 @@ class Store:
                     .order_by(model_references.c.added_at.desc())
                 ).first()
             return json.loads(row.manifest) if row else None
+
+
+def _dead_row(d: DeadLetter) -> dict[str, Any]:
+    return {
+        "topic": d.topic[:300],
+        "reason": d.reason[:500],
+        "payload": d.payload[:1024],
+        "payload_size": len(d.payload),
+        "received_at": d.received_at,
+    }
 
 
 def _window_row(item: StoredWindow) -> dict[str, Any]:
