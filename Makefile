@@ -4,17 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+N ?= 3
 DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
 # dashboard. Installed only when missing (CI runs as root on Debian).
 DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium
 
-.PHONY: help venv sysdeps lint test demo bench clean
+.PHONY: help venv sysdeps lint test test-repeat demo bench clean
 
 help:
 	@echo "make demo   the whole loop: train, convert, serve, watch; shifted digits raise a drift alert"
 	@echo "make test   lint (ruff, mypy, import-linter) and run the whole test suite"
+	@echo "make test-repeat N=3   the test suite N times: which tests failed in which run (flakes)"
 	@echo "make bench  run the benchmarks in bench/ (writes bench/results/*.json)"
 
 $(STAMP): pyproject.toml
@@ -45,6 +47,9 @@ lint: $(STAMP)
 test: lint sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-repeat: lint sysdeps
+	$(BIN)/python .ci/test_repeat.py --runs $(N) -- $(PYTEST_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/edgedl demo $(DEMO_ARGS)
 
@@ -52,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .test-repeat

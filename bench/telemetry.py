@@ -132,7 +132,8 @@ def fleet_payloads(devices: int, windows: int, fleet: str = "bench") -> list[tup
         bs.add(np.ones(100))
         templates.append((live.to_dict(), lat.to_dict(), bs.to_dict()))
     out = []
-    now = time.time()
+    # Windows a second apart, the newest ending now: never ahead of the collector's clock.
+    now = time.time() - windows
     for seq in range(windows):
         for d in range(devices):
             profile, lat, bs = templates[(seq + d) % len(templates)]

@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TUNED_SETTINGS = """\
 set_tcp_nodelay true
@@ -44,13 +46,6 @@ max_queued_messages 100000
 max_queued_bytes 0
 persistent_client_expiration 1d
 """
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -39,7 +39,8 @@ from tests.docs_commands import (
     segments,
     unknown_edgedl_options,
 )
-from tests.mqtt_broker import MosquittoBroker, free_port
+from tests.mqtt_broker import MosquittoBroker
+from tests.ports import free_port
 
 ON_DEVICE = (
     "runs on the device as root (systemd, users, /opt); install-service --dry-run is run instead"
@@ -74,6 +75,11 @@ SKIPS: dict[tuple[str, str], str] = {
     ): "mounts an S3 bucket (no rclone, no bucket here)",
     ("README.md", "make demo"): "make demo runs `edgedl demo`, which tests/e2e/test_demo.py runs",
     ("README.md", "make test"): "runs the whole suite, this test included",
+    ("README.md", "make test-repeat N=3"): "runs the whole suite three times, this test included",
+    (
+        "docs/testing.md",
+        "make test-repeat N=3",
+    ): "runs the whole suite three times, this test included",
     ("README.md", "pip install edgedl[convert]"): PIP,
     ("README.md", "pip install edgedl[agent]"): PIP,
     ("README.md", "pip install edgedl[collector]"): PIP,
@@ -166,10 +172,18 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/telemetry.py --only wire,agent_cpu",
     ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/drift_power.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",
         ".venv/bin/python bench/agent.py --seconds 1 --models digits-onnx --throughput-models digits-onnx",
     ): "a benchmark",
+    ("docs/performance.md", ".venv/bin/python bench/agent_memory.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/agent_memory.py --requests 3"): "a benchmark",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/agent_memory.py --requests 3 --no-budget --label before "
+        "--pythonpath $OLD/sdk:$OLD/device_agent",
+    ): "a benchmark of another checkout",
 }
 for _page in ("docs/deploy-raspberry-pi.md", "docs/deploy-jetson.md"):
     SKIPS.update(

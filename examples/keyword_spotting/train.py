@@ -74,12 +74,11 @@ def train(
     x: NDArray[np.float32], y: NDArray[np.int64], out: Path, epochs: int, seed: int = 0
 ) -> Trained:
     """Fit the CNN on features ``x``/labels ``y`` (a 15% split held out) and save it."""
-    from edgedl.runtime import quiet_tensorflow
+    from edgedl.converters.samples import seed_training
 
-    quiet_tensorflow()
+    seed_training(seed)  # also imports TensorFlow quietly
     import keras
 
-    keras.utils.set_random_seed(seed)
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
     n_val = len(x) * 15 // 100

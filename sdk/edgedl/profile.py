@@ -9,7 +9,10 @@ Statistic keys are ``"input/<tensor>/<stat>"`` and ``"output/<tensor>/<stat>"``:
 
 * every input: per-sample ``mean``, ``std``, ``min``, ``max`` (over finite elements),
   ``nonfinite`` (share of NaN/Inf elements) and ``length`` (elements per sample);
-  a 2-D input of at most :data:`MAX_FEATURES` columns also gets ``feature[i]`` per column;
+  a 2-D input of at most :data:`MAX_FEATURES` columns also gets ``feature[i]`` per column,
+  and, when the reference profile holds a :class:`~edgedl.projection.Projection` of it (two
+  or more columns), ``pca_error``: how badly a reference PCA reconstructs the sample, which
+  sees changes in how the features move together;
 * a classification output (2-D, two or more classes): ``top1_confidence`` and class counts
   in :attr:`Profile.class_counts`;
 * any other output: per-sample ``mean``.
@@ -31,10 +34,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import DataError
+from .projection import Projection
 
 PROFILE_SCHEMA_VERSION = 1
 DEFAULT_BINS = 10
 MAX_FEATURES = 64
+#: Largest magnitude a histogram counts (the telemetry contract's range, edgedl.telemetry);
+#: values beyond it are counted in ``missing``, as non-finite ones are.
+MAX_VALUE = 1e100
 _INPUT_STATS = ("mean", "std", "min", "max", "nonfinite", "length")
 
 FloatArray = NDArray[np.float64]
@@ -46,7 +53,8 @@ class Histogram:
 
     ``counts`` has ``len(edges) + 1`` entries: values below ``edges[0]``, one per inner bin
     ``[edges[i], edges[i+1])`` (the last inner bin is closed on the right), and values above
-    ``edges[-1]``. Non-finite values are counted in ``missing`` and in no bin.
+    ``edges[-1]``. Non-finite values, and values beyond +-:data:`MAX_VALUE`, are counted in
+    ``missing`` and in no bin.
     """
 
     edges: FloatArray
@@ -60,7 +68,7 @@ class Histogram:
     def from_reference(cls, values: NDArray[Any], bins: int = DEFAULT_BINS) -> Histogram:
         """Fix edges on the quantiles of ``values`` and count them on those edges."""
         finite = np.asarray(values, dtype=np.float64).ravel()
-        finite = finite[np.isfinite(finite)]
+        finite = finite[np.abs(finite) <= MAX_VALUE]
         if finite.size == 0:
             edges = np.array([-1.0, 1.0])
         else:
@@ -85,7 +93,7 @@ class Histogram:
     def add(self, values: NDArray[Any]) -> None:
         """Count ``values`` into the bins (in place)."""
         v = np.asarray(values, dtype=np.float64).ravel()
-        finite_mask = np.isfinite(v)
+        finite_mask = np.abs(v) <= MAX_VALUE  # False for NaN and the infinities too
         finite = v[finite_mask]
         self.missing += int(v.size - finite.size)
         if finite.size == 0:
@@ -172,11 +180,14 @@ def _is_classification(arr: NDArray[Any]) -> bool:
 
 
 def batch_statistics(
-    inputs: Mapping[str, NDArray[Any]], outputs: Mapping[str, NDArray[Any]]
+    inputs: Mapping[str, NDArray[Any]],
+    outputs: Mapping[str, NDArray[Any]],
+    projections: Mapping[str, Projection] | None = None,
 ) -> tuple[dict[str, FloatArray], dict[str, NDArray[np.int64]]]:
     """Per-sample statistics of one batch: ``({key: values per sample}, {key: predicted classes})``.
 
-    The first axis of every array is the batch.
+    The first axis of every array is the batch. ``projections`` (a reference profile's, by
+    input name) add ``pca_error`` for the inputs they fit.
     """
     stats: dict[str, FloatArray] = {}
     classes: dict[str, NDArray[np.int64]] = {}
@@ -197,6 +208,9 @@ def batch_statistics(
         if x.ndim == 2 and 0 < width <= MAX_FEATURES:
             for i in range(width):
                 stats[f"input/{name}/feature[{i}]"] = masked[:, i]
+            projection = (projections or {}).get(name)
+            if projection is not None and projection.features == width:
+                stats[f"input/{name}/pca_error"] = projection.error(flat)
     for name, arr in outputs.items():
         y = np.asarray(arr, dtype=np.float64)
         if _is_classification(y):
@@ -237,6 +251,7 @@ class Profile:
     histograms: dict[str, Histogram] = field(default_factory=dict)
     class_counts: dict[str, NDArray[np.int64]] = field(default_factory=dict)
     samples: int = 0
+    projections: dict[str, Projection] = field(default_factory=dict)
 
     @classmethod
     def from_reference(
@@ -245,8 +260,19 @@ class Profile:
         outputs: Mapping[str, NDArray[Any]],
         bins: int = DEFAULT_BINS,
     ) -> Profile:
-        """Fix edges on the reference data's quantiles and count the reference on them."""
-        stats, classes = batch_statistics(inputs, outputs)
+        """Fix edges on the reference data's quantiles and count the reference on them.
+
+        Tabular inputs (2-D, 2 to :data:`MAX_FEATURES` columns) also get a PCA fitted on
+        their rows, kept in :attr:`projections`.
+        """
+        projections: dict[str, Projection] = {}
+        for name, arr in inputs.items():
+            x = np.asarray(arr)
+            if x.ndim == 2 and 2 <= x.shape[1] <= MAX_FEATURES:
+                fitted = Projection.fit(x)
+                if fitted is not None:
+                    projections[name] = fitted
+        stats, classes = batch_statistics(inputs, outputs, projections)
         counts: dict[str, NDArray[np.int64]] = {}
         for name, arr in outputs.items():
             key = f"output/{name}"
@@ -258,20 +284,22 @@ class Profile:
             histograms={k: Histogram.from_reference(v, bins) for k, v in stats.items()},
             class_counts=counts,
             samples=n,
+            projections=projections,
         )
 
     def empty_like(self) -> Profile:
-        """A profile on the same edges and classes with nothing counted."""
+        """A profile on the same edges, classes and projections with nothing counted."""
         return Profile(
             histograms={k: h.empty_like() for k, h in self.histograms.items()},
             class_counts={k: np.zeros_like(c) for k, c in self.class_counts.items()},
+            projections=dict(self.projections),
         )
 
     def observe(
         self, inputs: Mapping[str, NDArray[Any]], outputs: Mapping[str, NDArray[Any]]
     ) -> None:
         """Count one batch in place. Statistics the profile does not know are ignored."""
-        stats, classes = batch_statistics(inputs, outputs)
+        stats, classes = batch_statistics(inputs, outputs, self.projections)
         for key, values in stats.items():
             hist = self.histograms.get(key)
             if hist is not None:
@@ -294,16 +322,28 @@ class Profile:
             if key in counts and counts[key].shape != c.shape:
                 raise DataError(f"cannot merge class counts of {key}: different class numbers")
             counts[key] = counts[key] + c if key in counts else c.copy()
-        return Profile(histograms=hists, class_counts=counts, samples=self.samples + other.samples)
+        return Profile(
+            histograms=hists,
+            class_counts=counts,
+            samples=self.samples + other.samples,
+            projections={**other.projections, **self.projections},
+        )
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; :meth:`from_dict` reads it back exactly."""
-        return {
+    def to_dict(self, projections: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back exactly.
+
+        ``projections`` (when there are any) go only into a reference profile; a telemetry
+        window's profile leaves them out (``projections=False``).
+        """
+        out = {
             "schema_version": PROFILE_SCHEMA_VERSION,
             "samples": self.samples,
             "histograms": {k: h.to_dict() for k, h in sorted(self.histograms.items())},
             "class_counts": {k: [int(x) for x in c] for k, c in sorted(self.class_counts.items())},
         }
+        if projections and self.projections:
+            out["projections"] = {k: p.to_dict() for k, p in sorted(self.projections.items())}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
@@ -321,6 +361,11 @@ class Profile:
                     for k, v in data.get("class_counts", {}).items()
                 },
                 samples=int(data.get("samples", 0)),
+                # Profiles written before projections existed have none.
+                projections={
+                    str(k): Projection.from_dict(v)
+                    for k, v in (data.get("projections") or {}).items()
+                },
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise DataError(f"malformed profile: {exc}") from exc

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 import operator
 import re
 import threading
@@ -39,7 +38,7 @@ from pydantic import (
 )
 
 from .errors import DataError, TelemetryError
-from .profile import PROFILE_SCHEMA_VERSION, Histogram, Profile
+from .profile import MAX_VALUE, PROFILE_SCHEMA_VERSION, Histogram, Profile
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "edgedl/v1"
@@ -71,6 +70,27 @@ MAX_SAMPLES = 64
 MAX_NAME = 128
 _MAX_INT = 2**63 - 1
 
+# Ranges of the numbers in a window and a status (docs/telemetry.md, "Ranges"). They keep
+# every figure the collector derives from stored windows finite and exact: sums of counts
+# stay far below 2**63, sums of values and of their squares far below the largest float.
+#: Largest count in one window: any counter, histogram bin, histogram count or sample count.
+MAX_COUNT = 2**32 - 1
+# MAX_VALUE (edgedl.profile, which counts values beyond it as missing) is the largest
+# magnitude of a histogram edge and of any value a histogram counts: its square times
+# MAX_COUNT is about 4e209, so sums over any fleet stay finite.
+_MAX_SQUARE = MAX_VALUE * MAX_VALUE
+#: Latest timestamp accepted (2100-01-01T00:00:00Z, seconds since the epoch); earliest is 0.
+MAX_TIMESTAMP = 4_102_444_800.0
+#: Longest window (31 days).
+MAX_WINDOW_S = 31 * 86_400.0
+#: Largest memory figure (256 TiB).
+MAX_BYTES = 2**48
+#: A histogram's sum and sum of squares may exceed what its bins allow by this share of the
+#: bound's magnitude: float rounding of the device's running sums, never more.
+MOMENT_TOLERANCE = 1e-6
+#: Largest string in the free-form ``samples`` records and ``rollout`` status.
+MAX_TEXT = 1024
+
 SHARED_TELEMETRY_SUBSCRIPTION = "$share/{group}/" + TOPIC_ROOT + "/+/+/telemetry"
 TELEMETRY_SUBSCRIPTION = TOPIC_ROOT + "/+/+/telemetry"
 STATUS_SUBSCRIPTION = TOPIC_ROOT + "/+/+/status"
@@ -80,6 +100,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _M = TypeVar("_M", bound=BaseModel)
 
 NonNegInt = Annotated[int, Field(ge=0, le=_MAX_INT)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Timestamp = Annotated[float, Field(ge=0.0, le=MAX_TIMESTAMP)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
@@ -177,11 +199,11 @@ class HistogramData(_Strict):
     """A histogram as :meth:`Histogram.to_dict` writes it, with its shape checked."""
 
     edges: list[float] = Field(min_length=2, max_length=MAX_EDGES)
-    counts: list[NonNegInt] = Field(min_length=3, max_length=MAX_EDGES + 1)
-    count: NonNegInt = 0
+    counts: list[Count] = Field(min_length=3, max_length=MAX_EDGES + 1)
+    count: Count = 0
     sum: float = 0.0
     sum_sq: float = 0.0
-    missing: NonNegInt = 0
+    missing: Count = 0
 
     @model_validator(mode="after")
     def _shape(self) -> HistogramData:
@@ -190,6 +212,9 @@ class HistogramData(_Strict):
         edges = self.edges
         if any(map(operator.ge, edges, itertools.islice(edges, 1, None))):
             raise ValueError("edges must be increasing")
+        if edges[0] < -MAX_VALUE or edges[-1] > MAX_VALUE:
+            raise ValueError(f"edges must lie within +-{MAX_VALUE:g}")
+        _check_moments(self.counts, edges, self.count, self.sum, self.sum_sq)
         return self
 
     def to_histogram(self) -> Histogram:
@@ -207,6 +232,42 @@ def _fixed_edges(edges: tuple[float, ...], what: str) -> Any:
     return AfterValidator(check)
 
 
+def _check_moments(
+    counts: list[int], edges: list[float], count: int, total: float, total_sq: float
+) -> None:
+    """``count``, ``total`` and ``total_sq`` must be what values in these bins can add up to.
+
+    Values in the open bin below the first edge lie in ``[-MAX_VALUE, edges[0]]``, those in
+    the inner bins in ``[edges[0], edges[-1]]``, those in the open bin above the last edge in
+    ``[edges[-1], MAX_VALUE]``. So the sum lies between the counts of these three parts times
+    their lower limits and times their upper limits, and the sum of squares between 0 (a float
+    sum of squares never rounds below it) and the counts times the largest squares; give or
+    take :data:`MOMENT_TOLERANCE` of the largest magnitude allowed (the device's float
+    rounding). Three parts rather than every bin: as sound, and no pass over the bins.
+    """
+    if count != sum(counts):
+        raise ValueError(f"count {count} is not the sum of the bin counts ({sum(counts)})")
+    if not count:
+        if total or total_sq:
+            raise ValueError("sum and sum_sq must be 0 when nothing is counted")
+        return
+    below, above = counts[0], counts[-1]
+    outside = below + above
+    inner = count - outside
+    first, last = edges[0], edges[-1]
+    low = inner * first + above * last - below * MAX_VALUE
+    high = below * first + inner * last + above * MAX_VALUE
+    inner_mag = last if last > -first else -first
+    tol = MOMENT_TOLERANCE * (inner * inner_mag + outside * MAX_VALUE)
+    if not low - tol <= total <= high + tol:
+        raise ValueError(
+            f"sum {total:g} cannot come from these bins (between {low:g} and {high:g})"
+        )
+    high_sq = inner * inner_mag * inner_mag + outside * _MAX_SQUARE
+    if not 0.0 <= total_sq <= high_sq * (1.0 + MOMENT_TOLERANCE):
+        raise ValueError(f"sum_sq {total_sq:g} cannot come from these bins (at most {high_sq:g})")
+
+
 LatencyHistogram = Annotated[HistogramData, _fixed_edges(LATENCY_EDGES_MS, "latency")]
 BatchSizeHistogram = Annotated[HistogramData, _fixed_edges(BATCH_SIZE_EDGES, "batch size")]
 
@@ -215,9 +276,9 @@ class ProfileData(_Strict):
     """A profile as :meth:`Profile.to_dict` writes it: histograms on the reference edges."""
 
     schema_version: int = PROFILE_SCHEMA_VERSION
-    samples: NonNegInt = 0
+    samples: Count = 0
     histograms: dict[Name, HistogramData] = Field(default_factory=dict)
-    class_counts: dict[Name, list[NonNegInt]] = Field(default_factory=dict)
+    class_counts: dict[Name, list[Count]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _bounds(self) -> ProfileData:
@@ -240,20 +301,26 @@ class ProfileData(_Strict):
 class Counts(_Strict):
     """What a model did in the window."""
 
-    requests: NonNegInt = 0
-    inferences: NonNegInt = 0
-    errors: NonNegInt = 0
-    rejected: NonNegInt = 0
-    latency_violations: NonNegInt = 0
+    requests: Count = 0
+    inferences: Count = 0
+    errors: Count = 0
+    rejected: Count = 0
+    latency_violations: Count = 0
 
 
 class ShadowWindow(_Strict):
     """A candidate version run in shadow next to the served one: how often they agreed."""
 
     candidate_version: Name
-    compared: NonNegInt = 0
-    agreed: NonNegInt = 0
+    compared: Count = 0
+    agreed: Count = 0
     latency_ms: LatencyHistogram | None = None
+
+    @model_validator(mode="after")
+    def _agreed(self) -> ShadowWindow:
+        if self.agreed > self.compared:
+            raise ValueError("agreed is more than compared")
+        return self
 
 
 class ModelWindow(_Strict):
@@ -273,7 +340,7 @@ class SystemFigures(_Strict):
     """The device's load in the window (temperature only where the device exposes it)."""
 
     cpu_percent: float = Field(default=0.0, ge=0.0, le=100_000.0)
-    memory_rss_bytes: NonNegInt = 0
+    memory_rss_bytes: Annotated[int, Field(ge=0, le=MAX_BYTES)] = 0
     memory_percent: float = Field(default=0.0, ge=0.0, le=100.0)
     temperature_c: float | None = Field(default=None, ge=-273.15, le=1000.0)
 
@@ -281,8 +348,8 @@ class SystemFigures(_Strict):
 class SpoolFigures(_Strict):
     """The device's spool: windows waiting, and windows discarded past its bound since the last."""
 
-    pending: NonNegInt = 0
-    dropped: NonNegInt = 0
+    pending: Count = 0
+    dropped: Count = 0
 
 
 def _check_figures(value: Any, depth: int, budget: list[int]) -> None:
@@ -301,8 +368,48 @@ def _check_figures(value: Any, depth: int, budget: list[int]) -> None:
             _check_figures(item, depth + 1, budget)
         elif isinstance(item, bool) or not isinstance(item, (int, float)):
             raise ValueError(f"pipeline figure {key!r} must be a number")
-        elif not math.isfinite(item) or abs(item) > 1e300:
-            raise ValueError(f"pipeline figure {key!r} must be finite")
+        elif not _finite_number(item):
+            raise ValueError(f"pipeline figure {key!r} must be finite, within +-{MAX_VALUE:g}")
+
+
+def _finite_number(value: float) -> bool:
+    """Whether a JSON number is finite and within +-MAX_VALUE (ints of any size included)."""
+    return -MAX_VALUE <= value <= MAX_VALUE  # False for NaN and the infinities
+
+
+def _check_free_json(value: Any, depth: int = 0) -> None:
+    """Free-form JSON (sample records, rollout status): bounded depth, numbers and strings.
+
+    Its size is bounded by the message's (MAX_DECODED_BYTES), so there is no count here: a
+    window with sampling on carries one value per statistic per record.
+    """
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        if not _finite_number(value):
+            raise ValueError(f"numbers must be finite, within +-{MAX_VALUE:g}")
+    elif isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"strings must be at most {MAX_TEXT} characters")
+    elif depth >= 4:
+        raise ValueError("nests too deep (at most 4 levels)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_free_json(key, depth + 1)
+            _check_free_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_free_json(item, depth + 1)
+    else:
+        raise ValueError("must be JSON")
+
+
+def _free_json(value: Any) -> Any:
+    _check_free_json(value)
+    return value
+
+
+FreeJson = AfterValidator(_free_json)
 
 
 def _pipelines(value: dict[str, Any]) -> dict[str, Any]:
@@ -326,14 +433,14 @@ class TelemetryWindow(_Strict):
     device: DeviceId
     epoch: Epoch = ""
     seq: NonNegInt
-    window_start: float
-    window_end: float
+    window_start: Timestamp
+    window_end: Timestamp
     agent_version: Annotated[str, Field(max_length=64)] = ""
     models: list[ModelWindow] = Field(default_factory=list, max_length=MAX_MODELS)
     system: SystemFigures = Field(default_factory=SystemFigures)
     pipelines: Pipelines = Field(default_factory=dict)
     spool: SpoolFigures = Field(default_factory=SpoolFigures)
-    samples: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_SAMPLES)
+    samples: Annotated[list[dict[str, Any]] | None, Field(max_length=MAX_SAMPLES), FreeJson] = None
 
     @field_validator("schema_version")
     @classmethod
@@ -346,6 +453,8 @@ class TelemetryWindow(_Strict):
     def _window(self) -> TelemetryWindow:
         if self.window_end < self.window_start:
             raise ValueError("window_end is before window_start")
+        if self.window_end - self.window_start > MAX_WINDOW_S:
+            raise ValueError(f"the window is longer than {MAX_WINDOW_S:g} s")
         return self
 
     @property
@@ -372,8 +481,8 @@ class DeviceStatus(_Strict):
     online: bool
     agent_version: Annotated[str, Field(max_length=64)] = ""
     models: list[ModelRef] = Field(default_factory=list, max_length=MAX_MODELS)
-    rollout: dict[str, Any] | None = None
-    since: float
+    rollout: Annotated[dict[str, Any] | None, FreeJson] = None
+    since: Timestamp
 
 
 class DesiredState(_Strict):
@@ -399,7 +508,7 @@ class DesiredState(_Strict):
     options: dict[str, float | int | str | None] = Field(default_factory=dict, max_length=32)
     promote: bool = False
     reason: Annotated[str, Field(max_length=500)] = ""
-    issued_at: float
+    issued_at: Timestamp
 
 
 def encode_desired(state: DesiredState) -> bytes:
@@ -553,8 +662,13 @@ __all__ = [
     "BATCH_SIZE_EDGES",
     "CONTENT_TYPES",
     "LATENCY_EDGES_MS",
+    "MAX_BYTES",
+    "MAX_COUNT",
     "MAX_DECODED_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_TIMESTAMP",
+    "MAX_VALUE",
+    "MAX_WINDOW_S",
     "SCHEMA_VERSION",
     "SHARED_TELEMETRY_SUBSCRIPTION",
     "STATUS_SUBSCRIPTION",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,13 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import EDGEDL
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 @dataclass
@@ -48,9 +41,15 @@ class RunningAgent:
 
 @contextmanager
 def serve_in_process(
-    config: Any, extra_routes: Sequence[Any] = (), admin_routes: Sequence[Any] = ()
+    config: Any,
+    extra_routes: Sequence[Any] = (),
+    admin_routes: Sequence[Any] = (),
+    http: Any = "h11",
 ) -> Iterator[RunningAgent]:
-    """Run the agent's runtime and HTTP app in this process on a free port."""
+    """Run the agent's runtime and HTTP app in this process on a free port.
+
+    ``http``: uvicorn's HTTP protocol (a name or a protocol class).
+    """
     import uvicorn
 
     from edgedl.agent.app import create_app
@@ -62,7 +61,7 @@ def serve_in_process(
     app = create_app(runtime, extra_routes=extra_routes, admin_routes=admin_routes)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", http="h11"
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", http=http
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

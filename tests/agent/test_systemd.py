@@ -143,7 +143,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(
 def test_serve_reads_the_config_file_and_environment_overrides(
     digits_bundle: Any, tmp_path: Path
 ) -> None:
-    from tests.agent.conftest import free_port
+    from tests.ports import free_port
 
     config = tmp_path / "agent.toml"
     config.write_text(f'[server]\nport = 1\n\n[[models]]\npath = "{digits_bundle("onnx-fp32")}"\n')

@@ -246,3 +246,20 @@ def test_statistics_can_be_folded_off_the_serving_thread(builder: WindowBuilder)
         b.on_batch("digits", "1", 4, 0.001, *_batch(rng, 4))
     profile = b.cut().models[0].profile
     assert profile is not None and profile.samples == 92
+
+
+def test_a_tabular_input_carries_its_pca_error_binned_as_profile_observe_does() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1000, 3))
+    x[:, 1] += x[:, 0]
+    reference = Profile.from_reference({"t": x}, {})
+    b = WindowBuilder("factory-7", "pi-42")
+    b.register(ModelInfo("tab", "1", SHA, reference, latency_threshold_ms=50.0))
+    expected = reference.empty_like()
+    batch = {"t": rng.standard_normal((40, 3))}
+    b.on_batch("tab", "1", 40, 0.001, batch, {})
+    expected.observe(batch, {})
+    got = b.cut().models[0].profile
+    assert got is not None
+    assert got.histograms["input/t/pca_error"].count == 40
+    assert got.to_profile().to_dict() == expected.to_dict(projections=False)

@@ -17,7 +17,6 @@ from tests.collector.helpers import (
     Broker,
     Publisher,
     WindowMaker,
-    free_port,
     port_answers,
     sample_batch,
 )
@@ -27,6 +26,7 @@ from tests.mqtt_broker import (  # noqa: F401  (fixtures for test_broker_connect
     tls_broker,
     tls_files,
 )
+from tests.ports import free_port
 
 from edgedl.bundle import Manifest, TensorSpec
 from edgedl.collector.config import CollectorConfig

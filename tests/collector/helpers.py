@@ -6,6 +6,7 @@ import json
 import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +38,6 @@ def port_answers(host: str, port: int) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Broker:
     host: str
@@ -58,9 +53,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def sample_batch(
-    rng: np.random.Generator, n: int, shift: float = 0.0
-) -> tuple[dict[str, Any], dict[str, Any]]:
+Batch = tuple[dict[str, Any], dict[str, Any]]
+
+
+def sample_batch(rng: np.random.Generator, n: int, shift: float = 0.0) -> Batch:
     """Image-like inputs (optionally brightened by ``shift``) and softmax outputs."""
     images = np.clip(rng.random((n, 8, 8, 1)) * 0.8 + shift, 0.0, 1.5)
     logits = rng.normal(0.0, 2.0, (n, N_CLASSES))
@@ -72,12 +68,18 @@ def sample_batch(
 class WindowMaker:
     """Builds real telemetry windows: live data binned on the reference's edges."""
 
-    def __init__(self, manifest: Manifest, fleet: str) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        fleet: str,
+        sample: Callable[[np.random.Generator, int, float], Batch] | None = None,
+    ) -> None:
         profile = manifest.reference_profile()
         assert profile is not None
         self.reference = profile
         self.manifest = manifest
         self.fleet = fleet
+        self.sample = sample or sample_batch
 
     def window(
         self,
@@ -90,9 +92,12 @@ class WindowMaker:
         span_s: float = 60.0,
         seed: int | None = None,
     ) -> TelemetryWindow:
-        rng = np.random.default_rng(seed if seed is not None else hash((device, seq)) & 0xFFFFFFFF)
+        # Seeded by device and seq (not hash(), which changes with every interpreter).
+        rng = np.random.default_rng(
+            seed if seed is not None else zlib.crc32(f"{device}/{seq}".encode())
+        )
         live = self.reference.empty_like()
-        live.observe(*sample_batch(rng, n, shift))
+        live.observe(*self.sample(rng, n, shift))
         lat = latency_histogram()
         lat.add(rng.gamma(4.0, latency_ms / 4.0, n))
         batch = batch_size_histogram()
@@ -113,7 +118,7 @@ class WindowMaker:
                     "counts": {"requests": n, "inferences": n, "errors": errors},
                     "latency_ms": lat.to_dict(),
                     "batch_size": batch.to_dict(),
-                    "profile": live.to_dict(),
+                    "profile": live.to_dict(projections=False),
                 }
             ],
             system={"cpu_percent": 5.0, "memory_rss_bytes": 50_000_000, "memory_percent": 1.0},
@@ -221,3 +226,42 @@ def get_json_text(url: str) -> str:
     r = httpx.get(url, timeout=10)
     r.raise_for_status()
     return r.text
+
+
+def get_every_page(collector: Any, devices: list[str]) -> dict[str, int]:
+    """The status of every GET page of the API and the dashboard, by path."""
+    import httpx
+
+    paths = [
+        "/",
+        "/static/app.js",
+        "/api/v1/devices",
+        "/api/v1/windows",
+        "/api/v1/windows?limit=5000",
+        "/api/v1/drift",
+        "/api/v1/drift?scope=fleet&history=1",
+        "/api/v1/alerts",
+        "/api/v1/dead-letters",
+        "/api/v1/references",
+        "/api/v1/artifacts",
+        "/api/v1/fleet/models",
+        "/api/v1/rollouts",
+        "/openapi.json",
+        "/metrics",
+        "/healthz",
+    ]
+    for d in devices:
+        paths += [
+            f"/api/v1/devices/{d}",
+            f"/api/v1/windows?device={d}",
+            f"/api/v1/drift?device={d}",
+        ]
+    with httpx.Client(base_url=collector.url, timeout=10) as client:
+        return {p: client.get(p).status_code for p in paths}
+
+
+def raw_window(window: TelemetryWindow, **changes: Any) -> tuple[str, bytes]:
+    """Topic and plain-JSON payload of ``window`` with fields replaced (no validation)."""
+    body = window.model_dump(exclude_none=True)
+    body.update(changes)
+    return telemetry_topic(window.fleet, window.device), json.dumps(body).encode()

@@ -177,9 +177,12 @@ def test_mosquitto_forgets_shared_subscriptions_over_a_restart(
         return c
 
     plain, shared = connect("plain"), connect("shared")
+    acked: set[str] = set()
+    plain.on_subscribe = lambda *_: acked.add("plain")
+    shared.on_subscribe = lambda *_: acked.add("shared")
     plain.subscribe("probe/x", qos=1)
     shared.subscribe("$share/g/probe/x", qos=1)
-    time.sleep(0.5)
+    wait_until(lambda: acked == {"plain", "shared"}, what="both subscriptions acknowledged")
     for c in (plain, shared):
         c.disconnect()
         c.loop_stop()

@@ -26,7 +26,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tests.collector.helpers import Broker, WindowMaker, collector_config, get_json, wait_until
-from tests.mqtt_broker import MQTT311Only, free_port, port_answers
+from tests.mqtt_broker import MQTT311Only, port_answers
+from tests.ports import free_port
 
 from edgedl.collector.mqtt import CONNACK_TIMEOUT_S
 from edgedl.collector.service import Collector

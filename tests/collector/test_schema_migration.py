@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    select,
 )
 from tests.collector.helpers import WindowMaker
 
@@ -70,15 +72,19 @@ V2_DEVICES = Table(
 UNCHANGED = ["dead_letter", "alerts", "model_references", "artifacts", "rollouts"]
 
 
-def write_v2_database(url: str, windows: WindowMaker) -> None:
-    """What a schema-2 collector left: 7 windows of pi-1 (one missing), 2 of cam."""
+def write_v2_database(url: str, windows: WindowMaker, later: tuple[int, ...] = ()) -> None:
+    """What a schema-2 collector left: 7 windows of pi-1 (one missing), 2 of cam; with
+    ``later`` the migrations numbered above 3 that a collector without 3 applied too."""
     engine = create_engine(engine_url(url))
     now = time.time()
     with engine.begin() as conn:
         schema.schema_version.create(conn)
         _V2.create_all(conn)
         schema.metadata.create_all(conn, tables=[schema.metadata.tables[t] for t in UNCHANGED])
-        for version in (1, 2):
+        for version, _, step in schema.MIGRATIONS:
+            if version in later:
+                step(conn)
+        for version in (1, 2, *later):
             conn.execute(
                 schema.schema_version.insert().values(
                     version=version, description="before", applied_at=now
@@ -105,13 +111,18 @@ def write_v2_database(url: str, windows: WindowMaker) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("later", [(), (5,)], ids=["schema-2", "schema-2-and-5"])
 def test_a_schema_2_database_is_upgraded_with_its_data_intact(
-    db_url: str, windows: WindowMaker
+    db_url: str, windows: WindowMaker, later: tuple[int, ...]
 ) -> None:
-    write_v2_database(db_url, windows)
+    write_v2_database(db_url, windows, later)
     store = Store(db_url)
+    newest = schema.MIGRATIONS[-1][0]
     try:
-        assert store.schema_version == 3
+        assert store.schema_version == newest
+        with store.engine.connect() as conn:
+            applied = conn.execute(select(schema.schema_version.c.version)).scalars().all()
+        assert sorted(applied) == [v for v, _, _ in schema.MIGRATIONS]
         fleet = windows.fleet
         keys = sorted(store.window_identities())
         assert keys == sorted(
@@ -137,5 +148,5 @@ def test_a_schema_2_database_is_upgraded_with_its_data_intact(
     finally:
         store.close()
     reopened = Store(db_url)  # a second start finds nothing left to migrate
-    assert reopened.schema_version == 3 and len(reopened.window_identities()) == 11
+    assert reopened.schema_version == newest and len(reopened.window_identities()) == 11
     reopened.close()

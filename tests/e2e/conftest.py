@@ -20,7 +20,8 @@ import pytest
 from tests import mqtt_broker
 from tests.agent import conftest as agent_conftest
 from tests.conftest import EDGEDL
-from tests.mqtt_broker import MosquittoBroker, free_port
+from tests.mqtt_broker import MosquittoBroker
+from tests.ports import free_port
 
 agent_process = agent_conftest.agent_process
 

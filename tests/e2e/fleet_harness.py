@@ -64,6 +64,10 @@ arrival_timeout_s = 90
 [fleet.gates]
 min_inferences = 5
 min_compared = 10
+# Five agents, a collector and a broker share a 2-core machine with the rest of the suite: a
+# healthy version's p95 can read several times the previous one's there. The latency gate's
+# own test is tests/collector/test_fleet_gates.py; here it only stops a grossly slow version.
+max_p95_ratio = 50.0
 """
 
 

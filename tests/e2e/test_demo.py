@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,7 +27,8 @@ import httpx
 import psutil
 import pytest
 from tests.conftest import EDGEDL
-from tests.mqtt_broker import MosquittoBroker, free_port
+from tests.mqtt_broker import MosquittoBroker
+from tests.ports import free_port
 
 
 def port_is_free(port: int) -> bool:
@@ -61,20 +63,23 @@ class DemoRun:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def watch_until(self, done: str | None = None, timeout: float = 170) -> None:
+    def watch_until(self, done: str | None = None, timeout: float = 600) -> None:
         """Record descendants until the demo exits (or prints ``done``)."""
         parent = psutil.Process(self.proc.pid)
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None:
             assert time.monotonic() < deadline, f"the demo is still running:\n{self.output}"
             try:
-                for child in parent.children(recursive=True):
-                    if child.pid not in self.descendants:
-                        self.descendants[child.pid] = child
-                        self.names[child.pid] = child.name()
-                        self.cmdlines[child.pid] = " ".join(child.cmdline())
+                children = parent.children(recursive=True)
             except psutil.NoSuchProcess:
                 break
+            for child in children:
+                self.descendants.setdefault(child.pid, child)
+                # Read again each time: a child first seen between fork and exec still shows
+                # the demo's own command line.
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                    self.names[child.pid] = child.name()
+                    self.cmdlines[child.pid] = " ".join(child.cmdline())
             if done is not None and done in self.output:
                 return
             time.sleep(0.2)

@@ -83,5 +83,7 @@ def test_random_chunks_give_the_same_detections_as_one_chunk(demo):
         events += pipeline.feed(pcm[pos : pos + step])
         pos += step
     events += pipeline.flush()
-    assert len(whole) >= 5
+    # How many keywords the model finds depends on its training; that chunking changes none
+    # of them does not. So: some detections to compare, and the very same ones.
+    assert whole, "no detections in the first 40 s: nothing to compare"
     assert [(e.label, e.start, e.end) for e in events] == [(e.label, e.start, e.end) for e in whole]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -18,6 +18,8 @@ from edgedl.telemetry import decode_window
 
 from .alerts import alert_json
 from .fleet.api import fleet_routes
+from .jsonsafe import SafeJSONResponse as JSONResponse
+from .jsonsafe import finite_or_none
 from .openapi import OPENAPI
 from .references import parse_manifest
 from .store import AmbiguousDevice
@@ -52,21 +54,22 @@ def is_online(row: dict[str, Any], collector: Collector, now: float) -> bool:
     not offline, whatever a (possibly forged, retained) status says.
     """
     cfg = collector.config.alerts
-    window_s = row.get("window_s") or cfg.default_window_s
-    limit = cfg.offline_after_windows * max(window_s, 0.001)
-    last_seen = row.get("last_seen")
+    # A database written before windows were bounded may hold inf here: treat it as unknown.
+    window_s = finite_or_none(row.get("window_s"))
+    limit = cfg.offline_after_windows * max(window_s or cfg.default_window_s, 0.001)
+    last_seen = finite_or_none(row.get("last_seen"))
     if last_seen is None:
         return bool(row.get("online"))  # announced itself, no window yet
     if now - float(last_seen) > limit:
         return False
-    status_at = row.get("status_received_at")
+    status_at = finite_or_none(row.get("status_received_at"))
     said_offline = row.get("online") is False
     return not said_offline or (status_at is not None and float(last_seen) > float(status_at))
 
 
 def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[str, Any]:
     """A device row as the API shows it, with ``online`` worked out from silence and status."""
-    last_seen = row.get("last_seen")
+    last_seen = finite_or_none(row.get("last_seen"))
     status = json.loads(row["status"]) if row.get("status") else None
     return {
         "device": row["device"],
@@ -81,7 +84,7 @@ def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[s
         "epoch": row.get("epoch"),
         "epochs": row.get("epochs", []),
         "last_seq": row.get("last_seq"),
-        "window_s": row.get("window_s"),
+        "window_s": finite_or_none(row.get("window_s")),
         "agent_version": row.get("agent_version"),
         "status": status,
     }
@@ -145,7 +148,7 @@ def create_app(collector: Collector) -> Starlette:
         rows = store.windows(name, limit, fleet=request.query_params.get("fleet"))
         for r in rows:
             span = r["window_end"] - r["window_start"]
-            r["throughput"] = r["inferences"] / span if span > 0 else None
+            r["throughput"] = finite_or_none(r["inferences"] / span) if span > 0 else None
         return JSONResponse(rows)
 
     def drift_results(request: Request) -> Response:

@@ -4,6 +4,7 @@ One pydantic model per section; :class:`CollectorConfig` composes them::
 
     [mqtt]      broker URL, client id, shared-subscription group, credentials, TLS
     [storage]   database URL, batch size and delay of commits
+    [ingest]    how far a window's clock may be from the collector's
     [http]      where the API and dashboard listen
     [drift]     sliding window, minimum samples, thresholds
     [alerts]    offline detection, webhook
@@ -88,6 +89,19 @@ class StorageConfig(_Section):
     max_seq_jump: int = Field(default=100_000, ge=1)
 
 
+class IngestConfig(_Section):
+    """``[ingest]``: checks a message passes besides the contract's ranges (docs/telemetry.md).
+
+    A window that ends more than ``max_clock_skew_s`` after it arrived, or more than
+    ``max_window_age_s`` before, is a dead letter: its device's clock is wrong. A status whose
+    ``since`` is more than ``max_clock_skew_s`` ahead is one too (an old status is fine: a
+    retained status can be days old).
+    """
+
+    max_clock_skew_s: float = Field(default=300.0, gt=0, le=86_400.0)
+    max_window_age_s: float = Field(default=30 * 86_400.0, gt=0)
+
+
 class HttpConfig(_Section):
     """``[http]``: the JSON API, /metrics and the dashboard."""
 
@@ -95,25 +109,57 @@ class HttpConfig(_Section):
     port: int = Field(default=8090, ge=0, le=65535)
 
 
-class DriftConfig(_Section):
-    """``[drift]``: what is compared and when a difference is a drift."""
+class SequentialConfig(_Section):
+    """``[drift.sequential]``: CUSUM over each device's windows (edgedl.collector.sequential)."""
 
-    window_count: int = Field(default=12, ge=1, description="windows in the sliding window")
+    enabled: bool = True
+    # Expected windows between false alarms of one statistic's detector on unchanged data.
+    windows_between_false_alarms: float = Field(default=1000.0, gt=1)
+    # Per statistic (fnmatch pattern -> windows between false alarms; 0 turns it off).
+    statistics: dict[str, float] = Field(default_factory=dict)
+    step_samples: int = Field(default=200, ge=1, description="samples per CUSUM step")
+    allowance: float = Field(default=0.5, gt=0, description="in standard errors of a step")
+    reference_margin_se: float = Field(default=1.5, ge=0, description="reference's own noise")
+
+    @field_validator("statistics")
+    @classmethod
+    def _run_lengths(cls, v: dict[str, float]) -> dict[str, float]:
+        for pattern, arl in v.items():
+            if arl != 0 and arl <= 1:
+                raise ValueError(f"{pattern}: windows between false alarms must be > 1 (or 0)")
+        return v
+
+
+class DriftConfig(_Section):
+    """``[drift]``: what is compared and when a difference is a drift.
+
+    A figure alerts when its test is significant at ``false_alarm_rate`` AND the figure is at
+    least its ``*_alert`` minimum effect (edgedl.collector.decision).
+    """
+
+    window_count: int = Field(
+        default=12, ge=1, le=1000, description="windows in the sliding window"
+    )
     min_samples: int = Field(default=200, ge=1)
     baseline_windows: int = Field(default=10, ge=1, description="latency baseline: first K")
     evaluate_interval_s: float = Field(default=0.5, gt=0)
     max_evaluations_per_s: float = Field(default=250.0, gt=0)
+    false_alarm_rate: float = Field(default=0.01, gt=0, lt=1, description="per test and window")
     psi_watch: float = Field(default=0.1, ge=0)
     psi_alert: float = Field(default=0.2, ge=0)
     js_alert: float = Field(default=0.1, ge=0)
+    ks_alert: float = Field(default=0.05, ge=0)
     wasserstein_alert: float = Field(default=0.1, ge=0)
     class_psi_alert: float = Field(default=0.2, ge=0)
     confidence_shift_alert: float = Field(default=0.1, ge=0)
     latency_p95_ratio_alert: float = Field(default=2.0, gt=0)
     error_rate_alert: float = Field(default=0.05, ge=0)
-    # JS and Wasserstein are computed and shown with their bounds, but alert only when listed:
-    # on a few hundred samples their sampling noise alone reaches about 0.1 (docs/collector.md).
-    alert_on: list[str] = Field(default_factory=lambda: ["psi", "class_psi", "confidence_shift"])
+    # Which figures alert (the others are computed, tested and shown): psi, js, ks,
+    # wasserstein, class_psi, confidence_shift, cusum.
+    alert_on: list[str] = Field(
+        default_factory=lambda: ["psi", "wasserstein", "class_psi", "confidence_shift", "cusum"]
+    )
+    sequential: SequentialConfig = Field(default_factory=SequentialConfig)
     fleet: bool = True
     # Also fold in windows that other collectors of the group stored in the shared database,
     # so that every collector judges each device's whole sliding window.
@@ -156,6 +202,7 @@ class CollectorConfig(_Section):
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

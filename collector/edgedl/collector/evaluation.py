@@ -12,8 +12,9 @@ import numpy as np
 
 from edgedl.telemetry import LATENCY_EDGES_MS
 
-from . import drift
+from . import decision, drift
 from .config import DriftConfig
+from .decision import DriftDecision
 from .references import ReferenceModel
 from .sliding import Contribution, LatencyBaseline
 
@@ -31,9 +32,10 @@ def evaluate(
     if reference is not None and reference.stats:
         cur = total.counts
         has = total.ns > 0
-        figures = drift.compare(
-            reference.counts, cur, reference.positions, reference.std, reference.mask
-        )
+        alerting = tuple(t for t in decision.HISTOGRAM_TESTS if t in cfg.alert_on)
+        judged_counts = decision.judge_counts(reference, cur, total.ns, cfg, alerting)
+        figures, p_values = judged_counts.figures, judged_counts.p_values
+        per_stat = judged_counts.decisions
         psi, js, ks, ws = (figures[k] for k in ("psi", "js", "ks", "wasserstein"))
         with np.errstate(invalid="ignore", divide="ignore"):
             means = total.sums / total.ns
@@ -41,6 +43,7 @@ def evaluate(
             ok = bool(has[i])
             judged = ok and bool(total.ns[i] >= cfg.min_samples)
             p = float(psi[i]) if ok else None
+            decisions = per_stat[i] if ok else []
             statistics.append(
                 {
                     "statistic": stat,
@@ -50,9 +53,14 @@ def evaluate(
                     "js": float(js[i]) if ok else None,
                     "ks": float(ks[i]) if ok else None,
                     "wasserstein": float(ws[i]) if ok else None,
+                    "p_values": {
+                        t: _finite(float(p_values[t][i])) if ok else None
+                        for t in decision.HISTOGRAM_TESTS
+                    },
+                    "decisions": [d.to_dict() for d in decisions],
                     "mean": float(means[i]) if ok else None,
                     "reference_mean": _finite(reference.mean[i]),
-                    "status": _status(p, judged, cfg),
+                    "status": _status(p, judged, decisions, cfg),
                 }
             )
             if stat.endswith("/top1_confidence") and ok:
@@ -74,6 +82,16 @@ def evaluate(
             stat_value, p_value = drift.chi_square(ref_counts, live)
             cpsi = float(drift.psi(ref_counts, live))
             judged = n >= cfg.min_samples
+            decided = decision.decide(
+                output,
+                "class_psi",
+                cpsi,
+                cfg.class_psi_alert,
+                p_value,
+                cfg.false_alarm_rate,
+                int(n),
+                judged,
+            )
             classes.append(
                 {
                     "output": output,
@@ -83,7 +101,8 @@ def evaluate(
                     "p_value": p_value,
                     "psi": cpsi,
                     "counts": [int(x) for x in live],
-                    "status": _status(cpsi, judged, cfg),
+                    "decision": decided.to_dict(),
+                    "status": _status(cpsi, judged, [decided], cfg),
                 }
             )
     lat = total.latency
@@ -117,12 +136,16 @@ def evaluate(
     }
 
 
-def _status(psi: float | None, judged: bool, cfg: DriftConfig) -> str:
+def _status(
+    psi: float | None, judged: bool, decisions: list[DriftDecision], cfg: DriftConfig
+) -> str:
+    """``alert`` when a decision says drift; ``watch`` when one is significant but small or
+    PSI is over ``psi_watch``; else ``ok`` (or why it was not judged)."""
     if psi is None or not judged:
         return "too few samples" if psi is not None else "no data"
-    if psi > cfg.psi_alert:
+    if any(d.is_drift for d in decisions):
         return "alert"
-    return "watch" if psi > cfg.psi_watch else "ok"
+    return "watch" if psi > cfg.psi_watch or any(d.significant for d in decisions) else "ok"
 
 
 def _finite(x: float) -> float | None:

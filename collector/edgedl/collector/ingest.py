@@ -30,6 +30,7 @@ from edgedl.telemetry import (
     telemetry_topic,
 )
 
+from .config import IngestConfig
 from .drift import percentiles
 from .registry import DeviceRegistry
 from .store import DeadLetter, ReceivedStatus, StorageError, Store, StoredWindow
@@ -72,12 +73,14 @@ class Ingestor:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         on_stored: Callable[[list[StoredWindow]], None] | None = None,
         registry_required: bool = False,
+        clock: IngestConfig | None = None,
     ) -> None:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
         self._on_stored = on_stored
         self.registry_required = registry_required
         self._registry = DeviceRegistry(store)
+        self.clock = clock or IngestConfig()
 
     def ingest(self, messages: Sequence[Message]) -> IngestResult:
         """Validate and store a batch in one transaction. Raises StorageError if the DB fails."""
@@ -119,6 +122,7 @@ class Ingestor:
             if kind == "telemetry":
                 window = decode_window(msg.payload, max_payload_bytes=self.max_payload_bytes)
                 _same_device(window.fleet, window.device, fleet, device)
+                self._check_window_clock(window, msg.received_at)
                 windows.append(StoredWindow(window, msg.payload, msg.received_at, _latency(window)))
             elif kind == "status":
                 if not msg.payload:  # a retained status being cleared
@@ -126,6 +130,12 @@ class Ingestor:
                     return
                 status = decode_status(msg.payload)
                 _same_device(status.fleet, status.device, fleet, device)
+                ahead = status.since - msg.received_at
+                if ahead > self.clock.max_clock_skew_s:
+                    raise TelemetryError(
+                        f"status since is {ahead:.0f} s ahead of the collector's clock "
+                        f"(ingest.max_clock_skew_s = {self.clock.max_clock_skew_s:g})"
+                    )
                 statuses.append(ReceivedStatus(status, msg.received_at))
             else:
                 result.ignored += 1
@@ -159,6 +169,20 @@ class Ingestor:
             [w for w in windows if (w.window.fleet, w.window.device) in known],
             [s for s in statuses if (s.status.fleet, s.status.device) in known],
         )
+
+    def _check_window_clock(self, window: TelemetryWindow, received_at: float) -> None:
+        """A window must end near the collector's clock: ahead by skew, behind by age."""
+        ahead = window.window_end - received_at
+        if ahead > self.clock.max_clock_skew_s:
+            raise TelemetryError(
+                f"window_end is {ahead:.0f} s ahead of the collector's clock "
+                f"(ingest.max_clock_skew_s = {self.clock.max_clock_skew_s:g})"
+            )
+        if -ahead > self.clock.max_window_age_s:
+            raise TelemetryError(
+                f"window ended {-ahead:.0f} s before it arrived "
+                f"(ingest.max_window_age_s = {self.clock.max_window_age_s:g})"
+            )
 
     def _one_by_one(
         self,

@@ -13,6 +13,9 @@ thousands of devices delays drift figures by a few ticks instead of slowing inge
 
 Judged only with at least ``min_samples`` in the sliding window: small samples give
 results, marked ``judged: false``, but never alerts.
+
+Each device's windows also feed its CUSUMs (:mod:`edgedl.collector.sequential`), in seq
+order; their state is saved every tick and continued after a restart.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from edgedl.telemetry import decode_window
 from .alerts import AlertBook, AlertSubject
 from .config import AlertsConfig, DriftConfig
 from .evaluation import evaluate
+from .jsonsafe import finite_or_none
 from .references import ReferenceBook, ReferenceModel
+from .sequential import SequentialBook
 from .sliding import Contribution, LatencyBaseline, SlidingWindow
 from .store import Store, StoredWindow
 
@@ -72,6 +77,8 @@ class DriftMonitor:
         self._baselines: dict[DeviceKey, LatencyBaseline] = {}
         self._fleets: dict[FleetKey, Contribution] = {}
         self._fleet_refs: dict[FleetKey, ReferenceModel | None] = {}
+        # The devices of each fleet total, in the order they appeared (sums in a fixed order).
+        self._fleet_devices: dict[FleetKey, dict[DeviceKey, None]] = {}
         self._loaded: set[tuple[str, str]] = set()
         self._known_at_start: set[tuple[str, str]] = set()
         # Insertion-ordered: the keys that changed longest ago are evaluated first.
@@ -89,11 +96,14 @@ class DriftMonitor:
         self._unseen_before: set[int] = set()
         self.retention_s = retention_s
         self.mismatched_histograms = 0
+        self.sequential = SequentialBook(store, drift_config.sequential)
         self.thresholds = {
             "psi_watch": drift_config.psi_watch,
             "psi_alert": drift_config.psi_alert,
             "js": drift_config.js_alert,
             "wasserstein": drift_config.wasserstein_alert,
+            "ks": drift_config.ks_alert,
+            "false_alarm_rate": drift_config.false_alarm_rate,
             "class_psi": drift_config.class_psi_alert,
             "confidence_shift": drift_config.confidence_shift_alert,
             "latency_p95_ratio": drift_config.latency_p95_ratio_alert,
@@ -152,6 +162,7 @@ class DriftMonitor:
             self._last_sync = now
             self.sync_from_store()
         evaluated = self.evaluate_dirty(now)
+        self.sequential.flush()
         if self._on_evaluated is not None and evaluated:
             self._on_evaluated(evaluated)
         if now - self._last_offline_check >= 1.0:
@@ -206,12 +217,21 @@ class DriftMonitor:
         for model in w.models:
             self._fold_model(w.fleet, w.device, w.epoch, w.seq, model)
 
-    def _fold_model(self, fleet: str, device: str, epoch: str, seq: int, model: Any) -> None:
+    def _fold_model(
+        self,
+        fleet: str,
+        device: str,
+        epoch: str,
+        seq: int,
+        model: Any,
+        sequential: bool = True,
+    ) -> DeviceKey:
         key: DeviceKey = (fleet, device, model.name, model.version)
         reference = self.references.find(model.name, model.version, model.sha256)
         window = self._devices.get(key)
         if window is None or (window.reference is None and reference is not None):
             window = self._devices[key] = SlidingWindow(self.cfg.window_count, reference)
+            self._fleet_devices.setdefault((fleet, model.name, model.version), {})[key] = None
         contribution, mismatched = Contribution.from_window(seq, model, window.reference, epoch)
         self.mismatched_histograms += mismatched
         baseline = self._baselines.setdefault(
@@ -220,7 +240,9 @@ class DriftMonitor:
         baseline.add(contribution)
         taken, evicted = window.add(contribution)
         if not taken:
-            return
+            return key
+        if sequential:
+            self.sequential.observe(key, contribution, window.reference)
         fkey: FleetKey = (fleet, model.name, model.version)
         total = self._fleets.get(fkey)
         if total is None or self._fleet_refs.get(fkey) is not window.reference:
@@ -228,15 +250,22 @@ class DriftMonitor:
         else:
             total.add(contribution)
             if evicted is not None:
-                total.add(evicted, -1.0)
+                total.remove(evicted)  # its value sums are recomputed before the next judgement
         self._dirty.setdefault(key, None)
+        return key
+
+    def _fleet_members(
+        self, fkey: FleetKey, reference: ReferenceModel | None
+    ) -> list[Contribution]:
+        """The sliding-window totals of the devices that make up a fleet total."""
+        windows = (self._devices[key] for key in self._fleet_devices.get(fkey, ()))
+        return [w.total for w in windows if w.reference is reference]
 
     def _fleet_total(self, fkey: FleetKey, reference: ReferenceModel | None) -> Contribution:
         """Rebuild a fleet total from its devices' sliding windows."""
         total = Contribution.empty(reference)
-        for (fleet, _, name, version), window in self._devices.items():
-            if (fleet, name, version) == fkey and window.reference is reference:
-                total.add(window.total)
+        for member in self._fleet_members(fkey, reference):
+            total.add(member)
         self._fleets[fkey] = total
         self._fleet_refs[fkey] = reference
         return total
@@ -246,6 +275,7 @@ class DriftMonitor:
         first = self.store.windows(device, self.cfg.baseline_windows, True, False, fleet)
         newest = self.store.windows(device, self.cfg.window_count, True, True, fleet)
         seen: set[int] = set()
+        keys: set[DeviceKey] = set()
         for row in [*first, *reversed(newest)]:
             if row["id"] in seen:
                 continue
@@ -255,7 +285,13 @@ class DriftMonitor:
             except TelemetryError:
                 continue
             for model in w.models:
-                self._fold_model(w.fleet, w.device, w.epoch, w.seq, model)
+                keys.add(
+                    self._fold_model(w.fleet, w.device, w.epoch, w.seq, model, sequential=False)
+                )
+        # The CUSUMs continue from their saved state, with every window since, in seq order.
+        self.sequential.catch_up(
+            fleet, device, sorted(keys), self.references, self.cfg.window_count
+        )
 
     # ---------------------------------------------------------------- evaluation
 
@@ -285,13 +321,10 @@ class DriftMonitor:
         if self.cfg.fleet:
             for fkey in fleets:
                 fleet, model, version = fkey
-                self._judge(
-                    ("fleet", fleet, "", model, version),
-                    self._fleets[fkey],
-                    self._fleet_refs.get(fkey),
-                    None,
-                    now,
-                )
+                total, reference = self._fleets[fkey], self._fleet_refs.get(fkey)
+                if total.stale:
+                    total.resum(self._fleet_members(fkey, reference))
+                self._judge(("fleet", fleet, "", model, version), total, reference, None, now)
         return len(dirty) + (len(fleets) if self.cfg.fleet else 0)
 
     def _judge(
@@ -304,6 +337,9 @@ class DriftMonitor:
     ) -> None:
         scope, fleet, device, model, version = key
         result = evaluate(total, reference, baseline, self.cfg)
+        if scope == "device":
+            decisions = self.sequential.decisions((fleet, device, model, version))
+            result["sequential"] = [d.to_dict() for d in decisions]
         result.update(
             scope=scope,
             fleet=fleet,
@@ -334,11 +370,17 @@ class DriftMonitor:
         model, version = result["model"], result["version"]
 
         def observe(
-            kind: str, metric: str, value: float | None, threshold: float, judged: bool
+            kind: str,
+            metric: str,
+            value: float | None,
+            threshold: float,
+            judged: bool,
+            breached: bool | None = None,
+            message: str | None = None,
         ) -> None:
             if value is None or not np.isfinite(value):
                 return
-            breached = judged and abs(value) > threshold
+            breached = judged and (abs(value) > threshold if breached is None else breached)
             if not breached and not self.alerts.open_count:
                 return  # nothing to open, nothing open to resolve
             subject = AlertSubject(kind, scope, fleet, device, model, version, metric)
@@ -349,30 +391,36 @@ class DriftMonitor:
                 threshold,
                 breached,
                 judged,
-                message=f"{where}: {model} {version} {metric} = {value:.3g} (bound {threshold:g})",
+                message=message
+                or f"{where}: {model} {version} {metric} = {value:.3g} (bound {threshold:g})",
                 now=now,
             )
 
-        bounds = {"psi": cfg.psi_alert, "js": cfg.js_alert, "wasserstein": cfg.wasserstein_alert}
+        def decided(d: dict[str, Any]) -> None:
+            """Alert on a DriftDecision: value and bound are its effect (or score) and minimum."""
+            sequential = d["score"] is not None
+            value = d["score"] if sequential else d["effect"]
+            bound = d["threshold"] if sequential else d["min_effect"]
+            where = device or f"fleet {fleet}"
+            observe(
+                "drift",
+                f"{d['test']}:{d['statistic']}",
+                value,
+                bound,
+                d["judged"],
+                breached=d["is_drift"],
+                message=f"{where}: {model} {version} {d['statistic']}: {d['reason']}",
+            )
+
         for stat in result["statistics"]:
-            for metric, bound in bounds.items():
-                if metric in cfg.alert_on:
-                    observe(
-                        "drift",
-                        f"{metric}:{stat['statistic']}",
-                        stat[metric],
-                        bound,
-                        stat["judged"],
-                    )
+            for d in stat["decisions"]:
+                decided(d)
         for cls in result["classes"]:
             if "class_psi" in cfg.alert_on:
-                observe(
-                    "drift",
-                    f"class_psi:{cls['output']}",
-                    cls["psi"],
-                    cfg.class_psi_alert,
-                    cls["judged"],
-                )
+                decided(cls["decision"])
+        for d in result.get("sequential", []):
+            if "cusum" in cfg.alert_on:
+                decided(d)
         for conf in result["confidence"]:
             if "confidence_shift" in cfg.alert_on:
                 observe(
@@ -399,7 +447,7 @@ class DriftMonitor:
         for row in self.store.devices():
             if row["last_seen"] is None:
                 continue
-            window_s = row["window_s"] or self.alerts_cfg.default_window_s
+            window_s = finite_or_none(row["window_s"]) or self.alerts_cfg.default_window_s
             limit = self.alerts_cfg.offline_after_windows * max(window_s, 0.001)
             silence = now - float(row["last_seen"])
             self.alerts.observe(

@@ -255,6 +255,11 @@ OPENAPI: dict[str, Any] = {
                                 "js": _NULLABLE_NUM,
                                 "ks": _NULLABLE_NUM,
                                 "wasserstein": _NULLABLE_NUM,
+                                "p_values": {
+                                    "type": "object",
+                                    "description": "psi, js, ks, wasserstein: p under no drift",
+                                },
+                                "decisions": _array({"$ref": "#/components/schemas/DriftDecision"}),
                                 "mean": _NULLABLE_NUM,
                                 "reference_mean": _NULLABLE_NUM,
                                 "status": {
@@ -274,9 +279,11 @@ OPENAPI: dict[str, Any] = {
                                 "psi": _NUM,
                                 "samples": {"type": "integer"},
                                 "judged": {"type": "boolean"},
+                                "decision": {"$ref": "#/components/schemas/DriftDecision"},
                             },
                         }
                     ),
+                    "sequential": _array({"$ref": "#/components/schemas/DriftDecision"}),
                     "confidence": _array(
                         {
                             "type": "object",
@@ -293,6 +300,26 @@ OPENAPI: dict[str, Any] = {
                     "history": _array(
                         {"type": "object", "description": "PSI per statistic over time"}
                     ),
+                },
+            },
+            "DriftDecision": {
+                "type": "object",
+                "description": "one drift decision (edgedl.collector.decision.DriftDecision)",
+                "properties": {
+                    "statistic": _STR,
+                    "test": {
+                        "type": "string",
+                        "enum": ["psi", "js", "ks", "wasserstein", "class_psi", "cusum"],
+                    },
+                    "effect": _NULLABLE_NUM,
+                    "min_effect": _NUM,
+                    "p_value": _NULLABLE_NUM,
+                    "score": _NULLABLE_NUM,
+                    "threshold": _NUM,
+                    "samples": {"type": "integer"},
+                    "judged": {"type": "boolean"},
+                    "is_drift": {"type": "boolean"},
+                    "reason": _STR,
                 },
             },
             "Alert": {

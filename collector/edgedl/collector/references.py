@@ -21,8 +21,9 @@ from pydantic import ValidationError
 
 from edgedl.bundle import MANIFEST_FILE, Bundle, Manifest
 from edgedl.errors import BundleError, DataError
+from edgedl.profile import Profile
 
-from . import drift
+from . import drift, significance
 from .store import Store
 
 
@@ -54,6 +55,14 @@ class ReferenceModel:
 
     def __post_init__(self) -> None:
         self._edge_lists = [list(e) for e in self.edges]
+        self._null: significance.BridgeNull | None = None
+
+    @property
+    def null(self) -> significance.BridgeNull:
+        """Null distributions of binned KS and Wasserstein on these bins (drawn on first use)."""
+        if self._null is None:
+            self._null = significance.BridgeNull(self.counts, self.positions, self.std)
+        return self._null
 
     @property
     def width(self) -> int:
@@ -69,6 +78,11 @@ class ReferenceModel:
                 f"{manifest.name} {manifest.version}: the manifest has no reference profile "
                 "(the bundle was converted without data)"
             )
+        return cls.from_profile(manifest.name, manifest.version, manifest.sha256, profile)
+
+    @classmethod
+    def from_profile(cls, name: str, version: str, sha256: str, profile: Profile) -> ReferenceModel:
+        """Lay out a reference profile for comparison."""
         stats = sorted(profile.histograms)
         hists = [profile.histograms[s] for s in stats]
         if hists:
@@ -79,9 +93,9 @@ class ReferenceModel:
             counts = positions = np.zeros((0, 0))
             mask = np.zeros((0, 0), dtype=bool)
         return cls(
-            name=manifest.name,
-            version=manifest.version,
-            sha256=manifest.sha256,
+            name=name,
+            version=version,
+            sha256=sha256,
             stats=stats,
             edges=[tuple(float(e) for e in h.edges) for h in hists],
             counts=counts,

@@ -203,6 +203,19 @@ registered_devices = Table(
     Column("added_at", Float, nullable=False),
 )
 
+# Sequential drift detectors (edgedl.collector.sequential): one JSON state per device and
+# model version, so that a restarted collector continues every CUSUM where it stood.
+drift_sequential = Table(
+    "drift_sequential",
+    metadata,
+    Column("fleet", String(128), primary_key=True),
+    Column("device", String(128), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("version", String(128), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
@@ -275,11 +288,16 @@ def _reshape_postgresql(conn: Connection) -> None:
         conn.exec_driver_sql(statement)
 
 
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[drift_sequential])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
     (2, "artifacts, rollouts (fleet rollouts)", _v2),
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
+    (5, "drift_sequential (CUSUM state per device and model version)", _v5),
 ]
 
 
@@ -292,7 +310,11 @@ def current_version(conn: Connection) -> int:
 
 
 def migrate(conn: Connection) -> int:
-    """Apply the migrations the database lacks; return its version afterwards."""
+    """Apply the migrations the database lacks, in order; return its version afterwards.
+
+    Each migration not recorded in ``schema_version`` is applied, also one numbered below the
+    newest applied (branches developed side by side may ship their migrations in any order).
+    """
     have = current_version(conn)
     newest = MIGRATIONS[-1][0]
     if have > newest:
@@ -300,8 +322,9 @@ def migrate(conn: Connection) -> int:
             f"the database has schema version {have}, newer than this collector knows ({newest}): "
             "upgrade edgedl"
         )
+    applied = {int(v) for v in conn.execute(select(schema_version.c.version)).scalars()}
     for version, description, step in MIGRATIONS:
-        if version > have:
+        if version not in applied:
             step(conn)
             conn.execute(
                 schema_version.insert().values(

@@ -79,6 +79,7 @@ class Collector:
             config.mqtt.max_payload_bytes,
             on_stored=self.monitor.submit,
             registry_required=config.registry.required,
+            clock=config.ingest,
         )
         self.mqtt = MqttConsumer(config.mqtt, config.storage, self.ingestor, self.metrics)
         self.fleet = Fleet(self)

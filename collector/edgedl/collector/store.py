@@ -23,7 +23,15 @@ from edgedl.errors import ConfigError, EdgeDLError
 
 from . import lives, schema
 from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
-from .schema import alerts, dead_letter, device_epochs, devices, model_references, windows
+from .schema import (
+    alerts,
+    dead_letter,
+    device_epochs,
+    devices,
+    drift_sequential,
+    model_references,
+    windows,
+)
 
 DeviceKey = tuple[str, str]  # fleet, device
 
@@ -290,10 +298,12 @@ class Store:
         with_payload: bool = False,
         newest_first: bool = True,
         fleet: str | None = None,
+        after_seq: int | None = None,
     ) -> list[dict[str, Any]]:
         """Stored windows of a device (or of a fleet, or of all), newest first by default.
 
-        Newest means last stored: seqs restart with each epoch of a device.
+        Newest means last stored: seqs restart with each epoch of a device. ``after_seq``
+        keeps only windows with a higher seq.
         """
         cols = [c for c in windows.c if with_payload or c.name != "payload"]
         q = select(*cols)
@@ -301,6 +311,8 @@ class Store:
             q = q.where(windows.c.device == device)
         if fleet is not None:
             q = q.where(windows.c.fleet == fleet)
+        if after_seq is not None:
+            q = q.where(windows.c.seq > after_seq)
         order = windows.c.id
         q = q.order_by(order.desc() if newest_first else order.asc()).limit(limit)
         with self.engine.connect() as conn:
@@ -463,6 +475,50 @@ class Store:
                     .order_by(model_references.c.added_at.desc())
                 ).first()
             return json.loads(row.manifest) if row else None
+
+    # ---------------------------------------------------------------- sequential drift
+
+    def sequential_state(
+        self, fleet: str, device: str, model: str, version: str
+    ) -> dict[str, Any] | None:
+        """The saved CUSUM state of a device and model version, or None."""
+        t = drift_sequential
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.c.state).where(
+                    and_(
+                        t.c.fleet == fleet,
+                        t.c.device == device,
+                        t.c.model == model,
+                        t.c.version == version,
+                    )
+                )
+            ).first()
+        return dict(json.loads(row.state)) if row else None
+
+    def save_sequential_states(
+        self, states: Sequence[tuple[tuple[str, str, str, str], dict[str, Any]]]
+    ) -> None:
+        """Save (insert or replace) CUSUM states, keyed by (fleet, device, model, version)."""
+        now = time.time()
+        rows = [
+            {
+                "fleet": f,
+                "device": d,
+                "model": m,
+                "version": v,
+                "state": json.dumps(state),
+                "updated_at": now,
+            }
+            for (f, d, m, v), state in states
+        ]
+        stmt = self.insert(drift_sequential)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["fleet", "device", "model", "version"],
+            set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at},
+        )
+        with self.write_lock, self.engine.begin() as conn:
+            conn.execute(stmt, rows)
 
 
 def _dead_row(d: DeadLetter) -> dict[str, Any]:

@@ -28,3 +28,18 @@ def import_tensorflow() -> Any:
         os.close(saved)
         os.close(devnull)
     return tf
+
+
+def seed_training(seed: int) -> None:
+    """Make Keras training repeatable: seed Python, NumPy and TensorFlow, deterministic ops.
+
+    ``keras.utils.set_random_seed`` alone leaves TensorFlow free to pick kernels whose
+    floating-point reduction order depends on thread scheduling, so two runs with the same
+    seed can train different weights. Op determinism removes that (at a small cost in speed),
+    so a model trained by an example or a test is the same model on every run of one machine.
+    """
+    tf = import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()

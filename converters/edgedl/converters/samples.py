@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._tf import import_tensorflow
+from ._tf import import_tensorflow, seed_training
 
 DIGIT_LABELS = [str(i) for i in range(10)]
 
@@ -75,7 +75,7 @@ def train_digits(out_dir: str | Path, epochs: int = 30, seed: int = 0) -> Digits
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
+    seed_training(seed)
     x_train, y_train, x_test, y_test = digits_split(seed)
     model = build_digits_model()
     model.compile(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -97,13 +98,45 @@ def check_port_free(port: int, option: str, host: str = "127.0.0.1") -> None:
             ) from None
 
 
-def pick_port(port: int, host: str = "127.0.0.1") -> int:
-    """``port`` itself, or a free port when it is 0."""
-    if port:
+_LOWEST_PORT = 10_000
+_ports_given: set[int] = set()
+_port_choice = random.Random()  # seeded by the OS: two demos pick different ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _LOWEST_PORT + 1000)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nobody listens on and no client connection will take.
+
+    Binding port 0 would hand out a port of the kernel's ephemeral range, where every
+    outgoing connection takes its local port too: in the seconds before a server child binds
+    it, a client connection could take it ("address already in use"). Ports below that range
+    are never given to client connections; ports handed out before are not handed out again.
+    """
+    high = _ephemeral_low()
+    for _ in range(1000):
+        port = _port_choice.randrange(_LOWEST_PORT, high)
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _ports_given.add(port)
         return port
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    raise ConfigError(f"no free port on {host} between {_LOWEST_PORT} and {high}")
+
+
+def pick_port(port: int, host: str = "127.0.0.1") -> int:
+    """``port`` itself, or a free port (:func:`free_port`) when it is 0."""
+    return port or free_port(host)
 
 
 def check_writable(folder: Path) -> Path:
@@ -239,6 +272,7 @@ __all__ = [
     "check_writable",
     "edgedl_command",
     "find_mosquitto",
+    "free_port",
     "pick_port",
     "start_broker",
     "start_mosquitto",

@@ -22,17 +22,22 @@ Routes::
     GET  /metrics                               Prometheus text
 
 Errors are ``{"error": "<what was wrong>"}`` with the status of the
-:class:`~edgedl.errors.ServingError` raised (400, 404, 413, 429, 500, 503, 504).
+:class:`~edgedl.errors.ServingError` raised (400, 404, 408, 413, 429, 500, 503, 504).
+
+An infer request reserves the memory it will take from the shared budget
+(:class:`~edgedl.agent.request_body.RequestLimits`) before its body is read and holds it until
+its answer is sent; large bodies are decoded and answers encoded on a worker thread, so the
+event loop keeps answering small requests meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -46,30 +51,31 @@ from edgedl.errors import ServingError
 
 from .batcher import DeadlineExceeded, ShuttingDown
 from .metrics import CONTENT_TYPE
-from .oip import BadRequest, decode_request, encode_response
+from .oip import BadRequest, InferenceRequest, decode_request, encode_response
 from .repository import ModelNotFound
+from .request_body import RequestLimits, read_body
+from .request_budget import JSON_OUTPUT_BYTE_COST, MIB, Reservation
 from .served import InferenceFailed, Servable, ServedModel, Tensors
 from .service import AgentRuntime
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
-
-
-class PayloadTooLarge(ServingError):
-    """The request body is larger than ``server.max_request_bytes``."""
-
-    status = 413
-    kind = "bad_input"
+_OFF_LOOP_BYTES = 1 * MIB  # bodies and answers larger than this are (de)coded on a thread
 
 
 def create_app(
     runtime: AgentRuntime,
     extra_routes: Sequence[BaseRoute] = (),
     admin_routes: Sequence[BaseRoute] = (),
+    limits: RequestLimits | None = None,
 ) -> Starlette:
-    """The Starlette app serving ``runtime`` (see the module docstring)."""
-    api = _Api(runtime)
+    """The Starlette app serving ``runtime`` (see the module docstring).
+
+    ``limits``: the request limits shared with ``extra_routes``; by default a new set from
+    ``runtime.config.server``.
+    """
+    api = _Api(runtime, limits or RequestLimits.from_config(runtime.config.server))
     routes: list[BaseRoute] = [
         Route("/v2", api.server_metadata, methods=["GET"]),
         Route("/v2/health/live", api.live, methods=["GET"]),
@@ -93,15 +99,19 @@ def create_app(
 
 def error_response(exc: ServingError) -> JSONResponse:
     """``{"error": message}`` with the error's HTTP status."""
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    headers = None
+    if exc.status in (429, 503):
+        headers = {"Retry-After": "1"}
+    elif exc.status == 408:
+        headers = {"Connection": "close"}
     return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
 
 class _Api:
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(self, runtime: AgentRuntime, limits: RequestLimits) -> None:
         self.runtime = runtime
         self.repository = runtime.repository
-        self.max_bytes = runtime.config.server.max_request_bytes
+        self.limits = limits
 
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse(
@@ -152,8 +162,16 @@ class _Api:
             model.finish(started, stopping)
             return error_response(stopping)
         self.runtime.in_flight += 1
+        reservation: Reservation | None = None
+        answered = False
         try:
-            payload, header_length = await self._infer(request, model)
+            header_length = _header_length(request)
+            declared = self.limits.declared_length(request)
+            reservation = await self.limits.admit(declared, header_length)
+            payload, out_header_length = await self._infer(
+                request, model, reservation, declared, header_length
+            )
+            answered = True
         except ServingError as exc:
             model.finish(started, exc)
             return error_response(exc)
@@ -164,25 +182,38 @@ class _Api:
             return error_response(failed)
         finally:
             self.runtime.in_flight -= 1
+            if reservation is not None and not answered:
+                self.limits.release(reservation)
         model.finish(started, None)
-        if header_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(
+        assert reservation is not None
+        if out_header_length is None:
+            return _HeldResponse(payload, self.limits, reservation, media_type="application/json")
+        return _HeldResponse(
             payload,
+            self.limits,
+            reservation,
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
+            headers={"Inference-Header-Content-Length": str(out_header_length)},
         )
 
-    async def _infer(self, request: Request, model: Servable) -> tuple[bytes, int | None]:
-        body = await self._body(request)
-        header = request.headers.get(HEADER_LENGTH)
-        try:
-            header_length = int(header) if header is not None else None
-        except ValueError:
-            raise BadRequest(
-                f"Inference-Header-Content-Length is not a number: {header!r}"
-            ) from None
-        decoded = decode_request(body, header_length, model.input_datatypes)
+    async def _infer(
+        self,
+        request: Request,
+        model: Servable,
+        reservation: Reservation,
+        declared: int | None,
+        header_length: int | None,
+    ) -> tuple[bytes, int | None]:
+        body = await read_body(request, self.limits, reservation, declared)
+        decode = functools.partial(
+            decode_request,
+            body,
+            header_length,
+            model.input_datatypes,
+            self.limits.max_json_object_bytes,
+        )
+        decoded = await _off_loop(decode, len(body))
+        del body, decode
         wait = decoded.timeout_s or model_timeout(model)
         if isinstance(model, ServedModel):
             outputs = await _answer(model.submit_async(decoded.inputs, decoded.timeout_s), wait)
@@ -192,32 +223,59 @@ class _Api:
                 outputs = await asyncio.wait_for(asyncio.wrap_future(future), wait)
             except asyncio.TimeoutError:
                 raise DeadlineExceeded(f"no answer within {wait * 1000:.0f} ms") from None
-        return encode_response(model.name, model.version, decoded, outputs)
+        return await _encode(model, decoded, outputs, reservation)
 
-    async def _body(self, request: Request) -> bytes:
-        limit = self.max_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes "
-                "(server.max_request_bytes)"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(
-                    f"request body exceeds the limit of {limit} bytes (server.max_request_bytes)"
-                )
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").lower()
-        if encoding in ("gzip", "deflate"):
-            body = _decompress(body, encoding, limit)
-        elif encoding != "identity":
-            raise BadRequest(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
-        return body
+
+class _HeldResponse(Response):
+    """A response that gives its request's memory back once it is sent (or fails to be)."""
+
+    def __init__(
+        self, content: bytes, limits: RequestLimits, reservation: Reservation, **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._limits = limits
+        self._reservation = reservation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._limits.release(self._reservation)
+
+
+def _header_length(request: Request) -> int | None:
+    header = request.headers.get(HEADER_LENGTH)
+    try:
+        return int(header) if header is not None else None
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length is not a number: {header!r}") from None
+
+
+async def _encode(
+    model: Servable, decoded: InferenceRequest, outputs: Tensors, reservation: Reservation
+) -> tuple[bytes, int | None]:
+    """The answer's body, holding from now on what it needs (the inputs, the outputs, the text).
+
+    Decoding is over, so this usually gives memory back; more is taken only at once, and a
+    budget held by others then answers 503.
+    """
+    out_bytes = sum(int(getattr(arr, "nbytes", 0)) for arr in outputs.values())
+    in_bytes = sum(int(arr.nbytes) for arr in decoded.inputs.values())
+    if decoded.outputs is None:
+        binary = decoded.binary_output
+    else:
+        binary = all(out.binary for out in decoded.outputs)
+    reservation.resize(in_bytes + out_bytes * (2 if binary else 1 + JSON_OUTPUT_BYTE_COST))
+    encode = functools.partial(encode_response, model.name, model.version, decoded, outputs)
+    answer: tuple[bytes, int | None] = await _off_loop(encode, out_bytes)
+    return answer
+
+
+async def _off_loop(work: Callable[[], Any], size: int) -> Any:
+    """``work()``, on a worker thread when ``size`` bytes make it long enough to stall the loop."""
+    if size <= _OFF_LOOP_BYTES:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
 async def _answer(future: asyncio.Future[Tensors], wait: float) -> Tensors:
@@ -242,20 +300,6 @@ def model_timeout(model: Servable) -> float:
     """The default deadline of a servable's requests, in seconds."""
     config = getattr(model, "config", None)
     return float(getattr(config, "timeout_ms", 10_000.0)) / 1000.0
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    try:
-        inflater = zlib.decompressobj(wbits)
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"request body is not valid {encoding} data: {exc}") from exc
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(
-            f"decompressed request body exceeds the limit of {limit} bytes (server.max_request_bytes)"
-        )
-    return data
 
 
 class _RequireToken:

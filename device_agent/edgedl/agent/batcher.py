@@ -253,6 +253,8 @@ class Batcher:
                 with self._lock:
                     self._busy.discard(worker)
                 _deliver(settlements)
+            # Not held while waiting for the next batch: a large one would stay in memory.
+            del batch, settlements
 
     def _next_batch(self, worker: int) -> list[_Request] | None:
         with self._lock:

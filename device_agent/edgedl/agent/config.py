@@ -2,7 +2,7 @@
 
 One pydantic model per section; :class:`AgentConfig` composes them::
 
-    [server]        host, port, request limits, admin token, shutdown
+    [server]        host, port, request limits (size, memory, time), admin token, shutdown
     [[models]]      one table per bundle to serve, with its batching settings
     [store]         the on-disk model store (edgedl.agent.rollout)
     [rollout]       rollout defaults (edgedl.agent.rollout)
@@ -47,6 +47,11 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_json_object_bytes: int = Field(default=1024 * 1024, gt=0)
+    request_memory_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    request_memory_wait_s: float = Field(default=5.0, ge=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
     admin_token: str | None = None
     admin_token_file: str | None = None
     shutdown_timeout_s: float = Field(default=30.0, gt=0)

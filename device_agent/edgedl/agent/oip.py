@@ -11,8 +11,13 @@ Both tensor encodings are read and written:
   output's ``parameters.binary_data`` (what ``tritonclient.http`` does).
 
 Request parameters understood: ``timeout`` (microseconds, as Triton and tritonclient use it)
-or ``timeout_ms``, which shorten the model's ``timeout_ms``. Any problem raises
-:class:`BadRequest` (HTTP 400) with a message saying what is wrong.
+or ``timeout_ms``, which shorten the model's ``timeout_ms`` (a finite positive number, at most
+:data:`MAX_TIMEOUT_S`); ``binary_data_output`` and an output's ``binary_data`` (booleans).
+Any problem raises :class:`BadRequest` (HTTP 400) with a message saying what is wrong.
+
+Flat number lists are read straight into arrays (:mod:`edgedl.agent.json_tensors`); the JSON
+left for the parser to turn into Python objects is bounded by ``max_object_bytes``
+(:class:`~edgedl.agent.request_budget.PayloadTooLarge`, HTTP 413, beyond it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from numpy.typing import NDArray
 from edgedl.datatypes import NUMPY_DTYPES, datatype_of
 from edgedl.errors import DataError, ServingError
 
+from .json_tensors import NumberLists, dumps, loads, loads_request, output_data, parse_numbers
+from .request_budget import PayloadTooLarge
+
 Array = NDArray[Any]
+
+MAX_TIMEOUT_S = 24 * 3600.0
 
 
 class BadRequest(ServingError, DataError):
@@ -59,9 +69,16 @@ class InferenceRequest:
 
 
 def decode_request(
-    body: bytes, header_length: int | None, datatypes: Mapping[str, str]
+    body: bytes,
+    header_length: int | None,
+    datatypes: Mapping[str, str],
+    max_object_bytes: int | None = None,
 ) -> InferenceRequest:
-    """Parse an infer request; ``datatypes`` maps each model input to the datatype it takes."""
+    """Parse an infer request; ``datatypes`` maps each model input to the datatype it takes.
+
+    ``max_object_bytes`` bounds the JSON decoded into Python objects (everything but flat
+    number lists); ``None``: no bound.
+    """
     if not body:
         raise BadRequest("empty request body: expected a JSON inference request")
     if header_length is not None:
@@ -73,12 +90,7 @@ def decode_request(
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         header, binary = body, memoryview(b"")
-    try:
-        doc = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"malformed JSON in the request: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRequest("malformed JSON in the request: nested too deeply") from exc
+    doc, lists = _load_json(header, max_object_bytes)
     if not isinstance(doc, dict):
         raise BadRequest("the request must be a JSON object")
     raw_inputs = doc.get("inputs")
@@ -87,7 +99,7 @@ def decode_request(
     inputs: dict[str, Array] = {}
     offset = 0
     for i, tensor in enumerate(raw_inputs):
-        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes)
+        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes, lists)
         inputs[str(tensor["name"])] = arr
         offset += used
     if offset != len(binary):
@@ -105,15 +117,42 @@ def decode_request(
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise BadRequest('every requested output needs a "name"')
             out_params = _parameters(out, f"output {out['name']!r}")
-            outputs.append(RequestedOutput(out["name"], bool(out_params.get("binary_data"))))
+            outputs.append(RequestedOutput(out["name"], _flag(out_params, "binary_data")))
     request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, (str, int)):
+        raise BadRequest(f'"id" must be a string, got {type(request_id).__name__}')
     return InferenceRequest(
         id=str(request_id) if request_id is not None else None,
         inputs=inputs,
         outputs=outputs,
-        binary_output=bool(params.get("binary_data_output", False)),
+        binary_output=_flag(params, "binary_data_output"),
         timeout_s=_timeout(params),
     )
+
+
+def _load_json(header: bytes, max_object_bytes: int | None) -> tuple[Any, NumberLists]:
+    try:
+        if max_object_bytes is not None and len(header) > max_object_bytes:
+            doc, lists, parsed = loads_request(header, max_object_bytes)
+            if parsed > max_object_bytes:
+                raise PayloadTooLarge(
+                    f"the request's JSON holds {parsed} bytes besides flat lists of numbers, "
+                    f"over the limit of {max_object_bytes} (server.max_json_object_bytes): send "
+                    "large tensors as flat lists of numbers or as binary tensor data"
+                )
+            return doc, lists
+        return loads(header), NumberLists([])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"malformed JSON in the request: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("malformed JSON in the request: nested too deeply") from exc
+
+
+def _flag(params: Mapping[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"parameter {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def _parameters(doc: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -127,14 +166,25 @@ def _timeout(params: Mapping[str, Any]) -> float | None:
     for key, scale in (("timeout_ms", 1e-3), ("timeout", 1e-6)):
         if key in params:
             value = params[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadRequest(f"parameter {key!r} must be a positive number, got {value!r}")
-            return float(value) * scale
+            seconds = float(value) * scale
+            if not (0 < seconds <= MAX_TIMEOUT_S):  # also NaN
+                raise BadRequest(
+                    f"parameter {key!r} must be a positive number of at most "
+                    f"{MAX_TIMEOUT_S / scale:.0f}, got {value!r}"
+                )
+            return seconds
     return None
 
 
 def _decode_tensor(
-    tensor: Any, index: int, binary: memoryview, offset: int, datatypes: Mapping[str, str]
+    tensor: Any,
+    index: int,
+    binary: memoryview,
+    offset: int,
+    datatypes: Mapping[str, str],
+    lists: NumberLists,
 ) -> tuple[Array, int]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise BadRequest(f'input #{index} needs a "name"')
@@ -157,29 +207,48 @@ def _decode_tensor(
     params = _parameters(tensor, f"input {name!r}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size != count * dtype.itemsize:
+        if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize:
             raise BadRequest(
                 f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of "
                 f"{expected} needs {count * dtype.itemsize} bytes"
             )
         if offset + size > len(binary):
             raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of data")
-        arr = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
-        return arr, size
+        return np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape), size
     if "data" not in tensor:
         raise BadRequest(f'input {name!r} has neither "data" nor binary_data_size')
     data = tensor["data"]
-    if not isinstance(data, list):
-        raise BadRequest(f'input {name!r}: "data" must be a list of numbers')
-    try:
-        arr = np.array(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise BadRequest(f"input {name!r}: data is not a list of {expected} numbers") from exc
+    text = lists.lookup(data)
+    parsed = parse_numbers(text, dtype) if text is not None else None
+    if parsed is not None:
+        arr: Array = parsed
+    else:
+        if text is not None:  # NumPy could not read it: the JSON parser says why
+            data = _json_list(text, name, lists.object_limit)
+        if not isinstance(data, list):
+            raise BadRequest(f'input {name!r}: "data" must be a list of numbers')
+        try:
+            arr = np.array(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise BadRequest(f"input {name!r}: data is not a list of {expected} numbers") from exc
     if arr.size != count:
         raise BadRequest(
             f"input {name!r}: shape {shape} needs {count} values, the data holds {arr.size}"
         )
     return arr.reshape(shape), 0
+
+
+def _json_list(text: bytes, name: str, limit: int | None) -> Any:
+    if limit is not None and len(text) > limit:
+        raise PayloadTooLarge(
+            f"input {name!r}: its data ({len(text)} bytes) cannot be read as numbers of its "
+            f"datatype directly, and is over server.max_json_object_bytes ({limit}) to read as "
+            "JSON: send it as binary tensor data"
+        )
+    try:
+        return loads(b"[" + text + b"]")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"input {name!r}: malformed JSON in its data: {exc}") from exc
 
 
 def encode_response(
@@ -195,6 +264,7 @@ def encode_response(
         wanted = request.outputs
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    finite = True
     for out in wanted:
         if out.name not in outputs:
             raise BadRequest(
@@ -211,13 +281,14 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = arr.ravel().tolist()
+            entry["data"], entry_finite = output_data(arr)
+            finite = finite and entry_finite
         tensors.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         doc["id"] = request.id
     doc["outputs"] = tensors
-    header = json.dumps(doc, allow_nan=True).encode()
+    header = dumps(doc, finite)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

@@ -20,8 +20,11 @@ from starlette.applications import Starlette
 from .app import create_app
 from .config import AgentConfig, ModelConfig, load_config
 from .fleet.updater import attach as attach_fleet_updates
+from .http_guard import guarded_http_protocol
+from .memory_release import limit_malloc_arenas
 from .pipeline.http import pipeline_routes
 from .pipeline.pipeline_set import PipelineSet
+from .request_body import RequestLimits
 from .rollout.admin_api import rollout_routes
 from .service import AgentRuntime
 from .systemd import SystemdNotifier
@@ -37,10 +40,12 @@ def build_app(runtime: AgentRuntime) -> Starlette:
     telemetry = attach_telemetry(runtime, pipelines)
     admin = rollout_routes(runtime)
     attach_fleet_updates(runtime, telemetry)
+    limits = RequestLimits.from_config(runtime.config.server)  # one memory budget for all
     return create_app(
         runtime,
-        extra_routes=pipeline_routes(pipelines, runtime.config.server.max_request_bytes),
+        extra_routes=pipeline_routes(pipelines, limits),
         admin_routes=admin,
+        limits=limits,
     )
 
 
@@ -103,6 +108,7 @@ def run_agent(config: AgentConfig) -> None:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    limit_malloc_arenas()  # before the runtime's threads: fewer heaps to fragment
     notifier = SystemdNotifier()
     notifier.status("loading models")
     runtime = AgentRuntime(config)
@@ -117,8 +123,9 @@ def run_agent(config: AgentConfig) -> None:
             timeout_graceful_shutdown=int(config.server.shutdown_timeout_s),
             lifespan="off",
             # httptools and uvloop when installed (the agent extra brings them where wheels
-            # exist): about twice the requests per second of h11 and asyncio's loop.
-            http="auto",
+            # exist): about twice the requests per second of h11 and asyncio's loop. Either
+            # protocol closes connections whose headers are late (server.header_timeout_s).
+            http=guarded_http_protocol(config.server.header_timeout_s),
             loop="auto",
         )
         server = AgentServer(server_config, runtime, notifier)

@@ -18,11 +18,12 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edgedl.errors import BundleError, EdgeDLError, FleetError
 
+from ..jsonsafe import SafeJSONResponse as JSONResponse
 from .artifacts import receive_upload
 from .service import Fleet, rollout_json
 

@@ -9,6 +9,8 @@
 * ``GET  /v2/pipelines/{name}/stats`` — :meth:`Pipeline.stats`.
 
 Each pipeline is one stream: chunks from several clients are heard as one interleaved stream.
+Bodies are read within the agent's request limits (size, memory budget, time:
+:class:`~edgedl.agent.request_body.RequestLimits`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgedl.errors import EdgeDLError
+from edgedl.errors import EdgeDLError, ServingError
 
+from ..request_body import RequestLimits, read_body
+from ..request_budget import BINARY_BYTE_COST
 from .pipeline_set import PipelineSet
 
 log = logging.getLogger(__name__)
 
 
-def pipeline_routes(pipelines: PipelineSet, max_body_bytes: int = 16 * 1024 * 1024) -> list[Route]:
-    """The routes above, serving ``pipelines``; bodies over ``max_body_bytes`` get 413."""
+def pipeline_routes(pipelines: PipelineSet, limits: RequestLimits) -> list[Route]:
+    """The routes above, serving ``pipelines``; bodies are read within ``limits``."""
 
     def unknown(name: str) -> Response:
         known = ", ".join(pipelines.pipelines) or "none configured"
@@ -55,21 +59,23 @@ def pipeline_routes(pipelines: PipelineSet, max_body_bytes: int = 16 * 1024 * 10
         if name not in pipelines.pipelines:
             return unknown(name)
         end = request.query_params.get("end", "false").lower() in ("1", "true", "yes")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return JSONResponse({"error": f"body over {max_body_bytes} bytes; send smaller chunks"}, status_code=413)  # fmt: skip
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > max_body_bytes:
-                return JSONResponse({"error": f"body over {max_body_bytes} bytes; send smaller chunks"}, status_code=413)  # fmt: skip
+        reservation = None
         try:
-            events = await run_in_threadpool(pipelines.feed, name, bytes(body), end)
+            declared = limits.declared_length(request)
+            reservation = await limits.admit(declared, json_bytes=0)
+            body = await read_body(request, limits, reservation, declared, BINARY_BYTE_COST)
+            events = await run_in_threadpool(pipelines.feed, name, body, end)
+        except ServingError as exc:
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
         except EdgeDLError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except Exception as exc:
             log.exception("pipeline %s failed on a chunk", name)
             return JSONResponse({"error": f"pipeline {name!r} failed: {type(exc).__name__}: {exc}"}, status_code=500)  # fmt: skip
+        finally:
+            if reservation is not None:
+                limits.release(reservation)
         pipeline = pipelines.pipelines[name]
         return JSONResponse(
             {

@@ -141,7 +141,11 @@ class ModelAccumulator:
 
     def to_window(self) -> ModelWindow:
         """This model version's part of the window, as the contract carries it."""
-        profile = ProfileData.model_validate(self.profile.to_dict()) if self.profile else None
+        profile = (
+            ProfileData.model_validate(self.profile.to_dict(projections=False))
+            if self.profile
+            else None
+        )
         return ModelWindow(
             name=self.info.name,
             version=self.info.version,

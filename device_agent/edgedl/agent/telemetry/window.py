@@ -183,8 +183,9 @@ class WindowBuilder:
         """
         results: list[tuple[dict[str, FloatArray], dict[str, Any], int]] = []
         try:
+            projections = acc.profile.projections if acc.profile is not None else None
             for inputs, outputs in joined(batches):
-                stats, classes = batch_statistics(inputs, outputs)
+                stats, classes = batch_statistics(inputs, outputs, projections)
                 n = int(next(iter(inputs.values())).shape[0]) if inputs else 0
                 results.append((stats, classes, n))
         except Exception:
