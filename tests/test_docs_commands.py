@@ -82,6 +82,11 @@ SKIPS: dict[tuple[str, str], str] = {
     ): "runs the whole suite three times, this test included",
     ("README.md", "pip install edgedl[convert]"): PIP,
     ("README.md", "pip install edgedl[agent]"): PIP,
+    (
+        "docs/converting.md",
+        "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+    ): PIP,
+    ("docs/converting.md", "pip install edgedl[torch]"): PIP,
     ("README.md", "pip install edgedl[collector]"): PIP,
     ("docs/collector.md", "pip install edgedl[collector]"): PIP,
     ("docs/collector.md", "mosquitto -c collector/edgedl/collector/mosquitto.conf"): (
@@ -162,6 +167,10 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/convert.py",
     ): "a benchmark (minutes); never part of the test run",
     ("docs/performance.md", ".venv/bin/python bench/convert.py --models digits"): "a benchmark",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models torch-digits",
+    ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/telemetry.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",

@@ -127,6 +127,11 @@ def _id(value: str) -> str:
 
 DeviceId = Annotated[str, AfterValidator(_id)]
 
+#: A spool epoch: the random id an agent picks when it creates its spool (one per life of the
+#: device's telemetry: a re-imaged device starts a new one). ``""`` for windows of agents that
+#: predate epochs.
+Epoch = Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")]
+
 
 # ---------------------------------------------------------------------------- topics
 
@@ -418,13 +423,15 @@ Pipelines = Annotated[dict[str, Any], AfterValidator(_pipelines)]
 class TelemetryWindow(_Strict):
     """One device's telemetry over one window: the payload of :func:`telemetry_topic`.
 
-    ``seq`` increases by one per window per device and is kept across agent restarts; the
-    collector stores each ``(device, seq)`` once.
+    ``seq`` increases by one per window within the spool ``epoch`` and is kept across agent
+    restarts; a new spool (a re-imaged device) starts a new epoch at seq 0. The collector
+    stores each ``(fleet, device, epoch, seq)`` once.
     """
 
     schema_version: int = SCHEMA_VERSION
     fleet: DeviceId
     device: DeviceId
+    epoch: Epoch = ""
     seq: NonNegInt
     window_start: Timestamp
     window_end: Timestamp
@@ -470,6 +477,7 @@ class DeviceStatus(_Strict):
     schema_version: int = SCHEMA_VERSION
     fleet: DeviceId
     device: DeviceId
+    epoch: Epoch = ""
     online: bool
     agent_version: Annotated[str, Field(max_length=64)] = ""
     models: list[ModelRef] = Field(default_factory=list, max_length=MAX_MODELS)

@@ -125,3 +125,38 @@ def test_every_accepted_window_survives_kill_9(tmp_path: Path) -> None:
     stored = {w.seq for w in spool.pending(100_000)}
     assert set(accepted) <= stored
     assert spool.enqueue(_payload) == max(stored) + 1
+
+
+def test_a_new_spool_has_an_epoch_of_its_own_that_it_keeps(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "a" / "spool.db")
+    epoch = spool.epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    spool.enqueue(_payload)
+    spool.close()
+    reopened = Spool(tmp_path / "a" / "spool.db")
+    assert reopened.epoch == epoch and reopened.next_seq == 1  # a restart is the same life
+    reopened.close()
+    # A re-imaged device: the spool is gone, the new one is a new life starting at seq 0.
+    for path in (tmp_path / "a").glob("spool.db*"):
+        path.unlink()
+    fresh = Spool(tmp_path / "a" / "spool.db")
+    assert fresh.epoch != epoch and fresh.next_seq == 0
+    fresh.close()
+
+
+def test_a_spool_made_before_epochs_keeps_the_epoch_its_windows_were_sent_under(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as db:  # the file an older agent left: no epoch in it
+        db.executescript(
+            "CREATE TABLE windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
+            " size INTEGER NOT NULL, reports_dropped INTEGER NOT NULL DEFAULT 0);"
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+            "INSERT INTO counters VALUES ('next_seq', 41), ('dropped', 0), ('dropped_total', 0);"
+        )
+    spool = Spool(path)
+    assert spool.epoch == "" and spool.enqueue(_payload) == 41
+    spool.close()

@@ -185,3 +185,20 @@ def test_cusum_states_are_saved_and_replaced_in_both_databases(db_url: str) -> N
         assert store.sequential_state("f", "other", "digits", "1") is None
     finally:
         store.close()
+
+
+def test_a_new_spool_epoch_is_folded_from_its_first_seq(windows: WindowMaker) -> None:
+    """A re-imaged device counts seqs from 0 again: its new life is not taken for repeats."""
+    reference = ReferenceModel.from_manifest(windows.manifest)
+    det = SequentialDetector(SequentialConfig())
+
+    def fold(seq: int, epoch: str) -> bool:
+        c = Contribution.from_window(seq, windows.window("cam", seq).models[0], reference)[0]
+        return det.observe(seq, *_sums(c), reference, epoch)
+
+    assert all(fold(seq, "first-life") for seq in range(5))
+    assert not fold(3, "first-life")  # a repeat within the life is skipped
+    assert fold(0, "second-life") and fold(1, "second-life")
+    saved = SequentialDetector(SequentialConfig())
+    saved.load(det.to_dict())
+    assert (saved.epoch, saved.last_seq) == ("second-life", 1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedl.converters.data import MIN_CALIBRATION_SAMPLES, Dataset, load_dataset
+from edgedl.converters.data import Dataset, load_dataset
 from edgedl.errors import DataError
 
 RATE = 16000
@@ -65,7 +65,6 @@ def test_npy(tmp_path):
     assert ds.y is None
     assert ds.source == str(tmp_path / "x.npy")
     assert len(ds) == 120
-    assert ds.warnings == []
     assert ds.sample_name(3) == "#3"
 
 
@@ -85,7 +84,6 @@ def test_npz_with_x_y_and_labels(tmp_path):
     assert ds.y.dtype == np.int64
     np.testing.assert_array_equal(ds.y, y)
     assert ds.class_names == ["cat", "dog", "eel"]
-    assert ds.warnings == []
     head = ds.head(10)
     assert len(head) == 10
     assert head.y is not None
@@ -188,16 +186,6 @@ def test_wrong_shape_with_dynamic_dimensions(tmp_path):
         load_dataset(tmp_path / "x.npy", (-1, -1, 1))
 
 
-def test_few_calibration_samples_warn(tmp_path):
-    np.save(tmp_path / "x.npy", np.zeros((MIN_CALIBRATION_SAMPLES - 1, 4)))
-    ds = load_dataset(tmp_path / "x.npy", (4,))
-    assert len(ds.warnings) == 1
-    assert f"only {MIN_CALIBRATION_SAMPLES - 1} calibration samples" in ds.warnings[0]
-    assert load_dataset(tmp_path / "x.npy", (4,), role="validation").warnings == []
-    np.save(tmp_path / "enough.npy", np.zeros((MIN_CALIBRATION_SAMPLES, 4)))
-    assert load_dataset(tmp_path / "enough.npy", (4,)).warnings == []
-
-
 def test_empty_array_is_a_data_error(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((0, 4), np.float32))
     with pytest.raises(DataError, match="holds no samples"):
@@ -225,7 +213,6 @@ def test_png_folder_with_class_subfolders(tmp_path):
         assert ds.y[i] == int(name.split("/")[0])
         assert ds.class_names[ds.y[i]] == name.split("/")[0]
         assert ds.sample_name(i) == name
-    assert len(ds.warnings) == 1  # 40 calibration samples
 
 
 def test_png_folder_rgb_and_resized(tmp_path):

@@ -41,13 +41,14 @@ def start_agent(
     broker: MosquittoBroker,
     folder: Path,
     device: str,
+    fleet: str = "factory-7",
 ) -> AgentProcess:
     folder.mkdir(exist_ok=True)
     config = folder / "agent.toml"
     config.write_text(AGENT_TOML.format(spool=folder / "spool.db"))
     return agent_process(
         "--config", config, "--model", bundle, "--mqtt", broker.url,
-        "--fleet", "factory-7", "--device", device, "--telemetry-interval", "0.5",
+        "--fleet", fleet, "--device", device, "--telemetry-interval", "0.5",
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from .jsonsafe import SafeJSONResponse as JSONResponse
 from .jsonsafe import finite_or_none
 from .openapi import OPENAPI
 from .references import parse_manifest
+from .store import AmbiguousDevice
 
 if TYPE_CHECKING:
     from .service import Collector
@@ -45,29 +46,45 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return max(low, min(high, value))
 
 
-def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[str, Any]:
-    """A device row as the API shows it, with ``online`` worked out from silence and status."""
+def is_online(row: dict[str, Any], collector: Collector, now: float) -> bool:
+    """Whether a device is online: it sends windows, and no later status says it went away.
+
+    A device silent for ``offline_after_windows`` windows is offline. An ``online: false``
+    status counts only until a window arrives after it: a device that is sending windows is
+    not offline, whatever a (possibly forged, retained) status says.
+    """
     cfg = collector.config.alerts
     # A database written before windows were bounded may hold inf here: treat it as unknown.
     window_s = finite_or_none(row.get("window_s"))
     limit = cfg.offline_after_windows * max(window_s or cfg.default_window_s, 0.001)
     last_seen = finite_or_none(row.get("last_seen"))
-    silent = last_seen is None or now - float(last_seen) > limit
+    if last_seen is None:
+        return bool(row.get("online"))  # announced itself, no window yet
+    if now - float(last_seen) > limit:
+        return False
+    status_at = finite_or_none(row.get("status_received_at"))
+    said_offline = row.get("online") is False
+    return not said_offline or (status_at is not None and float(last_seen) > float(status_at))
+
+
+def device_json(row: dict[str, Any], collector: Collector, now: float) -> dict[str, Any]:
+    """A device row as the API shows it, with ``online`` worked out from silence and status."""
+    last_seen = finite_or_none(row.get("last_seen"))
     status = json.loads(row["status"]) if row.get("status") else None
-    online = row.get("online") is not False and not silent
-    if row.get("online") and last_seen is None:
-        online = True  # announced itself, no window yet
     return {
         "device": row["device"],
         "fleet": row["fleet"],
-        "online": online,
+        "online": is_online(row, collector, now),
         "last_seen": last_seen,
         "model": row.get("model"),
         "version": row.get("version"),
         "inferences": int(row.get("inferences") or 0),
         "windows": int(row.get("windows") or 0),
+        "missing": int(row.get("missing") or 0),
+        "epoch": row.get("epoch"),
+        "epochs": row.get("epochs", []),
         "last_seq": row.get("last_seq"),
-        "window_s": window_s,
+        "window_s": finite_or_none(row.get("window_s")),
         "agent_version": row.get("agent_version"),
         "status": status,
     }
@@ -77,22 +94,34 @@ def create_app(collector: Collector) -> Starlette:
     """The Starlette application serving ``collector``."""
     store = collector.store
 
-    def devices(_request: Request) -> Response:
+    def devices(request: Request) -> Response:
         now = time.time()
-        return JSONResponse([device_json(r, collector, now) for r in store.devices()])
+        fleet = request.query_params.get("fleet")
+        return JSONResponse(
+            [
+                device_json(r, collector, now)
+                for r in store.devices()
+                if fleet is None or r["fleet"] == fleet
+            ]
+        )
 
     def device(request: Request) -> Response:
         name = request.path_params["device"]
-        row = store.device(name)
+        fleet = request.path_params.get("fleet")
+        try:
+            row = store.device(name, fleet)
+        except AmbiguousDevice as exc:
+            return _error(409, f"{exc}: /api/v1/devices/FLEET/{name}")
         if row is None:
-            return _error(404, f"no device {name!r}")
+            return _error(404, f"no device {name!r}" + (f" in fleet {fleet!r}" if fleet else ""))
         body = device_json(row, collector, time.time())
-        latest = store.windows(name, 1, with_payload=True)
+        latest = store.windows(name, 1, with_payload=True, fleet=row["fleet"])
         body["latest_window"] = None
         if latest:
             try:
                 w = decode_window(latest[0]["payload"])
                 body["latest_window"] = {
+                    "epoch": w.epoch,
                     "seq": w.seq,
                     "window_start": w.window_start,
                     "window_end": w.window_end,
@@ -116,7 +145,7 @@ def create_app(collector: Collector) -> Starlette:
     def windows(request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, 5000)
         name = request.query_params.get("device")
-        rows = store.windows(name, limit)
+        rows = store.windows(name, limit, fleet=request.query_params.get("fleet"))
         for r in rows:
             span = r["window_end"] - r["window_start"]
             r["throughput"] = finite_or_none(r["inferences"] / span) if span > 0 else None
@@ -213,6 +242,7 @@ def create_app(collector: Collector) -> Starlette:
             Route("/", index),
             Route("/api/v1/devices", devices),
             Route("/api/v1/devices/{device}", device),
+            Route("/api/v1/devices/{fleet}/{device}", device),
             Route("/api/v1/windows", windows),
             Route("/api/v1/drift", drift_results),
             Route("/api/v1/alerts", alerts),

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from .devices_cli import devices
+
 
 @click.group()
 def collector() -> None:
@@ -58,6 +60,12 @@ def collector() -> None:
 @click.option(
     "--min-samples", type=int, help="Samples a sliding window needs before drift is judged."
 )
+@click.option(
+    "--registry-required",
+    is_flag=True,
+    default=None,
+    help="Only devices enrolled with 'edgedl collector devices add' may report.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what the collector does.")
 def run(
     config_path: str | None,
@@ -77,6 +85,7 @@ def run(
     references: tuple[str, ...],
     webhook: str | None,
     min_samples: int | None,
+    registry_required: bool | None,
     verbose: bool,
 ) -> None:
     """Run the collector until SIGTERM or SIGINT (then finish the batch in hand and exit 0)."""
@@ -103,6 +112,7 @@ def run(
         "http.port": http_port,
         "alerts.webhook": webhook,
         "drift.min_samples": min_samples,
+        "registry.required": registry_required,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     config = load_config(config_path, overrides=overrides)
@@ -129,5 +139,7 @@ def run(
         service.stop()
     click.echo("edgedl collector: stopped")
 
+
+collector.add_command(devices)
 
 __all__ = ["collector"]

@@ -84,6 +84,9 @@ class StorageConfig(_Section):
     batch_delay_ms: float = Field(default=50.0, ge=0)
     dead_letter_bytes: int = Field(default=1024, ge=0)
     retention_days: float = Field(default=30.0, gt=0, description="windows and dead letters")
+    # A window whose seq is this far from the seqs its device sent in the same spool epoch is
+    # refused (dead letter): no device sends that many windows between two of its windows.
+    max_seq_jump: int = Field(default=100_000, ge=1)
 
 
 class IngestConfig(_Section):
@@ -188,6 +191,12 @@ class FleetConfig(_Section):
     gates: Gates = Field(default_factory=Gates)
 
 
+class RegistryConfig(_Section):
+    """``[registry]``: whether only enrolled devices (``edgedl collector devices add``) count."""
+
+    required: bool = False
+
+
 class CollectorConfig(_Section):
     """The whole ``collector.toml``."""
 
@@ -199,6 +208,7 @@ class CollectorConfig(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     references: list[str] = Field(default_factory=list)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
 
 def load_config(

@@ -2,7 +2,9 @@
 
 :meth:`Ingestor.ingest` takes a batch of messages (from MQTT, or straight from a benchmark),
 validates each, stores the batch in one transaction and returns what happened. A message
-that fails validation is a dead letter, never an exception; a database that fails raises
+that fails validation is a dead letter, never an exception; so is a window whose seq jumps
+implausibly far (see :meth:`Store.commit_batch`) and, when the registry is required, a window
+or status from a device not enrolled; a database that fails raises
 :class:`~edgedl.collector.store.StorageError` so the caller keeps the batch unacknowledged
 and tries again (the broker holds it meanwhile).
 """
@@ -24,13 +26,19 @@ from edgedl.telemetry import (
     decode_status,
     decode_window,
     parse_topic,
+    status_topic,
+    telemetry_topic,
 )
 
 from .config import IngestConfig
 from .drift import percentiles
+from .registry import DeviceRegistry
 from .store import DeadLetter, ReceivedStatus, StorageError, Store, StoredWindow
 
 log = logging.getLogger("edgedl.collector.ingest")
+
+#: The reason of the dead letter of a message from a device not in the registry.
+UNKNOWN_DEVICE = "unknown device (not enrolled: edgedl collector devices add FLEET DEVICE)"
 
 
 @dataclass
@@ -50,6 +58,7 @@ class IngestResult:
 
     stored: list[StoredWindow] = field(default_factory=list)
     duplicates: int = 0
+    refused: int = 0  # windows whose seq jumped too far (also in ``dead``)
     statuses: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     ignored: int = 0
@@ -63,11 +72,14 @@ class Ingestor:
         store: Store,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         on_stored: Callable[[list[StoredWindow]], None] | None = None,
+        registry_required: bool = False,
         clock: IngestConfig | None = None,
     ) -> None:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
         self._on_stored = on_stored
+        self.registry_required = registry_required
+        self._registry = DeviceRegistry(store)
         self.clock = clock or IngestConfig()
 
     def ingest(self, messages: Sequence[Message]) -> IngestResult:
@@ -77,8 +89,13 @@ class Ingestor:
         statuses: list[ReceivedStatus] = []
         for msg in messages:
             self._classify(msg, windows, statuses, result)
+        if self.registry_required:
+            windows, statuses = self._enrolled_only(windows, statuses, result)
         try:
-            stored = self.store.commit_batch(windows, statuses, result.dead)
+            committed = self.store.commit_batch(windows, statuses, result.dead)
+            stored = committed.stored
+            result.dead.extend(committed.refused)
+            result.refused = len(committed.refused)
         except (OperationalError, InterfaceError) as exc:
             raise StorageError(f"database unavailable: {_first_line(exc)}") from exc
         except DBAPIError:
@@ -87,7 +104,7 @@ class Ingestor:
         except SQLAlchemyError as exc:
             raise StorageError(f"database error: {_first_line(exc)}") from exc
         result.stored = stored
-        result.duplicates = len(windows) - len(stored)
+        result.duplicates = len(windows) - len(stored) - result.refused
         result.statuses = len(statuses)
         if stored and self._on_stored is not None:
             self._on_stored(stored)
@@ -129,6 +146,30 @@ class Ingestor:
             reason = f"unreadable message ({type(exc).__name__}: {exc})"
             result.dead.append(DeadLetter(msg.topic, reason, msg.payload, msg.received_at))
 
+    def _enrolled_only(
+        self,
+        windows: list[StoredWindow],
+        statuses: list[ReceivedStatus],
+        result: IngestResult,
+    ) -> tuple[list[StoredWindow], list[ReceivedStatus]]:
+        """The windows and statuses of enrolled devices; the others become dead letters."""
+        keys = {(w.window.fleet, w.window.device) for w in windows}
+        keys |= {(s.status.fleet, s.status.device) for s in statuses}
+        known = self._registry.among(keys)
+        for w in windows:
+            if (w.window.fleet, w.window.device) not in known:
+                topic = telemetry_topic(w.window.fleet, w.window.device)
+                result.dead.append(DeadLetter(topic, UNKNOWN_DEVICE, w.payload, w.received_at))
+        for s in statuses:
+            if (s.status.fleet, s.status.device) not in known:
+                topic = status_topic(s.status.fleet, s.status.device)
+                payload = s.status.model_dump_json().encode()
+                result.dead.append(DeadLetter(topic, UNKNOWN_DEVICE, payload, s.received_at))
+        return (
+            [w for w in windows if (w.window.fleet, w.window.device) in known],
+            [s for s in statuses if (s.status.fleet, s.status.device) in known],
+        )
+
     def _check_window_clock(self, window: TelemetryWindow, received_at: float) -> None:
         """A window must end near the collector's clock: ahead by skew, behind by age."""
         ahead = window.window_end - received_at
@@ -152,7 +193,10 @@ class Ingestor:
         stored: list[StoredWindow] = []
         for w in windows:
             try:
-                stored.extend(self.store.commit_batch([w]))
+                committed = self.store.commit_batch([w])
+                stored.extend(committed.stored)
+                result.dead.extend(committed.refused)
+                result.refused += len(committed.refused)
             except DBAPIError as exc:
                 result.dead.append(
                     DeadLetter(

@@ -4,9 +4,9 @@ Ingest hands every newly stored window to :meth:`DriftMonitor.submit`; the monit
 folds it into the sliding window of its device and model version (and into the fleet total of
 that model version) and, every ``evaluate_interval_s``, evaluates the keys that changed. So a
 shift shows within about a second of the window that carries it, and ingest never waits for
-drift. A device seen for the first time since start is first loaded from the database (its
-first windows for the latency baseline, its newest for the sliding window), so a restart
-changes no figure.
+drift. A device, ``(fleet, device)``, seen for the first time since start is first loaded from
+the database (its first windows for the latency baseline, its last stored for the sliding
+window), so a restart changes no figure.
 
 Evaluation is bounded (``max_evaluations_per_s``, oldest change first) so that a burst from
 thousands of devices delays drift figures by a few ticks instead of slowing ingest.
@@ -79,8 +79,8 @@ class DriftMonitor:
         self._fleet_refs: dict[FleetKey, ReferenceModel | None] = {}
         # The devices of each fleet total, in the order they appeared (sums in a fixed order).
         self._fleet_devices: dict[FleetKey, dict[DeviceKey, None]] = {}
-        self._loaded: set[str] = set()
-        self._known_at_start: set[str] = set()
+        self._loaded: set[tuple[str, str]] = set()
+        self._known_at_start: set[tuple[str, str]] = set()
         # Insertion-ordered: the keys that changed longest ago are evaluated first.
         self._dirty: dict[DeviceKey, None] = {}
         self._results: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -116,7 +116,9 @@ class DriftMonitor:
     def start(self) -> None:
         """Start the monitor thread."""
         # Only devices with windows stored before this start have state worth loading.
-        self._known_at_start = {d["device"] for d in self.store.devices() if d["windows"]}
+        self._known_at_start = {
+            (d["fleet"], d["device"]) for d in self.store.devices() if d["windows"]
+        }
         self._watermark = self.store.max_window_id()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgedl-drift", daemon=True)
@@ -181,7 +183,8 @@ class DriftMonitor:
         reading the rest from the shared table gives each of them the whole sliding window.
         Ids are re-read ``SYNC_LAG_IDS`` below the highest seen, because PostgreSQL can make a
         transaction with lower ids visible after one with higher ids. A window folded twice
-        (here and from ingest) is ignored the second time: sliding windows keep one per seq.
+        (here and from ingest) is ignored the second time: sliding windows keep one per
+        (epoch, seq).
         """
         ids = self.store.window_ids_after(max(0, self._watermark - SYNC_LAG_IDS))
         unseen_now = {i for i in ids if i not in self._seen_ids}
@@ -207,15 +210,21 @@ class DriftMonitor:
         if item.id is not None:
             self._seen_ids.add(item.id)
         w = item.window
-        if w.device not in self._loaded:
-            self._loaded.add(w.device)
-            if w.device in self._known_at_start:
-                self._bootstrap(w.device)
+        if (w.fleet, w.device) not in self._loaded:
+            self._loaded.add((w.fleet, w.device))
+            if (w.fleet, w.device) in self._known_at_start:
+                self._bootstrap(w.fleet, w.device)
         for model in w.models:
-            self._fold_model(w.fleet, w.device, w.seq, model)
+            self._fold_model(w.fleet, w.device, w.epoch, w.seq, model)
 
     def _fold_model(
-        self, fleet: str, device: str, seq: int, model: Any, sequential: bool = True
+        self,
+        fleet: str,
+        device: str,
+        epoch: str,
+        seq: int,
+        model: Any,
+        sequential: bool = True,
     ) -> DeviceKey:
         key: DeviceKey = (fleet, device, model.name, model.version)
         reference = self.references.find(model.name, model.version, model.sha256)
@@ -223,7 +232,7 @@ class DriftMonitor:
         if window is None or (window.reference is None and reference is not None):
             window = self._devices[key] = SlidingWindow(self.cfg.window_count, reference)
             self._fleet_devices.setdefault((fleet, model.name, model.version), {})[key] = None
-        contribution, mismatched = Contribution.from_window(seq, model, window.reference)
+        contribution, mismatched = Contribution.from_window(seq, model, window.reference, epoch)
         self.mismatched_histograms += mismatched
         baseline = self._baselines.setdefault(
             key, LatencyBaseline(self.cfg.baseline_windows, self.cfg.min_samples)
@@ -261,24 +270,28 @@ class DriftMonitor:
         self._fleet_refs[fkey] = reference
         return total
 
-    def _bootstrap(self, device: str) -> None:
-        """Load a device's first and newest stored windows (state from before a restart)."""
-        first = self.store.windows(device, self.cfg.baseline_windows, True, newest_first=False)
-        newest = self.store.windows(device, self.cfg.window_count, True, newest_first=True)
+    def _bootstrap(self, fleet: str, device: str) -> None:
+        """Load a device's first and last stored windows (state from before a restart)."""
+        first = self.store.windows(device, self.cfg.baseline_windows, True, False, fleet)
+        newest = self.store.windows(device, self.cfg.window_count, True, True, fleet)
         seen: set[int] = set()
         keys: set[DeviceKey] = set()
         for row in [*first, *reversed(newest)]:
-            if row["seq"] in seen:
+            if row["id"] in seen:
                 continue
-            seen.add(row["seq"])
+            seen.add(row["id"])
             try:
                 w = decode_window(row["payload"])
             except TelemetryError:
                 continue
             for model in w.models:
-                keys.add(self._fold_model(w.fleet, w.device, w.seq, model, sequential=False))
+                keys.add(
+                    self._fold_model(w.fleet, w.device, w.epoch, w.seq, model, sequential=False)
+                )
         # The CUSUMs continue from their saved state, with every window since, in seq order.
-        self.sequential.catch_up(device, sorted(keys), self.references, self.cfg.window_count)
+        self.sequential.catch_up(
+            fleet, device, sorted(keys), self.references, self.cfg.window_count
+        )
 
     # ---------------------------------------------------------------- evaluation
 
@@ -371,7 +384,7 @@ class DriftMonitor:
             if not breached and not self.alerts.open_count:
                 return  # nothing to open, nothing open to resolve
             subject = AlertSubject(kind, scope, fleet, device, model, version, metric)
-            where = device or f"fleet {fleet}"
+            where = f"{fleet}/{device}" if device else f"fleet {fleet}"
             self.alerts.observe(
                 subject,
                 value,
@@ -451,7 +464,7 @@ class DriftMonitor:
                 limit,
                 silence > limit,
                 True,
-                message=f"{row['device']}: no telemetry for {silence:.0f} s",
+                message=f"{row['fleet']}/{row['device']}: no telemetry for {silence:.0f} s",
                 now=now,
             )
 

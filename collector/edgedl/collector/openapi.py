@@ -31,6 +31,10 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
     }
 
 
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 _NUM = {"type": "number"}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _STR = {"type": "string"}
@@ -45,12 +49,27 @@ OPENAPI: dict[str, Any] = {
     },
     "paths": {
         "/api/v1/devices": {
-            "get": {"summary": "Every device", "responses": {"200": _json(_array(_ref("Device")))}}
+            "get": {
+                "summary": "Every device (a device is its fleet and its name)",
+                "parameters": [_query("fleet", "only this fleet")],
+                "responses": {"200": _json(_array(_ref("Device")))},
+            }
         },
         "/api/v1/devices/{device}": {
             "get": {
-                "summary": "One device, with figures of its newest window",
-                "parameters": [{"name": "device", "in": "path", "required": True, "schema": _STR}],
+                "summary": "One device by name, when only one fleet has a device of that name",
+                "parameters": [_path("device")],
+                "responses": {
+                    "200": _json(_ref("DeviceDetail")),
+                    "404": _json(_ref("Error"), "No such device"),
+                    "409": _json(_ref("Error"), "Several fleets have a device of that name"),
+                },
+            }
+        },
+        "/api/v1/devices/{fleet}/{device}": {
+            "get": {
+                "summary": "One device of a fleet, with figures of its newest window",
+                "parameters": [_path("fleet"), _path("device")],
                 "responses": {
                     "200": _json(_ref("DeviceDetail")),
                     "404": _json(_ref("Error"), "No such device"),
@@ -62,6 +81,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Stored windows, newest first (without payload)",
                 "parameters": [
                     _query("device", "only this device"),
+                    _query("fleet", "only this fleet"),
                     _query("limit", "at most this many (1-5000, default 100)", {"type": "integer"}),
                 ],
                 "responses": {"200": _json(_array(_ref("Window")))},
@@ -155,6 +175,21 @@ OPENAPI: dict[str, Any] = {
                     "version": _NULLABLE_STR,
                     "inferences": {"type": "integer", "description": "total over stored windows"},
                     "windows": {"type": "integer"},
+                    "missing": {
+                        "type": "integer",
+                        "description": "windows never received: gaps in seq within each epoch",
+                    },
+                    "epoch": {
+                        **_NULLABLE_STR,
+                        "description": "spool epoch of the newest window",
+                    },
+                    "epochs": _array(
+                        {
+                            "type": "object",
+                            "description": "one life of the device's spool: epoch, first_seq, "
+                            "last_seq, windows, inferences, missing, first_seen, last_seen",
+                        }
+                    ),
                     "last_seq": {"type": ["integer", "null"]},
                     "window_s": _NULLABLE_NUM,
                     "agent_version": _NULLABLE_STR,
@@ -179,6 +214,7 @@ OPENAPI: dict[str, Any] = {
                     "id": {"type": "integer"},
                     "device": _STR,
                     "fleet": _STR,
+                    "epoch": _STR,
                     "seq": {"type": "integer"},
                     "window_start": _NUM,
                     "window_end": _NUM,

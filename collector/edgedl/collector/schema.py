@@ -5,6 +5,10 @@ schema from the previous number to its own. :func:`migrate` applies the missing 
 at start, inside one transaction each, and records them in ``schema_version``. A database
 written by a newer collector (a higher number than this code knows) is refused. To change the
 schema, append a migration; never edit one that has shipped.
+
+The first migrations create their tables from the table definitions below, which describe the
+newest shape; so a migration that reshapes a table looks at what it finds and leaves a table
+that already has the new shape alone.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    inspect,
     select,
 )
 
@@ -51,6 +56,8 @@ windows = Table(
     Column("id", _Id, primary_key=True, autoincrement=True),
     Column("device", String(128), nullable=False),
     Column("fleet", String(128), nullable=False),
+    # The spool epoch of the window ("" for agents that predate epochs).
+    Column("epoch", String(64), nullable=False, server_default=""),
     Column("seq", BigInteger, nullable=False),
     Column("window_start", Float, nullable=False),
     Column("window_end", Float, nullable=False),
@@ -64,16 +71,18 @@ windows = Table(
     Column("latency_p95_ms", Float),
     Column("latency_p99_ms", Float),
     Column("payload", LargeBinary, nullable=False),
-    UniqueConstraint("device", "seq", name="uq_windows_device_seq"),
+    UniqueConstraint("fleet", "device", "epoch", "seq", name="uq_windows_key"),
 )
 
 devices = Table(
     "devices",
     metadata,
+    Column("fleet", String(128), primary_key=True),
     Column("device", String(128), primary_key=True),
-    Column("fleet", String(128), nullable=False),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float),
+    # The epoch and seq of the device's newest window.
+    Column("epoch", String(64)),
     Column("last_seq", BigInteger),
     Column("window_s", Float),
     Column("model", String(128)),
@@ -84,6 +93,8 @@ devices = Table(
     Column("online", Boolean),
     Column("status_since", Float),
     Column("status", Text),
+    # When the last status message arrived: a window received later outranks what it said.
+    Column("status_received_at", Float),
 )
 
 dead_letter = Table(
@@ -167,6 +178,31 @@ rollouts = Table(
 )
 
 
+# One row per life of a device's telemetry (a spool epoch): the seqs it spans and how many
+# windows arrived, so the windows missing in between are a number.
+device_epochs = Table(
+    "device_epochs",
+    metadata,
+    Column("fleet", String(128), primary_key=True),
+    Column("device", String(128), primary_key=True),
+    Column("epoch", String(64), primary_key=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("windows", BigInteger, nullable=False),
+    Column("inferences", BigInteger, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+# The devices enrolled with ``edgedl collector devices add`` (see RegistryConfig).
+registered_devices = Table(
+    "registered_devices",
+    metadata,
+    Column("fleet", String(128), primary_key=True),
+    Column("device", String(128), primary_key=True),
+    Column("added_at", Float, nullable=False),
+)
+
 # Sequential drift detectors (edgedl.collector.sequential): one JSON state per device and
 # model version, so that a restarted collector continues every CUSUM where it stood.
 drift_sequential = Table(
@@ -189,6 +225,69 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[artifacts, rollouts])
 
 
+_DEVICE_COLUMNS_V2 = (
+    "device, fleet, first_seen, last_seen, last_seq, window_s, model, version, agent_version, "
+    "inferences, windows, online, status_since, status"
+)
+_WINDOW_COLUMNS_V2 = (
+    "id, device, fleet, seq, window_start, window_end, received_at, model, version, requests, "
+    "inferences, errors, latency_p50_ms, latency_p95_ms, latency_p99_ms, payload"
+)
+
+
+def _v3(conn: Connection) -> None:
+    """Identity: a device is (fleet, device); windows are keyed by (fleet, device, epoch, seq)."""
+    if "epoch" not in {c["name"] for c in inspect(conn).get_columns("windows")}:
+        if conn.dialect.name == "sqlite":
+            _reshape_sqlite(conn)
+        else:
+            _reshape_postgresql(conn)
+        # The windows stored so far were all of the epoch "" (agents sent none).
+        conn.execute(devices.update().where(devices.c.last_seq.is_not(None)).values(epoch=""))
+    metadata.create_all(conn, tables=[device_epochs, registered_devices])
+    w = windows.c
+    lives = select(
+        w.fleet,
+        w.device,
+        w.epoch,
+        func.min(w.seq),
+        func.max(w.seq),
+        func.count(),
+        func.coalesce(func.sum(w.inferences), 0),
+        func.min(w.received_at),
+        func.max(w.received_at),
+    ).group_by(w.fleet, w.device, w.epoch)
+    conn.execute(device_epochs.insert().from_select([c.name for c in device_epochs.c], lives))
+
+
+def _reshape_sqlite(conn: Connection) -> None:
+    # SQLite cannot drop a constraint or change a primary key: copy into new tables.
+    for table, columns, extra in (
+        (windows, _WINDOW_COLUMNS_V2, ", epoch"),
+        (devices, _DEVICE_COLUMNS_V2, ""),
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {table.name}_v2")
+        table.create(conn)
+        values = columns + (", ''" if extra else "")
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({columns}{extra}) SELECT {values} FROM {table.name}_v2"
+        )
+        conn.exec_driver_sql(f"DROP TABLE {table.name}_v2")
+
+
+def _reshape_postgresql(conn: Connection) -> None:
+    for statement in (
+        "ALTER TABLE windows ADD COLUMN epoch VARCHAR(64) NOT NULL DEFAULT ''",
+        "ALTER TABLE windows DROP CONSTRAINT uq_windows_device_seq",
+        "ALTER TABLE windows ADD CONSTRAINT uq_windows_key UNIQUE (fleet, device, epoch, seq)",
+        "ALTER TABLE devices DROP CONSTRAINT devices_pkey",
+        "ALTER TABLE devices ADD CONSTRAINT devices_pkey PRIMARY KEY (fleet, device)",
+        "ALTER TABLE devices ADD COLUMN epoch VARCHAR(64)",
+        "ALTER TABLE devices ADD COLUMN status_received_at DOUBLE PRECISION",
+    ):
+        conn.exec_driver_sql(statement)
+
+
 def _v5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[drift_sequential])
 
@@ -197,6 +296,7 @@ Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
     (2, "artifacts, rollouts (fleet rollouts)", _v2),
+    (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
 ]
 
@@ -210,7 +310,11 @@ def current_version(conn: Connection) -> int:
 
 
 def migrate(conn: Connection) -> int:
-    """Apply the migrations the database lacks; return its version afterwards."""
+    """Apply the migrations the database lacks, in order; return its version afterwards.
+
+    Each migration not recorded in ``schema_version`` is applied, also one numbered below the
+    newest applied (branches developed side by side may ship their migrations in any order).
+    """
     have = current_version(conn)
     newest = MIGRATIONS[-1][0]
     if have > newest:
@@ -218,8 +322,9 @@ def migrate(conn: Connection) -> int:
             f"the database has schema version {have}, newer than this collector knows ({newest}): "
             "upgrade edgedl"
         )
+    applied = {int(v) for v in conn.execute(select(schema_version.c.version)).scalars()}
     for version, description, step in MIGRATIONS:
-        if version > have:
+        if version not in applied:
             step(conn)
             conn.execute(
                 schema_version.insert().values(

@@ -136,6 +136,7 @@ class SequentialDetector:
     cfg: SequentialConfig
     states: dict[str, CusumState] = field(default_factory=dict)
     last_seq: int = -1
+    epoch: str = ""  # the spool epoch last_seq counts in (a re-imaged device starts at 0)
 
     def level(self, statistic: str) -> float | None:
         """The alarm level of a statistic's CUSUM, or None when it is switched off."""
@@ -147,9 +148,20 @@ class SequentialDetector:
         return alarm_level(arl, self.cfg.allowance) if arl > 0 else None
 
     def observe(
-        self, seq: int, sums: NDArray[Any], ns: NDArray[Any], reference: ReferenceModel
+        self,
+        seq: int,
+        sums: NDArray[Any],
+        ns: NDArray[Any],
+        reference: ReferenceModel,
+        epoch: str = "",
     ) -> bool:
-        """Fold one window's sums and counts (rows of ``reference.stats``); False if skipped."""
+        """Fold one window's sums and counts (rows of ``reference.stats``); False if skipped.
+
+        Seqs count within a spool epoch: a window of another epoch (a new life of the
+        device) is folded and its seqs counted from there.
+        """
+        if epoch != self.epoch:
+            self.epoch, self.last_seq = epoch, -1
         if seq <= self.last_seq:
             return False
         self.last_seq = seq
@@ -230,12 +242,14 @@ class SequentialDetector:
         """The state as JSON-ready data (:meth:`load` reads it back)."""
         return {
             "last_seq": self.last_seq,
+            "epoch": self.epoch,
             "stats": {k: s.to_list() for k, s in self.states.items()},
         }
 
     def load(self, data: dict[str, Any]) -> None:
         """Continue from a saved state."""
         self.last_seq = int(data.get("last_seq", -1))
+        self.epoch = str(data.get("epoch", ""))
         self.states = {str(k): CusumState.from_list(v) for k, v in data.get("stats", {}).items()}
 
 
@@ -266,13 +280,18 @@ class SequentialBook:
         if not self.cfg.enabled or reference is None or not reference.stats:
             return
         if self.detector(key).observe(
-            contribution.seq, contribution.sums, contribution.ns, reference
+            contribution.seq, contribution.sums, contribution.ns, reference, contribution.epoch
         ):
             with self._lock:
                 self._dirty.add(key)
 
     def catch_up(
-        self, device: str, keys: Sequence[SequentialKey], references: ReferenceBook, fresh: int
+        self,
+        fleet: str,
+        device: str,
+        keys: Sequence[SequentialKey],
+        references: ReferenceBook,
+        fresh: int,
     ) -> int:
         """Fold a device's stored windows newer than its saved CUSUMs saw, in seq order.
 
@@ -284,7 +303,9 @@ class SequentialBook:
             return 0
         floor = min(self.detector(k).last_seq for k in keys)
         limit = REPLAY_LIMIT if floor >= 0 else fresh
-        rows = self.store.windows(device, limit, True, newest_first=True, after_seq=floor)
+        rows = self.store.windows(
+            device, limit, True, newest_first=True, after_seq=floor, fleet=fleet
+        )
         for row in reversed(rows):
             try:
                 window = decode_window(row["payload"])

@@ -53,7 +53,7 @@ class Collector:
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
         self.metrics = CollectorMetrics()
-        self.store = Store(config.storage.url)
+        self.store = Store(config.storage.url, max_seq_jump=config.storage.max_seq_jump)
         self.references = ReferenceBook(self.store)
         for path in config.references:
             self.references.register_path(path)
@@ -78,6 +78,7 @@ class Collector:
             self.store,
             config.mqtt.max_payload_bytes,
             on_stored=self.monitor.submit,
+            registry_required=config.registry.required,
             clock=config.ingest,
         )
         self.mqtt = MqttConsumer(config.mqtt, config.storage, self.ingestor, self.metrics)

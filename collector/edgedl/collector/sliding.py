@@ -1,9 +1,11 @@
 """Sliding windows of telemetry, summed on the reference profile's bins.
 
 A :class:`Contribution` is one model window's figures laid out on a reference's rows, so
-sums are plain array additions. A :class:`SlidingWindow` keeps the newest ``capacity``
-contributions of one device (by ``seq``) and their running total; the fleet total of a model
-version is the sum of its devices' totals, kept by adding what a device adds and removing
+sums are plain array additions. A :class:`SlidingWindow` keeps the ``capacity`` contributions
+of one device that arrived last (each ``(epoch, seq)`` once) and their running total; ordered
+by arrival, not by seq, so no seq, however large, can hold a place in it for good; the fleet
+total of a model version is the sum of its devices' totals, kept by adding what a device adds
+and removing
 what it evicts.
 
 Totals never cancel:
@@ -50,7 +52,7 @@ class Contribution:
     the latency histogram, then requests, errors, inferences and profile samples (int64).
     """
 
-    __slots__ = ("classes", "scalars", "seq", "stale", "table", "value_sums", "width")
+    __slots__ = ("classes", "epoch", "scalars", "seq", "stale", "table", "value_sums", "width")
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class Contribution:
         classes: dict[str, IntArray],
         width: int,
         seq: int = -1,
+        epoch: str = "",
     ) -> None:
         self.table = table
         self.value_sums = value_sums
@@ -67,6 +70,7 @@ class Contribution:
         self.classes = classes
         self.width = width
         self.seq = seq
+        self.epoch = epoch
         self.stale = False
 
     @classmethod
@@ -89,7 +93,7 @@ class Contribution:
 
     @classmethod
     def from_window(
-        cls, seq: int, model: ModelWindow, reference: ReferenceModel | None
+        cls, seq: int, model: ModelWindow, reference: ReferenceModel | None, epoch: str = ""
     ) -> tuple[Contribution, int]:
         """A model window on ``reference``'s rows; also how many histograms did not fit."""
         counts = model.counts
@@ -102,7 +106,7 @@ class Contribution:
         mismatched = 0
         classes: dict[str, IntArray] = {}
         if reference is None:
-            return cls(np.zeros((0, 1), np.int64), np.zeros(0), scalars, classes, 0, seq), 0
+            return cls(np.zeros((0, 1), np.int64), np.zeros(0), scalars, classes, 0, seq, epoch), 0
         width = reference.width
         rows: list[list[int]] = []
         sums: list[float] = []
@@ -126,7 +130,7 @@ class Contribution:
                 mismatched += live is not None
                 classes[key] = np.zeros(ref_counts.shape, dtype=np.int64)
         return cls(
-            table, np.array(sums, dtype=np.float64), scalars, classes, width, seq
+            table, np.array(sums, dtype=np.float64), scalars, classes, width, seq, epoch
         ), mismatched
 
     def add(self, other: Contribution) -> None:
@@ -208,22 +212,21 @@ class SlidingWindow:
         self.capacity = capacity
         self.reference = reference
         self.total = Contribution.empty(reference)
-        self._entries: dict[int, Contribution] = {}
+        self._entries: dict[tuple[str, int], Contribution] = {}  # in arrival order
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, c: Contribution) -> tuple[bool, Contribution | None]:
-        """Take a contribution: ``(taken, evicted)``. Old or repeated seqs are not taken."""
-        if c.seq in self._entries:
+        """Take a contribution: ``(taken, evicted)``. A repeated ``(epoch, seq)`` is not taken;
+        past ``capacity`` the contribution that arrived first is evicted."""
+        if (c.epoch, c.seq) in self._entries:
             return False, None
-        if len(self._entries) >= self.capacity and c.seq < min(self._entries):
-            return False, None
-        self._entries[c.seq] = c
+        self._entries[(c.epoch, c.seq)] = c
         self.total.add(c)
         evicted = None
         if len(self._entries) > self.capacity:
-            evicted = self._entries.pop(min(self._entries))
+            evicted = self._entries.pop(next(iter(self._entries)))
             self.total.remove(evicted)
             self.total.resum(self._entries.values())
         return True, evicted
@@ -236,7 +239,7 @@ class LatencyBaseline:
         self.windows = windows
         self.min_samples = min_samples
         self.latency = np.zeros(LATENCY_BINS, dtype=np.int64)
-        self._seqs: set[int] = set()
+        self._seqs: set[tuple[str, int]] = set()
 
     @property
     def complete(self) -> bool:
@@ -245,7 +248,7 @@ class LatencyBaseline:
 
     def add(self, c: Contribution) -> None:
         """Count a window into the baseline while it is still being built."""
-        if self.complete or c.seq in self._seqs:
+        if self.complete or (c.epoch, c.seq) in self._seqs:
             return
-        self._seqs.add(c.seq)
+        self._seqs.add((c.epoch, c.seq))
         self.latency += c.latency

@@ -3,7 +3,9 @@
 One :class:`Store` per collector. ``sqlite:///path.db`` opens SQLite in WAL mode;
 ``postgresql://user@host/db`` opens PostgreSQL through psycopg 3. Both get the same schema
 (:mod:`edgedl.collector.schema`) and the same statements: inserts of windows use
-``INSERT … ON CONFLICT (device, seq) DO NOTHING``, so a redelivered window is stored once.
+``INSERT … ON CONFLICT (fleet, device, epoch, seq) DO NOTHING``, so a redelivered window is
+stored once. A device is ``(fleet, device)`` everywhere; its spool epochs (lives) are rows of
+``device_epochs``, which give the windows missing between the first and last seq of each.
 """
 
 from __future__ import annotations
@@ -12,50 +14,44 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, create_engine, event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgedl.errors import ConfigError, EdgeDLError
-from edgedl.telemetry import DeviceStatus, TelemetryWindow
 
-from . import schema
-from .schema import alerts, dead_letter, devices, drift_sequential, model_references, windows
+from . import lives, schema
+from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
+from .schema import (
+    alerts,
+    dead_letter,
+    device_epochs,
+    devices,
+    drift_sequential,
+    model_references,
+    windows,
+)
+
+DeviceKey = tuple[str, str]  # fleet, device
+
+__all__ = [
+    "AmbiguousDevice",
+    "Committed",
+    "DeadLetter",
+    "ReceivedStatus",
+    "StorageError",
+    "Store",
+    "StoredWindow",
+]
 
 
 class StorageError(EdgeDLError):
     """The database cannot be opened or written."""
 
 
-@dataclass
-class StoredWindow:
-    """A window to store: what was decoded, what arrived, and a few figures for queries."""
-
-    window: TelemetryWindow
-    payload: bytes
-    received_at: float
-    latency_ms: tuple[float | None, float | None, float | None] = (None, None, None)
-    id: int | None = None
-
-
-@dataclass
-class ReceivedStatus:
-    """A status message and when it arrived."""
-
-    status: DeviceStatus
-    received_at: float
-
-
-@dataclass
-class DeadLetter:
-    """A message refused by validation, kept for people to look at."""
-
-    topic: str
-    reason: str
-    payload: bytes
-    received_at: float
+class AmbiguousDevice(EdgeDLError):
+    """A device named without its fleet, and several fleets have a device of that name."""
 
 
 def engine_url(url: str) -> str:
@@ -72,8 +68,10 @@ def engine_url(url: str) -> str:
 class Store:
     """The collector's database. Thread-safe: every method opens its own transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_seq_jump: int = 100_000) -> None:
         self.url = url
+        self.max_seq_jump = max_seq_jump
+        self._spans = lives.SeqSpans(max_seq_jump)
         sa_url = engine_url(url)
         self.dialect = "sqlite" if sa_url.startswith("sqlite") else "postgresql"
         try:
@@ -88,12 +86,14 @@ class Store:
                 self.schema_version = schema.migrate(conn)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open database {_redact(url)}: {_first_line(exc)}") from exc
-        self._write_lock = threading.Lock()
-        self._insert = _insert_for(self.dialect)
-        self._insert_window = (
-            self._insert(windows)
-            .on_conflict_do_nothing(index_elements=["device", "seq"])
-            .returning(windows.c.id, windows.c.device, windows.c.seq)
+        self.write_lock = threading.Lock()
+        self.insert = _insert_for(self.dialect)
+        self._window_insert = (
+            self.insert(windows)
+            .on_conflict_do_nothing(index_elements=["fleet", "device", "epoch", "seq"])
+            .returning(
+                windows.c.id, windows.c.fleet, windows.c.device, windows.c.epoch, windows.c.seq
+            )
         )
 
     def close(self) -> None:
@@ -107,53 +107,68 @@ class Store:
         batch: Sequence[StoredWindow],
         statuses: Sequence[ReceivedStatus] = (),
         dead: Sequence[DeadLetter] = (),
-    ) -> list[StoredWindow]:
-        """Store a batch in one transaction; return the windows that were new (ids set)."""
+    ) -> Committed:
+        """Store a batch in one transaction: the windows that were new (ids set), and those
+        refused (stored as dead letters with the others): a seq more than ``max_seq_jump``
+        from its epoch's seqs, or a window whose key is stored with a different payload.
+
+        A window whose ``(fleet, device, epoch, seq)`` is stored with the same payload is a
+        duplicate (a redelivery) and is left out silently.
+        """
         inserted: list[StoredWindow] = []
+        refused: list[DeadLetter] = []
         # SQLite allows one writer; serialising here avoids 'database is locked' retries.
-        with self._write_lock, self.engine.begin() as conn:
-            if batch:
-                by_key = {(w.window.device, w.window.seq): w for w in batch}
-                # One cached statement, executemany: SQLAlchemy batches it into multi-row
-                # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
-                result = conn.execute(
-                    self._insert_window, [_window_row(w) for w in by_key.values()]
-                )
-                for row in result:
-                    item = by_key[(row.device, row.seq)]
-                    item.id = int(row.id)
-                    inserted.append(item)
-                self._upsert_devices(conn, inserted)
-            for st in statuses:
-                self._upsert_status(conn, st)
-            if dead:
-                conn.execute(
-                    dead_letter.insert(),
-                    [
-                        {
-                            "topic": d.topic[:300],
-                            "reason": d.reason[:500],
-                            "payload": d.payload[:1024],
-                            "payload_size": len(d.payload),
-                            "received_at": d.received_at,
-                        }
-                        for d in dead
-                    ],
-                )
-        return inserted
+        with self.write_lock:
+            with self.engine.begin() as conn:
+                if batch:
+                    inserted = self._insert_windows(conn, batch, refused)
+                    self._upsert_devices(conn, inserted)
+                    lives.upsert_epochs(conn, self.insert, inserted)
+                for st in statuses:
+                    self._upsert_status(conn, st)
+                if dead or refused:
+                    conn.execute(dead_letter.insert(), [_dead_row(d) for d in [*dead, *refused]])
+            # Committed: what was stored now counts for the seq checks of the next batches.
+            self._spans.commit(inserted)
+        return Committed(inserted, refused)
+
+    def _insert_windows(
+        self, conn: Any, batch: Sequence[StoredWindow], refused: list[DeadLetter]
+    ) -> list[StoredWindow]:
+        """Insert the plausible windows of a batch; those that were new, in arrival order."""
+        by_key: dict[WindowKey, StoredWindow] = {}
+        for item in self._spans.plausible(conn, batch, refused):
+            first = by_key.setdefault(window_key(item.window), item)
+            if first is not item and first.payload != item.payload:
+                refused.append(lives.conflict(item))
+        if not by_key:
+            return []
+        # One cached statement, executemany: SQLAlchemy batches it into multi-row
+        # INSERT ... RETURNING ("insertmanyvalues") in both dialects.
+        result = conn.execute(self._window_insert, [_window_row(w) for w in by_key.values()])
+        inserted: list[StoredWindow] = []
+        for row in result:
+            item = by_key[(row.fleet, row.device, row.epoch, row.seq)]
+            item.id = int(row.id)
+            inserted.append(item)
+        if len(inserted) < len(by_key):
+            new = {id(item) for item in inserted}
+            lives.conflicts(conn, [w for w in by_key.values() if id(w) not in new], refused)
+        return sorted(inserted, key=lambda item: item.id or 0)
 
     def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
-        per_device: dict[str, dict[str, Any]] = {}
+        per_device: dict[DeviceKey, dict[str, Any]] = {}
         for item in inserted:
             w = item.window
-            row = per_device.get(w.device)
+            row = per_device.get((w.fleet, w.device))
             first = w.models[0] if w.models else None
             if row is None:
-                row = per_device[w.device] = {
+                row = per_device[(w.fleet, w.device)] = {
                     "device": w.device,
                     "fleet": w.fleet,
                     "first_seen": item.received_at,
                     "last_seen": item.received_at,
+                    "epoch": w.epoch,
                     "last_seq": w.seq,
                     "window_s": max(w.window_end - w.window_start, 0.0),
                     "model": first.name if first else None,
@@ -165,7 +180,9 @@ class Store:
             row["inferences"] += w.inferences
             row["windows"] += 1
             row["last_seen"] = max(row["last_seen"], item.received_at)
-            if w.seq >= row["last_seq"]:
+            # The newest window of the device: a later seq of its epoch, or a new epoch.
+            if w.epoch != row["epoch"] or w.seq >= row["last_seq"]:
+                row["epoch"] = w.epoch
                 row["last_seq"] = w.seq
                 row["window_s"] = max(w.window_end - w.window_start, 0.0)
                 row["model"] = first.name if first else row["model"]
@@ -173,16 +190,17 @@ class Store:
                 row["agent_version"] = w.agent_version
         if not per_device:
             return
-        stmt = self._insert(devices)
-        newer = stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
+        stmt = self.insert(devices)
+        newer = (stmt.excluded.epoch != func.coalesce(devices.c.epoch, "")) | (
+            stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
+        )
 
         def latest(col: str) -> Any:
             return case((newer, stmt.excluded[col]), else_=devices.c[col])
 
         stmt = stmt.on_conflict_do_update(
-            index_elements=["device"],
+            index_elements=["fleet", "device"],
             set_={
-                "fleet": stmt.excluded.fleet,
                 "last_seen": case(
                     (
                         stmt.excluded.last_seen > func.coalesce(devices.c.last_seen, 0.0),
@@ -190,6 +208,7 @@ class Store:
                     ),
                     else_=devices.c.last_seen,
                 ),
+                "epoch": latest("epoch"),
                 "last_seq": latest("last_seq"),
                 "window_s": latest("window_s"),
                 # A heartbeat window (no model served in it) leaves model and version as they were.
@@ -212,17 +231,18 @@ class Store:
             "status_since": s.since,
             "agent_version": s.agent_version,
             "status": s.model_dump_json(exclude_none=True),
+            "status_received_at": st.received_at,
             "inferences": 0,
             "windows": 0,
         }
-        stmt = self._insert(devices).values(row)
+        stmt = self.insert(devices).values(row)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["device"],
+            index_elements=["fleet", "device"],
             set_={
                 "online": stmt.excluded.online,
                 "status_since": stmt.excluded.status_since,
                 "status": stmt.excluded.status,
-                "fleet": stmt.excluded.fleet,
+                "status_received_at": stmt.excluded.status_received_at,
             },
         )
         conn.execute(stmt)
@@ -230,16 +250,46 @@ class Store:
     # ---------------------------------------------------------------- queries
 
     def devices(self) -> list[dict[str, Any]]:
-        """Every device, as stored."""
+        """Every device, as stored, with ``epochs`` (lives) and ``missing`` (windows)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.fleet, devices.c.device))
-            return [dict(r._mapping) for r in rows]
+            out = [dict(r._mapping) for r in rows]
+            by_device: dict[DeviceKey, list[dict[str, Any]]] = {}
+            for life in conn.execute(select(device_epochs)):
+                by_device.setdefault((life.fleet, life.device), []).append(
+                    lives.life(life._mapping)
+                )
+        for row in out:
+            lives.add_lives(row, by_device.get((row["fleet"], row["device"]), []))
+        return out
 
-    def device(self, device: str) -> dict[str, Any] | None:
-        """One device, or None."""
+    def device(self, device: str, fleet: str | None = None) -> dict[str, Any] | None:
+        """One device (with its ``epochs`` and ``missing``), or None.
+
+        Without ``fleet``, the device of that name if only one fleet has one; raises
+        :class:`AmbiguousDevice` when several do.
+        """
+        q = select(devices).where(devices.c.device == device)
+        if fleet is not None:
+            q = q.where(devices.c.fleet == fleet)
         with self.engine.connect() as conn:
-            row = conn.execute(select(devices).where(devices.c.device == device)).first()
-            return dict(row._mapping) if row else None
+            rows = [dict(r._mapping) for r in conn.execute(q.order_by(devices.c.fleet))]
+            if len(rows) > 1:
+                fleets = ", ".join(r["fleet"] for r in rows)
+                raise AmbiguousDevice(
+                    f"device {device!r} is in several fleets ({fleets}): name the fleet"
+                )
+            if not rows:
+                return None
+            row = rows[0]
+            e = device_epochs.c
+            found = conn.execute(
+                select(device_epochs)
+                .where(and_(e.fleet == row["fleet"], e.device == device))
+                .order_by(e.first_seen)
+            )
+            lives.add_lives(row, [lives.life(life._mapping) for life in found])
+        return row
 
     def windows(
         self,
@@ -247,30 +297,34 @@ class Store:
         limit: int = 100,
         with_payload: bool = False,
         newest_first: bool = True,
+        fleet: str | None = None,
         after_seq: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored windows of a device (or of all), newest first by default.
+        """Stored windows of a device (or of a fleet, or of all), newest first by default.
 
-        ``after_seq`` keeps only a device's windows with a higher seq.
+        Newest means last stored: seqs restart with each epoch of a device. ``after_seq``
+        keeps only windows with a higher seq.
         """
         cols = [c for c in windows.c if with_payload or c.name != "payload"]
         q = select(*cols)
         if device is not None:
             q = q.where(windows.c.device == device)
-            if after_seq is not None:
-                q = q.where(windows.c.seq > after_seq)
-            order = windows.c.seq
-        else:
-            order = windows.c.id
+        if fleet is not None:
+            q = q.where(windows.c.fleet == fleet)
+        if after_seq is not None:
+            q = q.where(windows.c.seq > after_seq)
+        order = windows.c.id
         q = q.order_by(order.desc() if newest_first else order.asc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
-    def count_windows(self, device: str | None = None) -> int:
+    def count_windows(self, device: str | None = None, fleet: str | None = None) -> int:
         """How many windows are stored (for one device, or in all)."""
         q = select(func.count()).select_from(windows)
         if device is not None:
             q = q.where(windows.c.device == device)
+        if fleet is not None:
+            q = q.where(windows.c.fleet == fleet)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -306,6 +360,15 @@ class Store:
                 for r in conn.execute(select(windows.c.device, windows.c.seq))
             ]
 
+    def window_identities(self) -> list[tuple[str, str, str, int]]:
+        """Every stored ``(fleet, device, epoch, seq)``: for tests and audits."""
+        w = windows.c
+        with self.engine.connect() as conn:
+            return [
+                (r.fleet, r.device, r.epoch, int(r.seq))
+                for r in conn.execute(select(w.fleet, w.device, w.epoch, w.seq))
+            ]
+
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters."""
         q = select(dead_letter).order_by(dead_letter.c.id.desc()).limit(limit)
@@ -319,7 +382,7 @@ class Store:
 
     def prune(self, before: float) -> int:
         """Delete windows and dead letters received before ``before``; how many rows went."""
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
             gone += conn.execute(
                 dead_letter.delete().where(dead_letter.c.received_at < before)
@@ -331,12 +394,12 @@ class Store:
     def open_alert(self, alert: dict[str, Any]) -> int | None:
         """Insert an open alert unless one with its ``open_key`` is open; its id or None."""
         stmt = (
-            self._insert(alerts)
+            self.insert(alerts)
             .values(alert)
             .on_conflict_do_nothing(index_elements=["open_key"])
             .returning(alerts.c.id)
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             row = conn.execute(stmt).first()
             return int(row.id) if row else None
 
@@ -348,7 +411,7 @@ class Store:
             .values(open_key=None, state="resolved", resolved_at=at)
             .returning(*alerts.c)
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             row = conn.execute(stmt).first()
             return dict(row._mapping) if row else None
 
@@ -379,12 +442,12 @@ class Store:
             "manifest": json.dumps(manifest),
             "added_at": time.time(),
         }
-        stmt = self._insert(model_references).values(row)
+        stmt = self.insert(model_references).values(row)
         stmt = stmt.on_conflict_do_update(
             index_elements=["sha256"],
             set_={k: stmt.excluded[k] for k in ("model", "version", "manifest", "added_at")},
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             conn.execute(stmt)
 
     def references(self) -> list[dict[str, Any]]:
@@ -449,13 +512,23 @@ class Store:
             }
             for (f, d, m, v), state in states
         ]
-        stmt = self._insert(drift_sequential)
+        stmt = self.insert(drift_sequential)
         stmt = stmt.on_conflict_do_update(
             index_elements=["fleet", "device", "model", "version"],
             set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at},
         )
-        with self._write_lock, self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
             conn.execute(stmt, rows)
+
+
+def _dead_row(d: DeadLetter) -> dict[str, Any]:
+    return {
+        "topic": d.topic[:300],
+        "reason": d.reason[:500],
+        "payload": d.payload[:1024],
+        "payload_size": len(d.payload),
+        "received_at": d.received_at,
+    }
 
 
 def _window_row(item: StoredWindow) -> dict[str, Any]:
@@ -465,6 +538,7 @@ def _window_row(item: StoredWindow) -> dict[str, Any]:
     return {
         "device": w.device,
         "fleet": w.fleet,
+        "epoch": w.epoch,
         "seq": w.seq,
         "window_start": w.window_start,
         "window_end": w.window_end,

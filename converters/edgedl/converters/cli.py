@@ -12,6 +12,7 @@ from rich.table import Table
 from edgedl.cli import emit_json
 from edgedl.errors import ValidationFailed
 
+from .auto import AUTO, convert_auto
 from .convert import ConvertOptions
 from .convert import convert as run_convert
 from .report import render_report
@@ -23,7 +24,10 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
-    "--target", "-t", help="Conversion target (see 'edgedl targets'); default: the device's."
+    "--target",
+    "-t",
+    help="Conversion target (see 'edgedl targets'), or 'auto': the fastest candidate within "
+    "--max-accuracy-drop; default: the device's.",
 )
 @click.option(
     "--device",
@@ -49,11 +53,17 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
 )
 @click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line.")
 @click.option(
+    "--state-dict",
+    type=click.Path(path_type=Path),
+    help="Weights (torch.save of a state dict) for a package.module:factory MODEL.",
+)
+@click.option(
     "--max-accuracy-drop",
     type=float,
     default=1.0,
     show_default=True,
-    help="Fail (exit 3, no bundle) when accuracy drops by more percentage points.",
+    help="Fail (exit 3) when accuracy drops by more percentage points (absolute); the bound "
+    "of --target auto.",
 )
 @click.option(
     "--calibration-samples",
@@ -79,6 +89,7 @@ def convert(
     output: Path | None,
     io: str | None,
     labels: Path | None,
+    state_dict: Path | None,
     max_accuracy_drop: float,
     calibration_samples: int,
     threads: int | None,
@@ -86,7 +97,11 @@ def convert(
     as_tar: bool,
     as_json: bool,
 ) -> None:
-    """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a validated bundle.
+    """Convert MODEL into a validated bundle.
+
+    MODEL is a .keras/.h5 file, a SavedModel directory, an .onnx file, a PyTorch
+    TorchScript (.pt) or torch.export (.pt2) file, or package.module:factory (with
+    --state-dict).
 
     \b
     Example:
@@ -103,6 +118,7 @@ def convert(
         output=output,
         io=io,
         labels=labels,
+        state_dict=state_dict,
         max_accuracy_drop=max_accuracy_drop,
         calibration_samples=calibration_samples,
         threads=threads,
@@ -112,7 +128,7 @@ def convert(
     )
     console = Console(stderr=as_json)
     try:
-        result = run_convert(model, options)
+        result = (convert_auto if target == AUTO else run_convert)(model, options)
     except ValidationFailed as exc:
         failed = getattr(exc, "result", None)
         if failed is not None:
@@ -144,7 +160,11 @@ def targets(as_json: bool) -> None:
     if as_json:
         emit_json([t.to_dict() for t in TARGETS.values()])
         return
-    table = Table(title="Conversion targets")
+    table = Table(
+        title="Conversion targets",
+        caption="--target auto: the fastest of the device's int8 / fp16 / dynamic / fp32 "
+        "within --max-accuracy-drop",
+    )
     for col in ("target", "runtime", "calibration", "sources", "what it is"):
         table.add_column(col)
     for t in TARGETS.values():

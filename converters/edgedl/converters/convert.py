@@ -30,8 +30,9 @@ from edgedl.errors import DataError, UsageError, ValidationFailed
 from edgedl.profile import Profile
 
 from .artifact import describe
-from .data import Dataset, load_dataset
-from .sources import SourceModel, detect_kind, load_source
+from .data import Dataset, load_dataset, stored_sample_shape
+from .diagnostics import diagnose, value_summary
+from .sources import KIND_NAMES, SourceKind, SourceModel, detect_kind, load_source
 from .targets import BuildContext, Target, get_target
 from .validate import measure_latency, validate
 
@@ -44,6 +45,8 @@ _TOOLS = (
     "onnxruntime",
     "onnxconverter-common",
     "ai-edge-litert",
+    "torch",
+    "onnxscript",
 )
 REPORT_SCHEMA_VERSION = 1
 
@@ -61,6 +64,8 @@ class ConvertOptions:
     output: Path | None = None
     io: str | None = None
     labels: Path | None = None
+    state_dict: Path | None = None
+    float_nodes: tuple[str, ...] = ()
     max_accuracy_drop: float = 1.0
     calibration_samples: int = 500
     threads: int | None = None
@@ -117,8 +122,12 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _default_name(model: Path) -> str:
-    stem = model.name if model.is_dir() else model.stem
+def default_name(model: Path) -> str:
+    """The model's name when ``--name`` is not given: its file name, or a factory's module."""
+    if ":" in model.name:  # package.module:factory
+        stem = model.name.split(":")[0].rsplit(".", 1)[-1]
+    else:
+        stem = model.name if model.is_dir() else model.stem
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "model"
 
 
@@ -161,7 +170,6 @@ def _load_data(
         )
     if options.calibration is not None:
         calibration = load_dataset(options.calibration, sample_shape, "calibration")
-        warnings += calibration.warnings
     validation = None
     if options.validation is not None:
         validation = load_dataset(options.validation, sample_shape, "validation")
@@ -187,12 +195,8 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
     model_path = Path(model)
     target, device, io_dtype = _resolve_target(options)
     kind = detect_kind(model_path)
-    if not target.accepts(kind):
-        raise UsageError(
-            f"{target.name} needs a Keras or SavedModel source; {model_path.name} is ONNX "
-            "(use an onnx-* target)"
-        )
-    name = options.name or _default_name(model_path)
+    _check_source_fits(kind, model_path, target, options)
+    name = options.name or default_name(model_path)
     output = (options.output or Path.cwd() / f"{name}-{options.version}-{target.name}").resolve()
     if output.exists() and not options.force:
         raise UsageError(f"{output} already exists (use --force to replace it)")
@@ -203,8 +207,13 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
 
     with tempfile.TemporaryDirectory(prefix="edgedl-convert-") as tmp:
         workdir = Path(tmp)
-        source = load_source(model_path, workdir)
+        source = load_source(
+            model_path, workdir, options.state_dict, _torch_sample_shape(kind, options)
+        )
         calibration, validation, warnings = _load_data(source, options, target)
+        diagnostics = _diagnose(calibration, validation) if target.needs_calibration else None
+        if diagnostics:
+            warnings += [f["message"] for f in diagnostics["findings"]]
         n_cal = min(len(calibration), options.calibration_samples) if calibration else 0
         with progress.step("calibrating", n_cal) as advance:
             ctx = BuildContext(
@@ -214,6 +223,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
                 io_dtype=io_dtype,
                 calibration_samples=options.calibration_samples,
                 advance=advance,
+                float_nodes=options.float_nodes,
             )
             built = target.build(ctx)
         warnings += built.warnings
@@ -251,6 +261,8 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
             providers=device.execution_providers if device else None,
         )
         report = _base_report(manifest, target, source, device, threads, built.calibration)
+        report["calibration_diagnostics"] = diagnostics
+        warnings[:0] = source.warnings
         report["warnings"] = warnings
         if validation is not None:
             with progress.step("validating", len(validation)) as advance:
@@ -300,6 +312,47 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
     )
 
 
+def _diagnose(calibration: Dataset | None, validation: Dataset | None) -> dict[str, Any] | None:
+    """The calibration data's value summary and what :func:`diagnose` found wrong with it."""
+    if calibration is None:
+        return None
+    separate = validation is not None and validation is not calibration
+    return {
+        "calibration": value_summary(calibration.x),
+        "validation": value_summary(validation.x) if separate and validation else None,
+        "findings": [f.to_dict() for f in diagnose(calibration, validation)],
+    }
+
+
+def _check_source_fits(
+    kind: SourceKind, model: Path, target: Target, options: ConvertOptions
+) -> None:
+    if options.state_dict is not None and kind != "torch":
+        raise UsageError("--state-dict goes with a PyTorch package.module:factory model")
+    if target.accepts(kind):
+        return
+    hint = "use an onnx-* target"
+    if kind == "torch":
+        hint += "; PyTorch → TFLite is not supported yet"
+    raise UsageError(
+        f"{target.name} needs a Keras or SavedModel source; {model.name} is "
+        f"{KIND_NAMES[kind]} ({hint})"
+    )
+
+
+def _torch_sample_shape(kind: SourceKind, options: ConvertOptions) -> tuple[int, ...] | None:
+    """A PyTorch module's per-sample input shape, from its calibration or validation data."""
+    if kind != "torch":
+        return None
+    data = options.calibration or options.validation
+    if data is None:
+        raise UsageError(
+            "a PyTorch source takes its input shape from the data: give --calibration or "
+            "--validation (.npy/.npz shaped as the module expects, e.g. N,C,H,W)"
+        )
+    return stored_sample_shape(data, "calibration" if options.calibration else "validation")
+
+
 def _class_count(outputs: dict[str, Any]) -> int | None:
     for arr in outputs.values():
         if arr.ndim == 2 and arr.shape[1] >= 2:
@@ -322,7 +375,7 @@ def _base_report(
         "target": target.name,
         "runtime": target.runtime,
         "device": device.name if device else None,
-        "source": {"path": str(source.path), "kind": source.kind},
+        "source": {"path": str(source.path), "kind": source.kind, **source.details},
         "tools": _tool_versions(),
         "calibration": calibration,
         "inputs": [s.model_dump() for s in manifest.inputs],

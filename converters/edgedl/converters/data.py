@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import wave
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from edgedl.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 AUDIO_SUFFIXES = {".wav"}
-MIN_CALIBRATION_SAMPLES = 100
 
 
 @dataclass
@@ -34,7 +33,6 @@ class Dataset:
     source: str
     sample_names: list[str] | None = None
     class_names: list[str] | None = None
-    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -56,7 +54,6 @@ class Dataset:
             source=self.source,
             sample_names=None if self.sample_names is None else self.sample_names[:n],
             class_names=self.class_names,
-            warnings=list(self.warnings),
         )
 
 
@@ -88,12 +85,27 @@ def load_dataset(
     _check_finite(ds, role)
     if ds.y is not None and ds.y.shape[0] != len(ds):
         raise DataError(f"{role} data {p}: {len(ds)} samples but {ds.y.shape[0]} labels")
-    if role == "calibration" and len(ds) < MIN_CALIBRATION_SAMPLES:
-        ds.warnings.append(
-            f"only {len(ds)} calibration samples (fewer than {MIN_CALIBRATION_SAMPLES}): "
-            "quantization ranges may not be representative"
-        )
     return ds
+
+
+def stored_sample_shape(path: str | Path, role: str = "calibration") -> tuple[int, ...]:
+    """One sample's shape as stored in a ``.npy``/``.npz`` file (for models without shapes)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix not in (".npy", ".npz"):
+        raise DataError(
+            f"{role} data {p}: a PyTorch source takes its input shape from a .npy or .npz "
+            "file (inputs shaped as the module expects, batch first)"
+        )
+    if p.suffix == ".npy":
+        x = _np_load(p, role)
+    else:
+        with _np_load(p, role) as npz:
+            if "x" not in npz.files:
+                raise DataError(f"{role} data {p}: no array 'x'")
+            x = npz["x"]
+    if np.ndim(x) < 2:
+        raise DataError(f"{role} data {p}: expected a batch of samples, found shape {np.shape(x)}")
+    return tuple(int(d) for d in np.shape(x)[1:])
 
 
 def _np_load(p: Path, role: str) -> Any:

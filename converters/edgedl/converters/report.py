@@ -51,8 +51,45 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if report.get("auto"):
+        render_candidates(report["auto"], console)
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def render_candidates(auto: dict[str, Any], console: Console) -> None:
+    """The ranked table of ``--target auto``: every candidate, why it was or was not chosen."""
+    table = Table(
+        title=f"--target auto: candidates, ranked ({auto['measure']} drop bound "
+        f"{auto['max_accuracy_drop_pts']:g} pts)",
+        title_justify="left",
+    )
+    for col in ("#", "target", "size (B)", "drop pts", "SQNR dB", "p50 ms", "p95 ms", "verdict"):
+        table.add_column(col, justify="left" if col in ("target", "verdict") else "right")
+    for r in auto["candidates"]:
+        if "skipped" in r:
+            table.add_row("-", r["target"], "-", "-", "-", "-", "-", f"skipped: {r['skipped']}")
+            continue
+        verdict = "chosen" if r["chosen"] else ""
+        if not r["within_bound"]:
+            verdict = ", ".join(v for v in (verdict, "over the bound") if v)
+        if r.get("float_layers"):
+            verdict = ", ".join(v for v in (verdict, f"float: {' '.join(r['float_layers'])}") if v)
+        if r["slower_than_fp32"]:
+            verdict = ", ".join(
+                v for v in (verdict, f"slower than fp32: {r['slower_than_fp32']}") if v
+            )
+        table.add_row(
+            str(r["rank"]),
+            r["target"],
+            f"{r['size_bytes']:,}",
+            _fmt(r["drop_pts"], "+.2f"),
+            _fmt(r["sqnr_db"], ".1f"),
+            _fmt(r["latency_p50_ms"], ".3f"),
+            _fmt(r["latency_p95_ms"], ".3f"),
+            verdict or "within the bound",
+        )
+    console.print(table)
 
 
 def render_comparison(reports: Sequence[dict[str, Any]], console: Console) -> None:

@@ -1,8 +1,9 @@
-"""Source models: Keras (``.keras``/``.h5``), TensorFlow SavedModel, or ONNX.
+"""Source models: Keras (``.keras``/``.h5``), TensorFlow SavedModel, ONNX, or PyTorch.
 
 A Keras model is exported to a SavedModel first, so Keras and SavedModel sources take one
 path into TFLite and ONNX (tf2onnx's ``from_keras`` does not work with Keras 3; going through
-the SavedModel's serving signature does, and keeps the signature's tensor names).
+the SavedModel's serving signature does, and keeps the signature's tensor names). A PyTorch
+source is exported to ONNX (:mod:`.torch_source`) and runs as itself for the reference.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +21,11 @@ from numpy.typing import NDArray
 from edgedl.bundle import TensorSpec
 from edgedl.errors import ConversionError, ModelError
 
+from . import torch_source
 from ._tf import import_tensorflow
 
-SourceKind = Literal["keras", "saved_model", "onnx"]
+SourceKind = Literal["keras", "saved_model", "onnx", "torch"]
+KIND_NAMES = {"keras": "Keras", "saved_model": "a SavedModel", "onnx": "ONNX", "torch": "PyTorch"}
 KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 Arrays = dict[str, NDArray[np.float32]]
 
@@ -38,6 +41,9 @@ class SourceModel:
     outputs: list[TensorSpec]
     saved_model_dir: Path | None
     _run: Callable[[Mapping[str, NDArray[Any]]], Arrays]
+    onnx_path: Path | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def predict(self, inputs: Mapping[str, NDArray[Any]], batch_size: int = 256) -> Arrays:
         """Run the source model on float inputs (batch first) in chunks of ``batch_size``."""
@@ -62,6 +68,8 @@ def _size_of(path: Path) -> int:
 
 def detect_kind(path: Path) -> SourceKind:
     """What kind of source ``path`` is, from its name and layout; :class:`ModelError` if none."""
+    if torch_source.is_factory(str(path)):
+        return "torch"
     if not path.exists():
         raise ModelError(f"model not found: {path}")
     if path.is_dir():
@@ -73,16 +81,31 @@ def detect_kind(path: Path) -> SourceKind:
         return "keras"
     if suffix == ".onnx":
         return "onnx"
+    if suffix in torch_source.TORCH_SUFFIXES:
+        return "torch"
     raise ModelError(
-        f"unsupported model format {path.name!r} "
-        "(expected .keras, .h5, a SavedModel directory, or .onnx)"
+        f"unsupported model format {path.name!r} (expected .keras, .h5, a SavedModel "
+        "directory, .onnx, a PyTorch .pt/.pt2 file, or package.module:factory)"
     )
 
 
-def load_source(path: str | os.PathLike[str], workdir: Path) -> SourceModel:
-    """Load a source model; a Keras model is exported to a SavedModel under ``workdir``."""
+def load_source(
+    path: str | os.PathLike[str],
+    workdir: Path,
+    state_dict: Path | None = None,
+    sample_shape: tuple[int, ...] | None = None,
+) -> SourceModel:
+    """Load a source model; a Keras model is exported to a SavedModel under ``workdir``.
+
+    A PyTorch source needs ``sample_shape`` (one sample's input shape, from the data) and
+    takes ``state_dict`` when it is a ``module:factory``; it is exported to ONNX in ``workdir``.
+    """
     p = Path(path)
     kind = detect_kind(p)
+    if kind == "torch":
+        if sample_shape is None:
+            raise ModelError("a PyTorch source needs data to take its input shape from")
+        return _load_torch(str(path), state_dict, sample_shape, workdir)
     if kind == "onnx":
         return _load_onnx(p)
     saved_model = p
@@ -220,4 +243,49 @@ def _load_onnx(path: Path) -> SourceModel:
         outputs=outputs,
         saved_model_dir=None,
         _run=run,
+        onnx_path=path,
+    )
+
+
+def _load_torch(
+    spec: str, state_dict: Path | None, sample_shape: tuple[int, ...], workdir: Path
+) -> SourceModel:
+    import onnx
+
+    model = torch_source.load_module(spec, state_dict)
+    onnx_path = workdir / "torch.onnx"
+    exporter, notes = torch_source.export_onnx(model, sample_shape, onnx_path)
+    proto = onnx.load(str(onnx_path))
+    exported = _load_onnx(onnx_path)
+    names = [s.name for s in exported.outputs]
+    batch = exported.inputs[0].shape[0] if exported.inputs[0].shape else -1
+
+    def run(feeds: Mapping[str, NDArray[Any]]) -> Arrays:
+        x = np.asarray(next(iter(feeds.values())), dtype=np.float32)
+        if batch <= 0:
+            return dict(zip(names, model.run(x), strict=True))
+        # A torch.export program traced at a fixed batch size accepts only that size.
+        n = x.shape[0]
+        padded = np.concatenate([x, np.zeros((-n % batch, *x.shape[1:]), np.float32)])
+        parts = [model.run(padded[i : i + batch]) for i in range(0, len(padded), batch)]
+        return {k: np.concatenate([p[j] for p in parts])[:n] for j, k in enumerate(names)}
+
+    files = [p for p in (Path(spec), state_dict) if p is not None and p.is_file()]
+    return SourceModel(
+        kind="torch",
+        path=Path(spec),
+        size_bytes=sum(_size_of(p) for p in files) or _size_of(onnx_path),
+        inputs=exported.inputs,
+        outputs=exported.outputs,
+        saved_model_dir=None,
+        _run=run,
+        onnx_path=onnx_path,
+        details={
+            "form": model.form,
+            "state_dict": str(state_dict) if state_dict else None,
+            "exporter": exporter,
+            "onnx_opset": max((o.version for o in proto.opset_import if not o.domain), default=0),
+            "onnx_nodes": len(proto.graph.node),
+        },
+        warnings=[*model.warnings, *notes],
     )

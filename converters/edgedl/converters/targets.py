@@ -31,6 +31,7 @@ class BuildContext:
     io_dtype: str = "int8"
     calibration_samples: int = 500
     advance: Callable[[int], None] = lambda n: None
+    float_nodes: tuple[str, ...] = ()  # layers an int8 target keeps in float, by node name
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Target:
             "runtime": self.runtime,
             "description": self.description,
             "needs_calibration": self.needs_calibration,
-            "sources": ["keras", "saved_model", "onnx"]
+            "sources": ["keras", "saved_model", "onnx", "torch"]
             if self.family == "onnx"
             else ["keras", "saved_model"],
         }

@@ -1,4 +1,4 @@
-"""ONNX targets: export with tf2onnx, quantize with ONNX Runtime, fp16 with onnxconverter-common."""
+"""ONNX targets: export with tf2onnx (or take the source's ONNX), quantize with ONNX Runtime, fp16 with onnxconverter-common."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from edgedl.errors import ConversionError
 
 from ._tf import import_tensorflow
+from .sensitivity import layer_errors
 from .targets import BuildContext, BuildResult, register
 
 OPSET = 17
@@ -28,8 +29,8 @@ def export_fp32(ctx: BuildContext) -> Path:
     out = ctx.workdir / "model.fp32.onnx"
     if out.exists():
         return out
-    if ctx.source.kind == "onnx":
-        shutil.copyfile(ctx.source.path, out)
+    if ctx.source.onnx_path is not None:  # an ONNX source, or a PyTorch one exported to ONNX
+        shutil.copyfile(ctx.source.onnx_path, out)
         return out
     assert ctx.source.saved_model_dir is not None
     tf = import_tensorflow()
@@ -142,6 +143,7 @@ def onnx_fp32(ctx: BuildContext) -> BuildResult:
 )
 def onnx_int8(ctx: BuildContext) -> BuildResult:
     """Static QDQ quantization: int8 activations and per-channel int8 weights, float I/O."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     assert ctx.calibration is not None
@@ -160,9 +162,13 @@ def onnx_int8(ctx: BuildContext) -> BuildResult:
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(ctx.float_nodes),
         )
     except Exception as exc:
         raise ConversionError(f"ONNX static quantization failed: {_first_line(exc)}") from exc
+    unknown = set(ctx.float_nodes) - {n.name for n in onnx.load(str(pre)).graph.node}
+    if unknown:
+        raise ConversionError(f"no node named {sorted(unknown)[0]!r} to keep in float")
     calibration = {
         "method": "minmax (onnxruntime)",
         "format": "QDQ",
@@ -171,6 +177,9 @@ def onnx_int8(ctx: BuildContext) -> BuildResult:
         "samples": min(len(ctx.calibration), ctx.calibration_samples),
         "per_channel": True,
         "source": ctx.calibration.source,
+        "float_nodes": list(ctx.float_nodes),
+        # Per quantized layer, the worst first: what to keep in float if accuracy suffers.
+        "layer_errors": layer_errors(pre, out, ctx.calibration.x, ctx.source.inputs[0].name),
     }
     return BuildResult(model_path=out, calibration=calibration, warnings=notes)
 

@@ -124,14 +124,15 @@ class FleetRecords:
     # ---------------------------------------------------------------- telemetry
 
     def model_windows(
-        self, devices: list[str], model: str, since: float
+        self, fleet: str, devices: list[str], model: str, since: float
     ) -> list[tuple[str, bytes]]:
-        """``(device, payload)`` of the windows of ``devices`` that ended after ``since``
-        and served ``model`` (the gates decode them for the version they judge)."""
+        """``(device, payload)`` of the windows of ``devices`` of ``fleet`` that ended after
+        ``since`` and served ``model`` (the gates decode them for the version they judge)."""
         if not devices:
             return []
         query = (
             select(windows.c.device, windows.c.payload)
+            .where(windows.c.fleet == fleet)
             .where(windows.c.device.in_(devices))
             .where(windows.c.window_end >= since)
             .order_by(windows.c.id)

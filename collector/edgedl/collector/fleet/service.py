@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +70,8 @@ class Fleet:
             collector.store,
             publish=self._publish,
             alerts=collector.alerts,
-            drift=lambda d, m, v: collector.monitor.results(
-                device=d, model=m, version=v, scope="device"
+            drift=lambda f, d, m, v: collector.monitor.results(
+                device=d, model=m, version=v, scope="device", fleet=f
             ),
             tick_s=self.config.tick_s,
         )
@@ -158,8 +159,8 @@ class Fleet:
                 f"{req.model} {req.version} is not published (published versions: "
                 f"{', '.join(published) or 'none'}): edgedl fleet publish BUNDLE first"
             )
-        reports = device_reports(self.collector.store.devices())
-        fleets = sorted({r["fleet"] for r in reports.values()})
+        rows = self.collector.store.devices()
+        fleets = sorted({r["fleet"] for r in rows})
         fleet = req.fleet
         if fleet is None:
             if len(fleets) != 1:
@@ -168,9 +169,8 @@ class Fleet:
                 )
             fleet = fleets[0]
         validate_id(fleet, "fleet")
-        devices = select_devices(
-            [d for d, r in reports.items() if r["fleet"] == fleet], req.devices
-        )
+        reports = device_reports(rows, fleet)
+        devices = select_devices(list(reports), req.devices)
         for rollout in self.records.rollouts(state="running"):
             if rollout["fleet"] == fleet and rollout["model"] == req.model:
                 raise FleetError(
@@ -203,8 +203,10 @@ class Fleet:
         versions = {p["version"] for p in previous.values() if p}
         baseline = None
         if len(versions) == 1:
-            rows = self.records.model_windows(devices, req.model, now - self.config.baseline_s)
-            baseline = version_figures([p for _, p in rows], req.model, versions.pop()).p95_ms
+            recent = self.records.model_windows(
+                fleet, devices, req.model, now - self.config.baseline_s
+            )
+            baseline = version_figures([p for _, p in recent], req.model, versions.pop()).p95_ms
         options = dict(req.options)
         if req.strategy == "bluegreen":
             options.setdefault("probation_s", req.probation_s or self.config.probation_s)
@@ -241,21 +243,32 @@ class Fleet:
 
     def models(self) -> dict[str, Any]:
         """Published models and versions, and which devices run which version."""
-        reports = device_reports(self.collector.store.devices())
+        rows = self.collector.store.devices()
         out: dict[str, Any] = {}
         for row in self.records.artifacts():
             entry = out.setdefault(row["model"], {"versions": [], "devices": {}})
             entry["versions"].append(self._artifact_json(row))
+        names = Counter(r["device"] for r in rows)
+        shared = {n for n, count in names.items() if count > 1}
+        for fleet in sorted({r["fleet"] for r in rows}):
+            self._add_devices(out, fleet, device_reports(rows, fleet), shared)
+        return out
+
+    @staticmethod
+    def _add_devices(
+        out: dict[str, Any], fleet: str, reports: dict[str, Any], shared: set[str]
+    ) -> None:
+        """Add the devices of ``fleet`` under each model they run: by name, or as
+        ``fleet/device`` when another fleet has a device of the same name."""
         for device, report in sorted(reports.items()):
             for model, version in report["models"].items():
                 entry = out.setdefault(model, {"versions": [], "devices": {}})
-                entry["devices"][device] = {
+                entry["devices"][f"{fleet}/{device}" if device in shared else device] = {
                     "version": version,
                     "fleet": report["fleet"],
                     "online": report["online"],
                     "rollout": report["rollout"] or None,
                 }
-        return out
 
 
 def rollout_json(row: dict[str, Any]) -> dict[str, Any]:

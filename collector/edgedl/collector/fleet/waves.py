@@ -30,7 +30,7 @@ from .records import FleetRecords
 log = logging.getLogger("edgedl.collector.fleet")
 
 Publish = Callable[[str, bytes, bool], None]
-DriftResults = Callable[[str, str, str], list[dict[str, Any]]]
+DriftResults = Callable[[str, str, str, str], list[dict[str, Any]]]  # fleet, device, model, ver
 ARRIVED = ("probation", "promoted")
 FAILED = ("refused", "rolled_back")
 
@@ -92,8 +92,9 @@ class WaveController:
         running = self.records.rollouts(state="running")
         if not running:
             return
-        reports = device_reports(self.store.devices())
+        rows = self.store.devices()
         for rollout in running:
+            reports = device_reports(rows, rollout["fleet"])
             self.advance(rollout, reports, time.time() if now is None else now)
 
     def advance(self, r: dict[str, Any], reports: dict[str, dict[str, Any]], now: float) -> None:
@@ -136,12 +137,16 @@ class WaveController:
             return
         # probation: judge the new version on the devices that run it
         arrived = [d for d in wave_devices if _arrived(plan["device_states"][d], version, ARRIVED)]
+        fleet = r["fleet"]
         payloads = [
-            p for _, p in self.records.model_windows(arrived, model, float(r["phase_since"]))
+            p for _, p in self.records.model_windows(fleet, arrived, model, float(r["phase_since"]))
         ]
         figures = version_figures(payloads, model, version)
         drift = [
-            res for d in arrived for res in self.drift(d, model, version) if res.get("device") == d
+            res
+            for d in arrived
+            for res in self.drift(fleet, d, model, version)
+            if res.get("device") == d
         ]
         shadow = {
             d: plan["device_states"][d]["shadow"]
@@ -251,21 +256,27 @@ class WaveController:
         )
 
 
-def device_reports(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{device: {"online", "models": {name: version}, "rollout": {...}}}`` from device rows."""
+def device_reports(rows: list[dict[str, Any]], fleet: str) -> dict[str, dict[str, Any]]:
+    """``{device: {"online", "models": {name: version}, "rollout": {...}}}`` from the device
+    rows of ``fleet`` (device names are unique within a fleet, not across fleets)."""
     import json
 
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
+        if row["fleet"] != fleet:
+            continue
         status = json.loads(row["status"]) if row.get("status") else {}
         models = {m["name"]: m["version"] for m in status.get("models", [])}
         if not models and row.get("model"):
             models = {row["model"]: row.get("version")}
         # During a rollout both versions are loaded: the updater says which one answers.
         models.update((status.get("rollout") or {}).get("serving") or {})
+        # A window received after the status outranks it (a stale or forged "offline").
+        seen, said_at = row.get("last_seen"), row.get("status_received_at")
+        later = seen is not None and said_at is not None and float(seen) > float(said_at)
         out[row["device"]] = {
             "fleet": row["fleet"],
-            "online": bool(status.get("online", row.get("online"))),
+            "online": bool(status.get("online", row.get("online"))) or later,
             "models": models,
             "rollout": status.get("rollout") or {},
         }

@@ -33,13 +33,19 @@ function statusColor(status) {
   return COLORS[status] || COLORS.muted;
 }
 
+// A device is its fleet and its name: two fleets may each have a "pi-1".
+function sameDevice(a, b) {
+  return Boolean(a && b) && a.fleet === b.fleet && a.device === b.device;
+}
+
 function renderDevices(devices) {
   const body = document.querySelector("#devices tbody");
   body.replaceChildren();
   for (const d of devices) {
     const tr = document.createElement("tr");
     tr.dataset.device = d.device;
-    if (d.device === state.selected) tr.className = "selected";
+    tr.dataset.fleet = d.fleet;
+    if (sameDevice(d, state.selected)) tr.className = "selected";
     cell(tr, d.device, "device-name");
     cell(tr, d.fleet);
     cell(tr, d.online ? "online" : "offline", d.online ? "pill online" : "pill offline");
@@ -48,7 +54,8 @@ function renderDevices(devices) {
     cell(tr, d.version || "–");
     cell(tr, String(d.inferences));
     cell(tr, String(d.windows));
-    tr.addEventListener("click", () => { state.selected = d.device; refresh(); });
+    cell(tr, String(d.missing || 0), d.missing ? "missing some" : "missing");
+    tr.addEventListener("click", () => { state.selected = { fleet: d.fleet, device: d.device }; refresh(); });
     body.appendChild(tr);
   }
   const online = devices.filter((d) => d.online).length;
@@ -64,7 +71,7 @@ function renderAlerts(alerts) {
     const tr = document.createElement("tr");
     tr.className = `alert-row kind-${a.kind}`;
     cell(tr, a.kind, "pill alert");
-    cell(tr, a.device || `fleet ${a.fleet}`);
+    cell(tr, a.device ? `${a.fleet}/${a.device}` : `fleet ${a.fleet}`);
     cell(tr, a.model ? `${a.model} ${a.version}` : "–");
     cell(tr, a.metric);
     cell(tr, fmt(a.value));
@@ -148,13 +155,15 @@ function renderPipelines(latest) {
     : "";
 }
 
-async function renderDevice(name) {
-  document.getElementById("device-name").textContent = name || "–";
-  if (!name) return;
+async function renderDevice(selected) {
+  document.getElementById("device-name").textContent = selected ? selected.device : "–";
+  if (!selected) return;
+  const name = encodeURIComponent(selected.device);
+  const fleet = encodeURIComponent(selected.fleet);
   const [detail, windows, drift] = await Promise.all([
-    getJSON(`/api/v1/devices/${encodeURIComponent(name)}`),
-    getJSON(`/api/v1/windows?device=${encodeURIComponent(name)}&limit=120`),
-    getJSON(`/api/v1/drift?device=${encodeURIComponent(name)}&scope=device&history=true`),
+    getJSON(`/api/v1/devices/${fleet}/${name}`),
+    getJSON(`/api/v1/windows?device=${name}&fleet=${fleet}&limit=120`),
+    getJSON(`/api/v1/drift?device=${name}&fleet=${fleet}&scope=device&history=true`),
   ]);
   document.getElementById("device-model").textContent = detail.model ? `${detail.model} ${detail.version}` : "";
   const rows = windows.slice().reverse();
@@ -206,8 +215,9 @@ async function refresh() {
       getJSON("/api/v1/devices"), getJSON("/api/v1/alerts?state=open"), getJSON("/api/v1/rollouts"),
     ]);
     if (!state.selected && devices.length) {
-      const alerted = alerts.find((a) => a.device && devices.some((d) => d.device === a.device));
-      state.selected = alerted ? alerted.device : devices[0].device;
+      const alerted = alerts.find((a) => a.device && devices.some((d) => sameDevice(d, a)));
+      const first = alerted || devices[0];
+      state.selected = { fleet: first.fleet, device: first.device };
     }
     renderDevices(devices);
     renderAlerts(alerts);

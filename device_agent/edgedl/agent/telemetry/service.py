@@ -155,7 +155,9 @@ class TelemetryService:
         """Cut the current window now and spool it; its sequence number."""
 
         def build(seq: int, dropped: int) -> bytes:
-            window = self.builder.cut(seq=seq, dropped=dropped, pending=len(self.spool))
+            window = self.builder.cut(
+                seq=seq, dropped=dropped, pending=len(self.spool), epoch=self.spool.epoch
+            )
             payload, _ = encode_window(window, self.config.compression)
             return payload
 
@@ -211,6 +213,7 @@ class TelemetryService:
         return DeviceStatus(
             fleet=self.config.fleet,
             device=self.config.device,
+            epoch=self.spool.epoch,
             online=online,
             agent_version=__version__,
             models=models[:16],

@@ -1,10 +1,14 @@
 """The durable spool: telemetry windows wait on disk until the broker acknowledges them.
 
-One SQLite file in WAL mode holds three things:
+One SQLite file in WAL mode holds four things:
 
 * ``windows``: encoded windows not yet acknowledged, keyed by their sequence number;
 * the per-device sequence counter, so a restarted agent never reuses a number;
-* the count of windows dropped past the size bound and not yet reported.
+* the count of windows dropped past the size bound and not yet reported;
+* the spool's *epoch*: a random id chosen when the file is created. Sequence numbers count
+  within an epoch, so a device whose spool is lost (re-imaged, new SD card) starts a new
+  epoch at seq 0 instead of repeating numbers the collector already holds. A spool created
+  before epochs existed keeps the epoch ``""``, under which its windows were already sent.
 
 Drop counts add up: the ``dropped`` figures of the windows that reach the collector sum to the
 number of windows that never will (a dropped window's own report is carried to the next one).
@@ -18,6 +22,7 @@ transaction that stores that window, so a crash can neither lose nor double the 
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -39,6 +44,10 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('next_seq', 0), ('dropped', 0),
     ('dropped_total', 0);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: Builds a window's payload from its sequence number and the windows dropped since the last.
@@ -79,9 +88,35 @@ class Spool:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self.epoch = self._open_epoch()
         except (OSError, sqlite3.Error) as exc:
             raise TelemetryError(f"cannot open the telemetry spool {self.path}: {exc}") from exc
+
+    def _open_epoch(self) -> str:
+        """Create the tables if needed; the spool's epoch (chosen now for a new spool)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            existed = (
+                db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'counters'"
+                ).fetchone()
+                is not None
+            )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+            if row is None:
+                epoch = "" if existed else secrets.token_hex(8)
+                db.execute("INSERT INTO meta (name, value) VALUES ('epoch', ?)", (epoch,))
+            else:
+                epoch = str(row[0])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return epoch
 
     def enqueue(self, build: PayloadBuilder) -> int:
         """Store the next window durably and return its sequence number.

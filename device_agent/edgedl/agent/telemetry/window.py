@@ -237,10 +237,13 @@ class WindowBuilder:
         with self._lock:
             return self._window.inferences
 
-    def cut(self, seq: int = 0, dropped: int = 0, pending: int = 0) -> TelemetryWindow:
+    def cut(
+        self, seq: int = 0, dropped: int = 0, pending: int = 0, epoch: str = ""
+    ) -> TelemetryWindow:
         """Close the current window, start a fresh one, and return the closed one.
 
-        ``seq`` is the window's sequence number; ``dropped`` and ``pending`` describe the spool.
+        ``seq`` is the window's sequence number within the spool's ``epoch``; ``dropped`` and
+        ``pending`` describe the spool.
         """
         now = time.time()
         with self._lock:
@@ -255,6 +258,7 @@ class WindowBuilder:
         return TelemetryWindow(
             fleet=self.fleet,
             device=self.device,
+            epoch=epoch,
             seq=seq,
             window_start=finished.start,
             window_end=max(now, finished.start),

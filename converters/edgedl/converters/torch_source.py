@@ -1,0 +1,244 @@
+"""PyTorch sources: a TorchScript file, a ``torch.export`` file, or a factory plus a state dict.
+
+A PyTorch module carries no input shape, so it is taken from the calibration (or validation)
+data: the module is exported to ONNX with that per-sample shape and a dynamic batch axis, and
+every ONNX target then starts from that file. The module itself stays the reference that
+validation compares the artifact with, so an exporter that changes the outputs shows in the
+report. ``torch`` is imported only when a PyTorch source is converted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgedl.errors import ConversionError, ModelError
+
+TORCH_SUFFIXES = {".pt", ".pth", ".pt2"}
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+INPUT_NAME = "input"
+_INSTALL_HINT = (
+    "PyTorch sources need torch: pip install 'edgedl[torch]' "
+    "(a CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+)
+
+
+def is_factory(spec: str) -> bool:
+    """Whether ``spec`` reads as ``package.module:factory`` (and is not a file)."""
+    return bool(_FACTORY.match(spec)) and not Path(spec).exists()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelError(_INSTALL_HINT) from exc
+    return torch
+
+
+@dataclass
+class TorchModule:
+    """A loaded PyTorch module in eval mode, and how it was given."""
+
+    module: Any
+    form: str  # "torchscript", "torch.export", "factory"
+    exported_program: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+    def run(self, x: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        """The module's outputs for one float batch, as float32 arrays in order."""
+        torch = _import_torch()
+        with torch.no_grad():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return [np.asarray(t.detach().numpy(), dtype=np.float32) for t in _flatten(out)]
+
+
+def _flatten(out: Any) -> Iterator[Any]:
+    if isinstance(out, Mapping):
+        for v in out.values():
+            yield from _flatten(v)
+    elif isinstance(out, list | tuple):
+        for v in out:
+            yield from _flatten(v)
+    else:
+        yield out
+
+
+def load_module(spec: str, state_dict: Path | None) -> TorchModule:
+    """Load a PyTorch model from a ``.pt``/``.pth``/``.pt2`` file or a ``module:factory`` spec.
+
+    Raises :class:`ModelError` with one line for a file that is not a model, a factory that
+    cannot be imported or called, and a state dict that does not fit the factory's module.
+    """
+    torch = _import_torch()
+    path = Path(spec)
+    if is_factory(spec):
+        return _from_factory(torch, spec, state_dict)
+    if state_dict is not None:
+        raise ModelError("--state-dict goes with a package.module:factory model, not a file")
+    if not path.is_file():
+        raise ModelError(f"model not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{path} is not a PyTorch model: TorchScript and torch.export files are zip archives"
+        )
+    if path.suffix.lower() == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelError(f"cannot read torch.export file {path}: {_first_line(exc)}") from exc
+        return TorchModule(program.module(), "torch.export", exported_program=program)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        if _is_state_dict(torch, path):
+            raise ModelError(
+                f"{path} holds only weights (a state dict): give the module as "
+                f"package.module:factory --state-dict {path.name}"
+            ) from exc
+        raise ModelError(f"cannot read TorchScript file {path}: {_first_line(exc)}") from exc
+    return TorchModule(module.eval(), "torchscript")
+
+
+def _is_state_dict(torch: Any, path: Path) -> bool:
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(loaded, Mapping)
+
+
+def _from_factory(torch: Any, spec: str, state_dict: Path | None) -> TorchModule:
+    module_name, attr = spec.split(":")
+    # Like uvicorn's --app-dir default: a factory in the current directory is importable.
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        mod = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot import {module_name!r} for factory {spec!r}: {_first_line(exc)}"
+        ) from exc
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name!r} has no callable {attr!r} (factory {spec!r})")
+    try:
+        module = factory()
+    except Exception as exc:
+        raise ModelError(f"factory {spec!r} failed: {_first_line(exc)}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(
+            f"factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    notes = []
+    if state_dict is None:
+        notes.append(
+            f"no --state-dict: converted the weights {spec} creates itself "
+            "(random unless the factory loads them)"
+        )
+    else:
+        _load_state_dict(torch, module, state_dict, spec)
+    return TorchModule(module.eval(), "factory", warnings=notes)
+
+
+def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
+    if not path.is_file():
+        raise ModelError(f"state dict not found: {path}")
+    try:
+        weights = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read state dict {path}: {_first_line(exc)}") from exc
+    if isinstance(weights, Mapping) and isinstance(weights.get("state_dict"), Mapping):
+        weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., ...}
+    if not isinstance(weights, Mapping):
+        raise ModelError(f"{path} is not a state dict (found {type(weights).__name__})")
+    try:
+        module.load_state_dict(weights, strict=True)
+    except Exception as exc:
+        # torch lists every mismatch on its own line after a heading; the first one is enough.
+        details = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        detail = details[0] if details else _first_line(exc)
+        raise ModelError(f"state dict {path.name} does not fit {spec}: {detail[:300]}") from exc
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the exporters' progress lines and warnings off the user's terminal."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(
+    model: TorchModule, sample_shape: Sequence[int], out: Path, opset: int = 18
+) -> tuple[str, list[str]]:
+    """Export ``model`` to ONNX at ``out`` with a dynamic batch axis; return (exporter, notes).
+
+    The file is self-contained (weights inside, no external data file), so it can be copied.
+
+    ``torch.export`` (``dynamo=True``) first; when it cannot trace the module, the TorchScript
+    exporter, with a note saying why. :class:`ConversionError` when neither can.
+    """
+    torch = _import_torch()
+    example = torch.zeros((2, *sample_shape), dtype=torch.float32)
+    names = {"input_names": [INPUT_NAME]}
+    notes: list[str] = []
+    if model.form != "torchscript":
+        target = model.exported_program if model.exported_program is not None else model.module
+        batch = None if model.exported_program is not None else ({0: torch.export.Dim.AUTO},)
+        try:
+            with _quiet():
+                torch.onnx.export(
+                    target, (example,), str(out), dynamo=True, dynamic_shapes=batch,
+                    opset_version=opset, external_data=False, **names,
+                )  # fmt: skip
+            return "torch.export (dynamo)", notes
+        except Exception as exc:
+            if model.exported_program is not None:
+                raise ConversionError(
+                    f"torch.onnx.export could not export {model.form} program: {_first_line(exc)}"
+                ) from exc
+            notes.append(
+                f"torch.export could not trace the module ({_first_line(exc)}); "
+                "exported with the TorchScript exporter instead"
+            )
+    try:
+        with _quiet():
+            torch.onnx.export(
+                model.module, (example,), str(out), dynamo=False, opset_version=opset,
+                dynamic_axes={INPUT_NAME: {0: "batch"}}, **names,
+            )  # fmt: skip
+    except Exception as exc:
+        raise ConversionError(
+            f"torch.onnx.export could not export the module: {_first_line(exc)}"
+        ) from exc
+    return "torchscript", notes
