@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
 # dashboard. Installed only when missing (CI runs as root on Debian).
-DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium
+DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium prometheus:prometheus
 
 .PHONY: help venv sysdeps lint test test-repeat demo bench clean
 

@@ -107,6 +107,8 @@ class HttpConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8090, ge=0, le=65535)
+    # Device-scope drift series on /metrics at most (edgedl.collector.fleet_metrics).
+    metrics_max_series: int = Field(default=100_000, ge=0)
 
 
 class SequentialConfig(_Section):

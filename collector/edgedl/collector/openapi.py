@@ -144,7 +144,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics of the collector",
+                "summary": "Prometheus metrics: the collector's own, drift and health per device and fleet",
                 "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
             }
         },

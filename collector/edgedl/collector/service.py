@@ -19,9 +19,10 @@ import uvicorn
 from edgedl.errors import ConfigError
 
 from .alerts import AlertBook
-from .api import create_app
+from .api import create_app, is_online
 from .config import CollectorConfig
 from .fleet.service import Fleet
+from .fleet_metrics import FleetMetrics
 from .ingest import Ingestor
 from .metrics import CollectorMetrics
 from .monitor import DriftMonitor
@@ -73,6 +74,14 @@ class Collector:
             config.alerts,
             on_evaluated=self.metrics.evaluations.inc,
             retention_s=config.storage.retention_days * 86400.0,
+        )
+        self.metrics.registry.register(
+            FleetMetrics(
+                self.monitor,
+                self.store,
+                online=lambda row, now: is_online(row, self, now),
+                max_series=config.http.metrics_max_series,
+            )
         )
         self.ingestor = Ingestor(
             self.store,
