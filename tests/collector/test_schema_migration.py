@@ -69,7 +69,13 @@ V2_DEVICES = Table(
     Column("status_since", Float),
     Column("status", Text),
 )
-UNCHANGED = ["dead_letter", "alerts", "model_references", "artifacts", "rollouts"]
+# Alerts as schema 2 had them: without acknowledged_at (added by migration 6).
+Table(
+    "alerts",
+    _V2,
+    *[c._copy() for c in schema.alerts.c if c.name != "acknowledged_at"],
+)
+UNCHANGED = ["dead_letter", "model_references", "artifacts", "rollouts"]
 
 
 def write_v2_database(url: str, windows: WindowMaker, later: tuple[int, ...] = ()) -> None:
@@ -145,6 +151,24 @@ def test_a_schema_2_database_is_upgraded_with_its_data_intact(
         assert len(store.commit_batch([StoredWindow(other, b"{}", time.time())]).stored) == 1
         assert store.device("pi-1", fleet)["inferences"] == 80  # type: ignore[index]
         assert store.device("pi-1", fleet + "-b")["inferences"] == 5  # type: ignore[index]
+        # The alerts table gained acknowledged_at.
+        assert store.acknowledge_alert(1, 123.0) is None  # no alert 1: nothing to acknowledge
+        alert_id = store.open_alert(
+            {
+                "open_key": "k",
+                "kind": "drift",
+                "scope": "device",
+                "fleet": fleet,
+                "device": "cam",
+                "metric": "psi:x",
+                "value": 1.0,
+                "threshold": 0.2,
+                "state": "open",
+                "opened_at": 1.0,
+            }
+        )
+        assert alert_id is not None
+        assert store.acknowledge_alert(alert_id, 123.0)["acknowledged_at"] == 123.0  # type: ignore[index]
     finally:
         store.close()
     reopened = Store(db_url)  # a second start finds nothing left to migrate

@@ -71,6 +71,7 @@ def alert_json(row: dict[str, Any]) -> dict[str, Any]:
         "state": row["state"],
         "opened_at": row["opened_at"],
         "resolved_at": row.get("resolved_at"),
+        "acknowledged_at": row.get("acknowledged_at"),
         "message": row.get("message"),
     }
 

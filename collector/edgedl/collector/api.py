@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .jsonsafe import SafeJSONResponse as JSONResponse
 from .jsonsafe import finite_or_none
 from .openapi import OPENAPI
 from .references import parse_manifest
+from .series import series as window_series
 from .store import AmbiguousDevice
 
 if TYPE_CHECKING:
@@ -44,6 +46,30 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     except ValueError:
         raise EdgeDLError(f"{name} must be an integer") from None
     return max(low, min(high, value))
+
+
+def _float_param(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise EdgeDLError(f"{name} must be a number (seconds since the epoch)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise EdgeDLError(f"{name} must be finite")
+    return value
+
+
+def admin_refusal(request: Request, token: str | None) -> JSONResponse | None:
+    """Why a write action is refused (403 without a configured token, 401 without the right
+    ``Authorization: Bearer`` header), or None when it is allowed."""
+    if not token:
+        return _error(403, "write actions are off: set [http] admin_token")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return _error(401, "needs the header Authorization: Bearer <[http] admin_token>")
+    return None
 
 
 def is_online(row: dict[str, Any], collector: Collector, now: float) -> bool:
@@ -174,7 +200,38 @@ def create_app(collector: Collector) -> Starlette:
         if state not in (None, "open", "resolved"):
             return _error(400, "state must be open or resolved")
         limit = _int_param(request, "limit", 500, 1, 5000)
-        return JSONResponse([alert_json(a) for a in store.alerts(state, limit)])
+        fleet = request.query_params.get("fleet")
+        return JSONResponse([alert_json(a) for a in store.alerts(state, limit, fleet)])
+
+    def acknowledge(request: Request) -> Response:
+        refused = admin_refusal(request, collector.config.http.admin_token)
+        if refused is not None:
+            return refused
+        try:
+            alert_id = int(request.path_params["id"])
+        except ValueError:
+            return _error(400, "the alert id must be an integer")
+        row = store.acknowledge_alert(alert_id, time.time())
+        if row is None:
+            return _error(404, f"no alert {alert_id}")
+        return JSONResponse(alert_json(row))
+
+    def series(request: Request) -> Response:
+        q = request.query_params
+        end = _float_param(request, "to", time.time())
+        start = _float_param(request, "from", end - 3600.0)
+        points = _int_param(request, "points", 200, 1, 1000)
+        return JSONResponse(
+            window_series(
+                store,
+                q.get("metric", "latency"),
+                start,
+                end,
+                points,
+                fleet=q.get("fleet"),
+                device=q.get("device"),
+            )
+        )
 
     def dead_letters(request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, 1000)
@@ -246,6 +303,8 @@ def create_app(collector: Collector) -> Starlette:
             Route("/api/v1/windows", windows),
             Route("/api/v1/drift", drift_results),
             Route("/api/v1/alerts", alerts),
+            Route("/api/v1/alerts/{id}/ack", acknowledge, methods=["POST"]),
+            Route("/api/v1/series", series),
             Route("/api/v1/dead-letters", dead_letters),
             Route("/api/v1/references", references, methods=["GET"]),
             Route("/api/v1/references", add_reference, methods=["POST"]),

@@ -109,6 +109,8 @@ class HttpConfig(_Section):
     port: int = Field(default=8090, ge=0, le=65535)
     # Device-scope drift series on /metrics at most (edgedl.collector.fleet_metrics).
     metrics_max_series: int = Field(default=100_000, ge=0)
+    # Bearer token for the dashboard's write actions (acknowledging an alert); unset: refused.
+    admin_token: str | None = Field(default=None, min_length=16)
 
 
 class SequentialConfig(_Section):

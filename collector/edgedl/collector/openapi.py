@@ -114,8 +114,49 @@ OPENAPI: dict[str, Any] = {
                         {"type": "string", "enum": ["open", "resolved"]},
                     ),
                     _query("limit", "at most this many", {"type": "integer"}),
+                    _query("fleet", "only this fleet's alerts"),
                 ],
                 "responses": {"200": _json(_array(_ref("Alert")))},
+            }
+        },
+        "/api/v1/alerts/{id}/ack": {
+            "post": {
+                "summary": "Acknowledge an alert (needs Authorization: Bearer <[http] admin_token>)",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                "responses": {
+                    "200": _json(_ref("Alert")),
+                    "400": _json(_ref("Error"), "The id is not an integer"),
+                    "401": _json(_ref("Error"), "No or wrong token"),
+                    "403": _json(_ref("Error"), "No [http] admin_token configured"),
+                    "404": _json(_ref("Error"), "No such alert"),
+                },
+            }
+        },
+        "/api/v1/series": {
+            "get": {
+                "summary": "A metric of stored windows over a time range, downsampled to points",
+                "parameters": [
+                    _query(
+                        "metric",
+                        "latency (p50/p95/p99 ms), throughput (per_s) or errors (error_rate)",
+                        {"type": "string", "enum": ["latency", "throughput", "errors"]},
+                    ),
+                    _query("from", "start, seconds since the epoch (default: to - 1 h)", _NUM),
+                    _query("to", "end, seconds since the epoch (default: now)", _NUM),
+                    _query(
+                        "points",
+                        "at most this many points (1-1000, default 200)",
+                        {"type": "integer"},
+                    ),
+                    _query("fleet", "only this fleet"),
+                    _query("device", "only this device"),
+                ],
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    "400": _json(_ref("Error"), "Unknown metric, bad range or bad number"),
+                },
             }
         },
         "/api/v1/dead-letters": {
@@ -342,6 +383,7 @@ OPENAPI: dict[str, Any] = {
                     "state": {"type": "string", "enum": ["open", "resolved"]},
                     "opened_at": _NUM,
                     "resolved_at": _NULLABLE_NUM,
+                    "acknowledged_at": _NULLABLE_NUM,
                     "message": _NULLABLE_STR,
                 },
             },

@@ -128,6 +128,7 @@ alerts = Table(
     Column("opened_at", Float, nullable=False),
     Column("resolved_at", Float),
     Column("message", String(500)),
+    Column("acknowledged_at", Float),  # migration 6
     Index("ix_alerts_state", "state"),
 )
 
@@ -292,12 +293,19 @@ def _v5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[drift_sequential])
 
 
+def _v6(conn: Connection) -> None:
+    if "acknowledged_at" not in {c["name"] for c in inspect(conn).get_columns("alerts")}:
+        kind = "REAL" if conn.dialect.name == "sqlite" else "DOUBLE PRECISION"
+        conn.exec_driver_sql(f"ALTER TABLE alerts ADD COLUMN acknowledged_at {kind}")
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
     (2, "artifacts, rollouts (fleet rollouts)", _v2),
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
+    (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
 ]
 
 

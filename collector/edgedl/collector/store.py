@@ -415,13 +415,29 @@ class Store:
             row = conn.execute(stmt).first()
             return dict(row._mapping) if row else None
 
-    def alerts(self, state: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        """Alerts, newest first, optionally only ``open`` or ``resolved`` ones."""
+    def alerts(
+        self, state: str | None = None, limit: int = 500, fleet: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Alerts, newest first, optionally only ``open`` or ``resolved`` ones, of one fleet."""
         q = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
         if state:
             q = q.where(alerts.c.state == state)
+        if fleet is not None:
+            q = q.where(alerts.c.fleet == fleet)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+    def acknowledge_alert(self, alert_id: int, at: float) -> dict[str, Any] | None:
+        """Mark an alert acknowledged (the first time counts); the alert, or None if no such."""
+        c = alerts.c
+        with self.write_lock, self.engine.begin() as conn:
+            conn.execute(
+                update(alerts)
+                .where(c.id == alert_id, c.acknowledged_at.is_(None))
+                .values(acknowledged_at=at)
+            )
+            row = conn.execute(select(alerts).where(c.id == alert_id)).first()
+            return dict(row._mapping) if row else None
 
     def open_alert_keys(self) -> set[str]:
         """Keys of the alerts open now."""

@@ -5,7 +5,13 @@ import { renderRollouts } from "/static/rollouts.js";
 
 const REFRESH_MS = 3000;
 const COLORS = { p50: "#2e86de", p95: "#e67e22", p99: "#8e44ad", ok: "#27ae60", watch: "#f1c40f", alert: "#c0392b", muted: "#95a5a6" };
-const state = { selected: null };
+const STAT_COLORS = ["#2e86de", "#e67e22", "#8e44ad", "#16a085", "#c0392b", "#2c3e50", "#d35400", "#7f8c8d"];
+const state = { selected: null, fleet: "", rangeS: 3600 };
+
+// "?fleet=..." (or "&fleet=...") when a fleet is picked, else "".
+function fleetParam(sep) {
+  return state.fleet ? `${sep}fleet=${encodeURIComponent(state.fleet)}` : "";
+}
 
 async function getJSON(path) {
   const res = await fetch(path, { cache: "no-store" });
@@ -77,9 +83,75 @@ function renderAlerts(alerts) {
     cell(tr, fmt(a.value));
     cell(tr, fmt(a.threshold));
     cell(tr, ago(a.opened_at));
+    const td = cell(tr, a.acknowledged_at ? ago(a.acknowledged_at) : "", "acked");
+    if (!a.acknowledged_at) {
+      const button = document.createElement("button");
+      button.className = "ack";
+      button.dataset.alert = String(a.id);
+      button.textContent = "acknowledge";
+      button.addEventListener("click", () => acknowledge(a.id));
+      td.appendChild(button);
+    }
     body.appendChild(tr);
   }
   document.getElementById("no-alerts").hidden = alerts.length > 0;
+}
+
+async function acknowledge(id) {
+  const token = document.getElementById("admin-token").value;
+  const res = await fetch(`/api/v1/alerts/${id}/ack`, {
+    method: "POST", headers: token ? { Authorization: `Bearer ${token}` } : {},
+  });
+  const body = await res.json();
+  const out = document.getElementById("ack-result");
+  out.dataset.status = String(res.status);
+  out.textContent = res.ok ? `alert ${id} acknowledged` : `refused (HTTP ${res.status}): ${body.error}`;
+  refresh();
+}
+
+function renderAlertHistory(alerts) {
+  const body = document.querySelector("#alert-history tbody");
+  body.replaceChildren();
+  const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
+  for (const a of alerts) {
+    const tr = document.createElement("tr");
+    tr.dataset.alert = String(a.id);
+    tr.dataset.state = a.state;
+    cell(tr, a.state, a.state === "open" ? "pill alert" : "pill ok");
+    cell(tr, a.kind);
+    cell(tr, a.device ? `${a.fleet}/${a.device}` : `fleet ${a.fleet}`);
+    cell(tr, a.metric);
+    cell(tr, fmt(a.value));
+    cell(tr, fmt(a.threshold));
+    cell(tr, when(a.opened_at));
+    cell(tr, when(a.resolved_at), "resolved-at");
+    cell(tr, when(a.acknowledged_at));
+    body.appendChild(tr);
+  }
+}
+
+function renderDeadLetters(rows) {
+  const body = document.querySelector("#dead-letters tbody");
+  body.replaceChildren();
+  for (const d of rows) {
+    const tr = document.createElement("tr");
+    cell(tr, ago(d.received_at));
+    cell(tr, d.topic);
+    cell(tr, d.reason);
+    cell(tr, String(d.payload_size));
+    cell(tr, d.payload_head, "payload-head");
+    body.appendChild(tr);
+  }
+  document.getElementById("no-dead-letters").hidden = rows.length > 0;
+}
+
+function renderFleetOptions(devices) {
+  const select = document.getElementById("fleet-filter");
+  const fleets = [...new Set(devices.map((d) => d.fleet))].sort();
+  const have = [...select.options].map((o) => o.value).filter(Boolean);
+  if (have.join("|") === fleets.join("|")) return;
+  select.replaceChildren(new Option("all fleets", ""), ...fleets.map((f) => new Option(f, f)));
+  select.value = state.fleet;
 }
 
 function driftBars(result) {
@@ -160,36 +232,45 @@ async function renderDevice(selected) {
   if (!selected) return;
   const name = encodeURIComponent(selected.device);
   const fleet = encodeURIComponent(selected.fleet);
-  const [detail, windows, drift] = await Promise.all([
+  const to = Date.now() / 1000, from = to - state.rangeS;
+  const range = `device=${name}&fleet=${fleet}&from=${from}&to=${to}&points=120`;
+  const [detail, latency, throughput, drift] = await Promise.all([
     getJSON(`/api/v1/devices/${fleet}/${name}`),
-    getJSON(`/api/v1/windows?device=${name}&fleet=${fleet}&limit=120`),
+    getJSON(`/api/v1/series?metric=latency&${range}`),
+    getJSON(`/api/v1/series?metric=throughput&${range}`),
     getJSON(`/api/v1/drift?device=${name}&fleet=${fleet}&scope=device&history=true`),
   ]);
   document.getElementById("device-model").textContent = detail.model ? `${detail.model} ${detail.version}` : "";
-  const rows = windows.slice().reverse();
-  lineChart(document.getElementById("latency-chart"), {
+  const latencyChart = document.getElementById("latency-chart");
+  latencyChart.dataset.points = String(latency.points.length);
+  latencyChart.dataset.windows = String(latency.points.reduce((n, p) => n + p.windows, 0));
+  lineChart(latencyChart, {
     xTime: true, yLabel: "ms",
-    series: ["p50", "p95", "p99"].map((q) => ({ name: q, color: COLORS[q], points: rows.map((w) => [w.window_end, w[`latency_${q}_ms`]]) })),
+    series: ["p50", "p95", "p99"].map((q) => ({ name: q, color: COLORS[q], points: latency.points.map((p) => [p.t, p[`${q}_ms`]]) })),
   });
   lineChart(document.getElementById("throughput-chart"), {
     xTime: true, yLabel: "inferences/s",
-    series: [{ name: "throughput", color: "#16a085", points: rows.map((w) => [w.window_end, w.throughput]) }],
+    series: [{ name: "throughput", color: "#16a085", points: throughput.points.map((p) => [p.t, p.per_s]) }],
   });
   const result = drift[0] || null;
   barChart(document.getElementById("drift-chart"), result ? driftBars(result) : { bars: [] });
   const hist = (result && result.history) || [];
   const t = (result && result.thresholds) || {};
+  const stats = [...new Set(hist.flatMap((h) => Object.keys(h).filter((k) => k !== "t")))].sort();
   lineChart(document.getElementById("drift-history"), {
     xTime: true, yLabel: "PSI",
     thresholds: result ? [{ value: t.psi_alert, label: "alert" }] : [],
-    series: [{ name: "max PSI", color: "#c0392b", points: hist.map((h) => [h.t, Math.max(...Object.entries(h).filter(([k]) => k !== "t").map(([, v]) => v))]) }],
+    series: stats.map((st, i) => ({
+      name: st.split("/").slice(-1)[0], color: STAT_COLORS[i % STAT_COLORS.length],
+      points: hist.filter((h) => h[st] !== undefined).map((h) => [h.t, h[st]]),
+    })),
   });
   renderDriftTable(result);
   renderPipelines(detail.latest_window);
 }
 
 async function renderFleetDrift() {
-  const results = await getJSON("/api/v1/drift?scope=fleet");
+  const results = await getJSON(`/api/v1/drift?scope=fleet${fleetParam("&")}`);
   const root = document.getElementById("fleet-drift");
   root.replaceChildren();
   if (!results.length) {
@@ -211,9 +292,14 @@ async function renderFleetDrift() {
 
 async function refresh() {
   try {
-    const [devices, alerts, rollouts] = await Promise.all([
-      getJSON("/api/v1/devices"), getJSON("/api/v1/alerts?state=open"), getJSON("/api/v1/rollouts"),
+    const [allDevices, alerts, history, deadLetters, rollouts] = await Promise.all([
+      getJSON("/api/v1/devices"), getJSON(`/api/v1/alerts?state=open${fleetParam("&")}`),
+      getJSON(`/api/v1/alerts?limit=100${fleetParam("&")}`), getJSON("/api/v1/dead-letters?limit=50"),
+      getJSON("/api/v1/rollouts"),
     ]);
+    renderFleetOptions(allDevices);
+    const devices = allDevices.filter((d) => !state.fleet || d.fleet === state.fleet);
+    if (state.selected && !devices.some((d) => sameDevice(d, state.selected))) state.selected = null;
     if (!state.selected && devices.length) {
       const alerted = alerts.find((a) => a.device && devices.some((d) => sameDevice(d, a)));
       const first = alerted || devices[0];
@@ -221,6 +307,8 @@ async function refresh() {
     }
     renderDevices(devices);
     renderAlerts(alerts);
+    renderAlertHistory(history);
+    renderDeadLetters(deadLetters);
     renderRollouts(rollouts);
     await Promise.all([renderDevice(state.selected), renderFleetDrift()]);
     document.getElementById("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -230,5 +318,13 @@ async function refresh() {
   }
 }
 
+document.getElementById("fleet-filter").addEventListener("change", (ev) => {
+  state.fleet = ev.target.value;
+  refresh();
+});
+document.getElementById("range").addEventListener("change", (ev) => {
+  state.rangeS = Number(ev.target.value);
+  refresh();
+});
 refresh();
 setInterval(refresh, REFRESH_MS);

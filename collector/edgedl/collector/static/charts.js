@@ -1,10 +1,11 @@
 // Small SVG charts for the edgedl dashboard: no library, no network.
 // lineChart(el, {series: [{name, color, points: [[x, y], ...]}], yLabel, xTime, thresholds})
+//   (hovering shows the values at the nearest x)
 // barChart(el, {bars: [{label, value, color}], thresholds: [{value, label, color}], yLabel})
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PAD = { left: 48, right: 12, top: 12, bottom: 28 };
+const PAD = { left: 48, right: 12, top: 30, bottom: 28 };
 
 function svgEl(name, attrs, text) {
   const node = document.createElementNS(SVG_NS, name);
@@ -44,8 +45,8 @@ function yAxis(svg, width, height, yMax, label) {
     svg.appendChild(svgEl("line", { x1: PAD.left, x2: width - PAD.right, y1: y, y2: y, class: "gridline" }));
     svg.appendChild(svgEl("text", { x: PAD.left - 6, y: y + 4, "text-anchor": "end", class: "tick" }, fmt(v)));
   }
-  if (label) {
-    svg.appendChild(svgEl("text", { x: 4, y: PAD.top - 2, class: "axis-label" }, label));
+  if (label) {  // above the plot, clear of the top tick
+    svg.appendChild(svgEl("text", { x: 4, y: 12, class: "axis-label" }, label));
   }
 }
 
@@ -57,7 +58,7 @@ function thresholdLines(svg, width, scaleY, thresholds) {
       class: "threshold", stroke: t.color || "#c0392b", "data-threshold": t.value,
     }));
     svg.appendChild(svgEl("text", { x: width - PAD.right - 2, y: y - 3, "text-anchor": "end",
-      class: "threshold-label", fill: t.color || "#c0392b" }, `${t.label} ${fmt(t.value)}`));
+      class: "threshold-label", style: `fill: ${t.color || "#c0392b"}` }, `${t.label} ${fmt(t.value)}`));
   }
 }
 
@@ -80,7 +81,7 @@ export function lineChart(el, opts) {
   if (opts.xTime) {
     for (const x of [xMin, xMax]) {
       svg.appendChild(svgEl("text", { x: sx(x), y: height - 8, "text-anchor": x === xMin ? "start" : "end", class: "tick" },
-        new Date(x * 1000).toLocaleTimeString()));
+        timeLabel(x, xMax - xMin)));
     }
   }
   opts.series.forEach((s, i) => {
@@ -91,7 +92,47 @@ export function lineChart(el, opts) {
     if (pts.length <= 60) {  // dots too, so a single point still shows
       for (const p of pts) svg.appendChild(svgEl("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color }));
     }
-    svg.appendChild(svgEl("text", { x: width - PAD.right - (opts.series.length - i) * 70, y: PAD.top - 2, fill: s.color, class: "legend" }, s.name));
+    // The colour as a style: the stylesheet's text fill would override an attribute.
+    // Rows of five, right-aligned, above the plot.
+    const perRow = Math.min(5, opts.series.length), col = i % 5, row = Math.floor(i / 5);
+    svg.appendChild(svgEl("text", { x: width - PAD.right - (perRow - col) * 78, y: 11 + row * 11,
+      style: `fill: ${s.color}`, class: "legend", "data-series": s.name }, s.name));
+  });
+  hover(svg, width, height, opts, sx, sy);
+}
+
+function timeLabel(t, span) {
+  const d = new Date(t * 1000);
+  return span > 86400 ? d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })
+    : d.toLocaleTimeString();
+}
+
+// Hover: a vertical line at the nearest x and every series' value there.
+function hover(svg, width, height, opts, sx, sy) {
+  const xs = [...new Set(opts.series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+  const line = svgEl("line", { y1: PAD.top, y2: height - PAD.bottom, class: "hover-line", visibility: "hidden" });
+  const box = svgEl("text", { y: PAD.top + 10, class: "hover-text", visibility: "hidden" });
+  const area = svgEl("rect", { x: PAD.left, y: PAD.top, width: width - PAD.left - PAD.right,
+    height: height - PAD.top - PAD.bottom, class: "hover-area", fill: "transparent" });
+  svg.append(line, box, area);
+  area.addEventListener("mousemove", (ev) => {
+    const r = svg.getBoundingClientRect();
+    const px = ((ev.clientX - r.left) / r.width) * width;
+    let best = xs[0];
+    for (const x of xs) if (Math.abs(sx(x) - px) < Math.abs(sx(best) - px)) best = x;
+    const parts = opts.series.map((s) => {
+      const p = s.points.find((q) => q[0] === best);
+      return `${s.name} ${fmt(p ? p[1] : null)}`;
+    });
+    const x = sx(best);
+    line.setAttribute("x1", x); line.setAttribute("x2", x); line.setAttribute("visibility", "visible");
+    box.textContent = `${timeLabel(best, 0)} · ${parts.join(" · ")}`;
+    box.setAttribute("x", x < width / 2 ? x + 6 : x - 6);
+    box.setAttribute("text-anchor", x < width / 2 ? "start" : "end");
+    box.setAttribute("visibility", "visible");
+  });
+  area.addEventListener("mouseleave", () => {
+    line.setAttribute("visibility", "hidden"); box.setAttribute("visibility", "hidden");
   });
 }
 
@@ -126,7 +167,7 @@ export function barChart(el, opts) {
     svg.appendChild(svgEl("line", { x1: x, x2: x, y1: PAD.top - 4, y2: bottom, class: "threshold",
       stroke: t.color || "#c0392b", "data-threshold": t.value }));
     svg.appendChild(svgEl("text", { x: x + (i % 2 ? 3 : -3), y: bottom + 14, "text-anchor": i % 2 ? "start" : "end",
-      class: "threshold-label", fill: t.color || "#c0392b" }, `${t.label} ${fmt(t.value)}`));
+      class: "threshold-label", style: `fill: ${t.color || "#c0392b"}` }, `${t.label} ${fmt(t.value)}`));
   });
   if (opts.yLabel) svg.appendChild(svgEl("text", { x: labelW, y: height - 4, class: "axis-label" }, opts.yLabel));
 }
