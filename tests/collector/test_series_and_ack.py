@@ -93,6 +93,18 @@ def test_an_alert_is_acknowledged_with_the_admin_token_only(
         what="an open alert",
     )[0]
     assert get_json(f"{collector.url}/api/v1/alerts?fleet=other-fleet") == []
+    # More shifted windows: the alert shows the value judged now beside its opening value.
+    for seq in range(8, 10):
+        publisher.publish(*windows.payload("shifted-cam", seq, shift=0.5))
+    now = wait_until(
+        lambda: [
+            a
+            for a in get_json(f"{collector.url}/api/v1/alerts?state=open")
+            if a["id"] == alert["id"] and a["current_at"] and a["current_at"] > alert["opened_at"]
+        ],
+        what="the open alert's current value",
+    )[0]
+    assert now["current_value"] > now["threshold"] and now["value"] == alert["value"]
     ack = f"{collector.url}/api/v1/alerts/{alert['id']}/ack"
     assert httpx.post(ack, timeout=10).status_code == 401
     wrong = {"Authorization": "Bearer not-the-token-at-all"}

@@ -91,12 +91,18 @@ class AlertBook:
         self._publish = publish
         self._on_change = on_change
         self._open = store.open_alert_keys()
+        # The value last observed of each open alert (this collector's, since its start).
+        self._current: dict[str, tuple[float, float]] = {}
         self._webhook = _Webhook(webhook, webhook_timeout_s) if webhook else None
 
     @property
     def open_count(self) -> int:
         """Alerts open as far as this collector knows."""
         return len(self._open)
+
+    def current(self, open_key: str | None) -> tuple[float, float] | None:
+        """(value, when) last observed of the open alert with this key, or None."""
+        return self._current.get(open_key) if open_key else None
 
     def start(self) -> None:
         """Start the webhook sender, if any."""
@@ -123,6 +129,8 @@ class AlertBook:
             return  # the common case: nothing open, nothing to open
         now = time.time() if now is None else now
         key = subject.key
+        if breached:
+            self._current[key] = (float(value), now)
         if breached and key not in self._open:
             row = {
                 "open_key": key,
@@ -145,6 +153,7 @@ class AlertBook:
                 self._announce({**row, "id": new_id})
         elif not breached and judged and key in self._open:
             self._open.discard(key)
+            self._current.pop(key, None)
             resolved = self._store.resolve_alert(key, float(value), now)
             if resolved is not None:
                 self._announce(resolved)

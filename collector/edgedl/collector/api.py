@@ -201,7 +201,13 @@ def create_app(collector: Collector) -> Starlette:
             return _error(400, "state must be open or resolved")
         limit = _int_param(request, "limit", 500, 1, 5000)
         fleet = request.query_params.get("fleet")
-        return JSONResponse([alert_json(a) for a in store.alerts(state, limit, fleet)])
+        out = []
+        for row in store.alerts(state, limit, fleet):
+            body = alert_json(row)
+            current = collector.alerts.current(row.get("open_key"))
+            body["current_value"], body["current_at"] = current or (None, None)
+            out.append(body)
+        return JSONResponse(out)
 
     def acknowledge(request: Request) -> Response:
         refused = admin_refusal(request, collector.config.http.admin_token)

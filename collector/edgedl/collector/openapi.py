@@ -384,6 +384,8 @@ OPENAPI: dict[str, Any] = {
                     "opened_at": _NUM,
                     "resolved_at": _NULLABLE_NUM,
                     "acknowledged_at": _NULLABLE_NUM,
+                    "current_value": _NULLABLE_NUM,
+                    "current_at": _NULLABLE_NUM,
                     "message": _NULLABLE_STR,
                 },
             },

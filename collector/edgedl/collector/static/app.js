@@ -80,6 +80,7 @@ function renderAlerts(alerts) {
     cell(tr, a.device ? `${a.fleet}/${a.device}` : `fleet ${a.fleet}`);
     cell(tr, a.model ? `${a.model} ${a.version}` : "–");
     cell(tr, a.metric);
+    cell(tr, fmt(a.current_value), "current-value");
     cell(tr, fmt(a.value));
     cell(tr, fmt(a.threshold));
     cell(tr, ago(a.opened_at));
@@ -122,6 +123,7 @@ function renderAlertHistory(alerts) {
     cell(tr, a.device ? `${a.fleet}/${a.device}` : `fleet ${a.fleet}`);
     cell(tr, a.metric);
     cell(tr, fmt(a.value));
+    cell(tr, fmt(a.current_value), "current-value");
     cell(tr, fmt(a.threshold));
     cell(tr, when(a.opened_at));
     cell(tr, when(a.resolved_at), "resolved-at");
