@@ -67,6 +67,7 @@ def test_range_history_acknowledge_and_fleet_filter_in_chromium(
         publisher.publish(*windows.payload("garage-cam", seq, shift=0.35))
     for seq in range(3):
         publisher.publish(*other.payload("porch-cam", seq))
+    publisher.publish(f"edgedl/v1/{windows.fleet}/garage-cam/telemetry", b"not a window")
     wait_until(
         lambda: [a for a in _alerts(collector, "open") if a["device"] == "garage-cam"],
         what="a drift alert on garage-cam",
@@ -91,6 +92,23 @@ def test_range_history_acknowledge_and_fleet_filter_in_chromium(
         # Hovering shows the values at that point.
         chart.locator("rect.hover-area").hover()
         assert "p95" in (chart.locator("text.hover-text").text_content() or "")
+        # The unit sits above the plot, clear of the top tick.
+        boxes = chart.evaluate(
+            "c => [c.querySelector('text.axis-label'), [...c.querySelectorAll('text.tick')]"
+            ".find(t => t.getAttribute('text-anchor') === 'end')]"
+            ".map(t => t.getBoundingClientRect().bottom)"
+        )
+        top_ticks = chart.evaluate(
+            "c => Math.min(...[...c.querySelectorAll('text.tick')].map(t => t.getBoundingClientRect().top))"
+        )
+        assert boxes[0] <= top_ticks, (boxes, top_ticks)
+        # Drift over time: a line per statistic and the PSI alert bound.
+        history = page.locator("#drift-history svg")
+        assert history.locator("text.legend").count() >= 7
+        assert history.locator("line.threshold").get_attribute("data-threshold") == "0.2"
+        # The dead letter is listed.
+        page.wait_for_selector("#dead-letters tbody tr")
+        assert "garage-cam" in page.locator("#dead-letters tbody").inner_text()
         page.screenshot(path=str(tmp_path / "range-1h.png"), full_page=True)
 
         # 7 days: the windows of two days ago are drawn too.

@@ -96,7 +96,8 @@ export function lineChart(el, opts) {
     // Rows of five, right-aligned, above the plot.
     const perRow = Math.min(5, opts.series.length), col = i % 5, row = Math.floor(i / 5);
     svg.appendChild(svgEl("text", { x: width - PAD.right - (perRow - col) * 78, y: 11 + row * 11,
-      style: `fill: ${s.color}`, class: "legend", "data-series": s.name }, s.name));
+      style: `fill: ${s.color}`, class: "legend", "data-series": s.name },
+      s.name.length > 13 ? `${s.name.slice(0, 12)}…` : s.name));
   });
   hover(svg, width, height, opts, sx, sy);
 }
