@@ -249,12 +249,16 @@ def get_every_page(collector: Any, devices: list[str]) -> dict[str, int]:
         "/openapi.json",
         "/metrics",
         "/healthz",
+        "/api/v1/series",
+        "/api/v1/series?metric=throughput&points=1",
+        "/api/v1/alerts?state=resolved&fleet=x",
     ]
     for d in devices:
         paths += [
             f"/api/v1/devices/{d}",
             f"/api/v1/windows?device={d}",
             f"/api/v1/drift?device={d}",
+            *(f"/api/v1/series?device={d}&metric={m}" for m in ("latency", "throughput", "errors")),
         ]
     with httpx.Client(base_url=collector.url, timeout=10) as client:
         return {p: client.get(p).status_code for p in paths}

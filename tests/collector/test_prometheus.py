@@ -78,14 +78,14 @@ def _drifting_fleet(
 
 def test_metrics_show_drift_health_and_alerts_per_device_and_fleet(
     broker: Broker,
-    sqlite_url: str,
+    db_url: str,
     manifest_file: Path,
     publisher: Publisher,
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
     collector = _drifting_fleet(
-        broker, sqlite_url, manifest_file, publisher, windows, start_collector
+        broker, db_url, manifest_file, publisher, windows, start_collector
     )
     s = _samples(collector)
     fleet = windows.fleet

@@ -33,12 +33,12 @@ def aged_payload(windows: WindowMaker, device: str, seq: int, age_s: float) -> t
 
 def test_series_downsamples_stored_windows_over_the_asked_range(
     broker: Broker,
-    sqlite_url: str,
+    db_url: str,
     publisher: Publisher,
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    collector = start_collector(collector_config(broker, sqlite_url, windows.fleet))
+    collector = start_collector(collector_config(broker, db_url, windows.fleet))
     for seq in range(4):  # two days ago
         publisher.publish(*aged_payload(windows, "cam", seq, 2 * 86400 + seq * 60))
     for seq in range(4, 10):  # the last minutes, 4 ms latency
@@ -72,7 +72,7 @@ def test_series_downsamples_stored_windows_over_the_asked_range(
 
 def test_an_alert_is_acknowledged_with_the_admin_token_only(
     broker: Broker,
-    sqlite_url: str,
+    db_url: str,
     manifest_file: Path,
     publisher: Publisher,
     windows: WindowMaker,
@@ -81,7 +81,7 @@ def test_an_alert_is_acknowledged_with_the_admin_token_only(
     collector = start_collector(
         collector_config(
             broker,
-            sqlite_url,
+            db_url,
             windows.fleet,
             **{"references": [str(manifest_file)], "http.admin_token": TOKEN},
         )

@@ -86,6 +86,9 @@ def series(
             if out and out[-1]["bucket"] == i:
                 continue
             point = {"bucket": i, "t": start + (i + 0.5) * step, "windows": int(n)}
+        # PostgreSQL sums integers as numeric (Decimal): figures are floats from here on.
+        inferences, seconds = float(inferences or 0), float(seconds or 0)
+        requests, errors = float(requests or 0), float(errors or 0)
         if metric == "latency":
             point.update(
                 p50_ms=finite_or_none(p50),
