@@ -84,9 +84,7 @@ def test_metrics_show_drift_health_and_alerts_per_device_and_fleet(
     windows: WindowMaker,
     start_collector: Callable[..., Collector],
 ) -> None:
-    collector = _drifting_fleet(
-        broker, db_url, manifest_file, publisher, windows, start_collector
-    )
+    collector = _drifting_fleet(broker, db_url, manifest_file, publisher, windows, start_collector)
     s = _samples(collector)
     fleet = windows.fleet
     ids = {"fleet": fleet, "model": "digits", "version": "1"}
