@@ -42,6 +42,10 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class DemoRun:
     """``edgedl demo`` as a subprocess; records every process it starts while it runs."""
 
@@ -54,6 +58,9 @@ class DemoRun:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **env},
+            # Ctrl-C as a terminal delivers it: a suite started in the background of a shell
+            # without job control inherits SIGINT ignored, and so would the demo.
+            preexec_fn=_default_sigint,
         )
         self.descendants: dict[int, psutil.Process] = {}
         self.names: dict[int, str] = {}
