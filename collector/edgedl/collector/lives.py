@@ -136,9 +136,10 @@ def upsert_epochs(conn: Any, insert: Any, inserted: Sequence[StoredWindow]) -> N
     lives: dict[EpochKey, dict[str, Any]] = {}
     for item in inserted:
         w = item.window
-        row = lives.get(window_key(w)[:3])
+        key = _epoch_of(item)
+        row = lives.get(key)
         if row is None:
-            row = lives[window_key(w)[:3]] = {
+            row = lives[key] = {
                 "fleet": w.fleet,
                 "device": w.device,
                 "epoch": w.epoch,
