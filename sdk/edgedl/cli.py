@@ -35,6 +35,16 @@ _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "convert",
         "List the conversion targets.",
     ),
+    "report": (
+        "edgedl.converters.readiness.cli:report",
+        "convert",
+        "Is a bundle ready to ship? Quality, calibration, robustness, load, release gates.",
+    ),
+    "loadtest": (
+        "edgedl.loadtest.cli:loadtest",
+        "",
+        "Load an Open Inference Protocol server: requests/s, p50/p95/p99, errors, the knee.",
+    ),
     "agent": (
         "edgedl.agent.cli:agent",
         "agent",
@@ -214,6 +224,7 @@ _EXTRA_MODULES = {
     "onnxconverter_common": "convert",
     "sklearn": "convert",
     "PIL": "convert",
+    "matplotlib": "convert",
     "onnxruntime": "agent",
     "ai_edge_litert": "agent",
     "paho": "agent",
