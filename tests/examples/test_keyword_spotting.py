@@ -87,3 +87,32 @@ def test_random_chunks_give_the_same_detections_as_one_chunk(demo):
     # of them does not. So: some detections to compare, and the very same ones.
     assert whole, "no detections in the first 40 s: nothing to compare"
     assert [(e.label, e.start, e.end) for e in events] == [(e.label, e.start, e.end) for e in whole]
+
+
+@pytest.mark.slow
+def test_the_readiness_report_of_the_keyword_bundle_shows_its_raw_predictions(demo, tmp_path):
+    from tests.readiness.test_report import keep_screenshot
+    from tests.readiness_page import assert_page_matches, page_figures, recompute, scores_of
+
+    from edgedl.converters.samples import import_tensorflow
+
+    out = tmp_path / "kws-report"
+    result = run_edgedl("report", demo / "kws-int8", "--validation", demo / "validation.npz",
+                        "--reference", demo / "keywords.keras", "--output", out)  # fmt: skip
+    assert result.code == 0, result.stderr
+    shown, facts = page_figures(out / "report.html", tmp_path / "kws-report.png")
+    keep_screenshot(tmp_path / "kws-report.png")
+    assert facts["remote_requests"] == [] and facts["svg"] >= 4
+    val = np.load(demo / "validation.npz")
+    x, y = val["x"].astype(np.float32), val["y"]
+    import_tensorflow()
+    import keras
+
+    reference = keras.models.load_model(demo / "keywords.keras").predict(x, verbose=0)
+    expected = {**recompute(scores_of(demo / "kws-int8", x), y, "artifact"),
+                **recompute(reference, y, "reference")}  # fmt: skip
+    assert_page_matches(shown, expected)
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["class_names"] == ["yes", "stop", "unknown", "background"]
+    # The log-mel features are an image to the suite: [49 frames, 40 bands, 1].
+    assert doc["robustness"]["kind"] == "image"

@@ -77,6 +77,12 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--tar", "as_tar", is_flag=True, help="Also write the bundle as a single .tar.")
+@click.option(
+    "--readiness",
+    type=click.Path(path_type=Path),
+    help="Also write a readiness report (report.html, report.json: per-class quality, "
+    "calibration, robustness vs the source) to this folder; needs labelled --validation.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress).")
 def convert(
     model: Path,
@@ -95,6 +101,7 @@ def convert(
     threads: int | None,
     force: bool,
     as_tar: bool,
+    readiness: Path | None,
     as_json: bool,
 ) -> None:
     """Convert MODEL into a validated bundle.
@@ -124,6 +131,7 @@ def convert(
         threads=threads,
         force=force,
         tar=as_tar,
+        readiness=readiness,
         show_progress=not as_json and sys.stderr.isatty(),
     )
     console = Console(stderr=as_json)
@@ -151,6 +159,8 @@ def convert(
         console.print(f"[green]bundle written:[/] {result.bundle.path}")
     if result.tar_path is not None:
         console.print(f"[green]tar written:[/] {result.tar_path}")
+    if readiness is not None and (readiness / "report.html").is_file():
+        console.print(f"[green]readiness report written:[/] {readiness / 'report.html'}")
 
 
 @click.command()

@@ -71,6 +71,7 @@ class ConvertOptions:
     threads: int | None = None
     force: bool = False
     tar: bool = False
+    readiness: Path | None = None
     show_progress: bool = False
 
 
@@ -301,6 +302,8 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
                 f"{options.max_accuracy_drop:g}; no bundle written, report at {report_path}",
                 result=ConvertResult(report=report, report_path=report_path, warnings=warnings),
             )
+        if options.readiness is not None:
+            warnings += _write_readiness(options.readiness, manifest, source, runner, validation)
         bundle = write_bundle(output, built.model_path, manifest, report, overwrite=options.force)
     tar_path = pack_bundle(bundle.path, bundle.path.with_suffix(".tar")) if options.tar else None
     return ConvertResult(
@@ -310,6 +313,30 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
         tar_path=tar_path,
         warnings=warnings,
     )
+
+
+def _write_readiness(
+    out_dir: Path,
+    manifest: Manifest,
+    source: SourceModel,
+    runner: runtime.Runner,
+    validation: Dataset | None,
+) -> list[str]:
+    """The readiness report of the artifact against its source (``--readiness DIR``)."""
+    if validation is None or validation.y is None:
+        return ["--readiness needs labelled --validation data (y): no readiness report written"]
+    from .readiness import Scored, readiness_report, runner_scorer, source_scorer, write_report
+
+    about = {"name": manifest.name, "version": manifest.version, "target": manifest.target}
+    report = readiness_report(
+        about,
+        validation,
+        Scored(f"{manifest.name} {manifest.target}", runner_scorer(runner)),
+        Scored(f"source {source.path.name}", source_scorer(source)),
+        class_names=manifest.labels,
+    )
+    write_report(report, out_dir)
+    return []
 
 
 def _diagnose(calibration: Dataset | None, validation: Dataset | None) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@
 :func:`check_policy`.
 """
 
-from .build import Scored, bundle_scorer, readiness_report, source_scorer
+from .build import Scored, bundle_scorer, readiness_report, runner_scorer, source_scorer
 from .files import write_report
 from .policy import Policy, check_policy, load_policy
 
@@ -16,6 +16,7 @@ __all__ = [
     "check_policy",
     "load_policy",
     "readiness_report",
+    "runner_scorer",
     "source_scorer",
     "write_report",
 ]

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from edgedl.bundle import MANIFEST_FILE, Bundle
 from edgedl.errors import DataError
+from edgedl.runtime import Runner
 
 from ..data import Dataset
 from .corruptions import InputKind, input_kind
@@ -40,11 +41,15 @@ def bundle_scorer(bundle: Bundle) -> Scorer:
     """Score batches through the agent's runtime loader; the first 2-D output is the classes."""
     from edgedl import runtime
 
-    runner = runtime.load(bundle)
+    return runner_scorer(runtime.load(bundle), str(bundle.path))
+
+
+def runner_scorer(runner: Runner, where: str = "the artifact") -> Scorer:
+    """Score batches with a loaded :class:`~edgedl.runtime.Runner`."""
     name = runner.inputs[0].name
     outputs = [s for s in runner.outputs if len(s.shape) == 2 and s.shape[1] >= 2]
     if not outputs:
-        raise DataError(f"{bundle.path}: no output of shape [batch, classes] to report on")
+        raise DataError(f"{where}: no output of shape [batch, classes] to report on")
     out = outputs[0].name
 
     def score(x: NDArray[np.float32]) -> NDArray[np.float32]:
