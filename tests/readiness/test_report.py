@@ -126,3 +126,20 @@ def test_convert_writes_the_readiness_report_against_its_source(digits, tmp_path
     conversion = json.loads((tmp_path / "bundle" / "report.json").read_text())
     assert doc["artifact"]["accuracy"] * 100 == pytest.approx(conversion["artifact_accuracy"])
     assert "<svg" in (tmp_path / "ready" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_an_agent_that_counts_nonfinite_values_answers_and_counts_the_warning(
+    digits, digits_bundle, serve
+):
+    from edgedl.converters.readiness.robustness import probe_agent
+
+    agent = serve(digits_bundle("tflite-int8"), nonfinite='"count"')
+    x = np.load(digits.test)["x"].astype(np.float32)
+    rows = {r["input"]: r for r in probe_agent(agent.url, "digits", "pixels", x, samples=4)}
+    # Every 8th of 4 x 64 values is NaN (or +Inf): 32 values, answered and counted.
+    assert rows["nan"]["status"] == 200 and rows["nan"]["warnings"] == 32
+    assert rows["inf"]["status"] == 200 and rows["inf"]["warnings"] == 32
+    assert rows["zeros"]["warnings"] == 0
+    assert rows["empty"]["status"] == 400 and rows["wrong_shape"]["status"] == 400
+    assert rows["agent alive afterwards"]["status"] == 200

@@ -27,9 +27,9 @@ def _num(value: Any, key: str, spec: str = ".4f") -> str:
     return f'<td data-key="{escape(key)}">{escape(text)}</td>'
 
 
-def _th(*cols: str, text: int = 1) -> str:
-    """A header row; the first ``text`` columns hold text (left-aligned)."""
-    return "<tr>" + "".join(f'<th class="{"l" if i < text else ""}">{escape(c)}</th>'
+def _th(*cols: str, text: tuple[int, ...] = (0,)) -> str:
+    """A header row; the columns numbered in ``text`` hold text (left-aligned)."""
+    return "<tr>" + "".join(f'<th class="{"l" if i in text else ""}">{escape(c)}</th>'
                             for i, c in enumerate(cols)) + "</tr>"  # fmt: skip
 
 
@@ -90,11 +90,11 @@ def _robustness(rob: dict[str, Any]) -> str:
     head = ["corruption", "severity", "level", "accuracy", "confidently wrong"]
     if has_ref:
         head += ["reference accuracy", "agreement"]
-    table = [_th(*head)]
+    table = [_th(*head, text=(0, 2))]
     for i, r in enumerate(rows):
         level = "" if r["level"] is None else f"{r['level']:g} {r['unit']}"
         cells = (f'<td class="l">{escape(r["corruption"])}</td><td>{r["severity"]}</td>'
-                 f"<td>{escape(level)}</td>"
+                 f'<td class="l">{escape(level)}</td>'
                  + _num(r.get("accuracy"), f"robustness.corruptions.{i}.accuracy")
                  + _num(r.get("confidently_wrong_rate"),
                         f"robustness.corruptions.{i}.confidently_wrong_rate"))  # fmt: skip
@@ -111,7 +111,7 @@ def _robustness(rob: dict[str, Any]) -> str:
     g_head = ["input", "what it is", "artifact here", "confident share"]
     if agent:
         g_head += ["agent status", "agent answer", "warnings counted"]
-    g_rows = [_th(*g_head, text=3)]
+    g_rows = [_th(*g_head, text=(0, 1, 2, 5))]
     for r in rob["garbage"]:
         cells = (f'<td class="l">{escape(r["input"])}</td><td class="l">{escape(r["description"])}</td>'
                  f'<td class="l">{escape(r["local"])}</td>'

@@ -61,14 +61,19 @@ def reliability(curves: Sequence[tuple[str, list[dict[str, Any]], float]]) -> st
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for (name, bins, ece), colour in zip(curves, (ARTIFACT, REFERENCE), strict=False):
-        pts = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour,
+        pts = [(b["confidence"], b["accuracy"], b["count"]) for b in bins if b["count"]]
+        total = sum(p[2] for p in pts) or 1
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, alpha=0.6,
                 label=f"{name} (ECE {ece:.3f})")  # fmt: skip
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
+        # Marker area grows with the bin's share of samples: a bin of three is not a trend.
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, zorder=3,
+                   s=[12 + 300 * p[2] / total for p in pts])  # fmt: skip
+    ax.set_xlim(0, 1.04)
+    ax.set_ylim(0, 1.04)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=7)
+    ax.set_title("marker area: share of samples in the bin", fontsize=8)
     return _svg(fig)
 
 
