@@ -187,6 +187,9 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/agent.py --seconds 1 --models digits-onnx --throughput-models digits-onnx",
     ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent_memory.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/loadtest.py --seconds 8 --block 0.5"): (
+        "a benchmark (minutes)"
+    ),
     ("docs/performance.md", ".venv/bin/python bench/protocols.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",
