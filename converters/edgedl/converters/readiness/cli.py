@@ -27,11 +27,20 @@ def reference_scored(path: Path, sample_shape: tuple[int, ...]) -> Scored:
         return Scored(f"{ref.manifest.name} {ref.manifest.target}", bundle_scorer(ref))
     import tempfile
 
-    from ..sources import load_source
+    from ..sources import detect_kind, load_source
 
-    with tempfile.TemporaryDirectory(prefix="edgedl-report-") as tmp:
-        source = load_source(path, Path(tmp), None, None)
-    return Scored(f"source {path.name}", source_scorer(source))
+    # Some sources keep files in their work folder (an exported graph): it lives as long as
+    # the scorer, which holds it.
+    workdir = tempfile.TemporaryDirectory(prefix="edgedl-report-")
+    torch_shape = sample_shape if detect_kind(path) == "torch" else None
+    source = load_source(path, Path(workdir.name), None, torch_shape)
+    score = source_scorer(source)
+
+    def scored(x: Any) -> Any:
+        assert workdir is not None
+        return score(x)
+
+    return Scored(f"source {path.name}", scored)
 
 
 def print_gates(gates: dict[str, Any], console: Console) -> None:
