@@ -44,7 +44,10 @@ def confusion(matrices: Sequence[tuple[str, list[list[int]]]], class_names: Sequ
         ax.set_title(title)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_xticks(range(n), class_names, rotation=45 if n > 6 else 0)
+        long = n > 6 or max(len(c) for c in class_names) > 4
+        ax.set_xticks(
+            range(n), class_names, rotation=45 if long else 0, ha="right" if long else "center"
+        )
         ax.set_yticks(range(n), class_names)
         peak = max(max(row) for row in matrix) or 1
         for i, row in enumerate(matrix):
@@ -52,6 +55,7 @@ def confusion(matrices: Sequence[tuple[str, list[list[int]]]], class_names: Sequ
                 if count:
                     colour = "white" if count > peak / 2 else "black"
                     ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=7)
+    fig.tight_layout()
     return _svg(fig)
 
 
