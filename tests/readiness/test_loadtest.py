@@ -65,7 +65,9 @@ def test_a_fixed_rate_is_held_and_its_plot_lands_in_the_report(
     for s, rate in zip(doc["steps"], (50, 100), strict=True):
         assert s["mode"] == "rate"
         assert s["requests"] == rate  # one second at the rate
-        assert s["throughput_rps"] == pytest.approx(rate, rel=0.25)
+        # Open loop: requests start on the schedule, never ahead of it, whatever the answers.
+        assert s["elapsed_s"] >= (rate - 1) / rate
+        assert s["throughput_rps"] <= rate * 1.02
     (tmp_path / "load.json").write_text(result.stdout)
     policy = tmp_path / "policy.toml"
     policy.write_text("[load]\nrate = 80\nmax_p99_ms = 1000\n")
@@ -76,12 +78,14 @@ def test_a_fixed_rate_is_held_and_its_plot_lands_in_the_report(
     assert "pass load: at" in report.stderr
     html = (tmp_path / "r" / "report.html").read_text()
     assert 'data-key="load.steps.1.throughput_rps"' in html
+    # A rate it never reached fails the gate (checked on the report just written).
+    from edgedl.converters.readiness import check_policy, load_policy
+
     policy.write_text("[load]\nrate = 1000000\nmax_p99_ms = 1\n")
-    report = run_edgedl("report", digits_bundle("onnx-fp32"), "--validation", digits.test,
-                        "--loadtest", tmp_path / "load.json", "--policy", policy,
-                        "--robustness-samples", "50", "--output", tmp_path / "r")  # fmt: skip
-    assert report.code == 3
-    assert "never reached 1e+06 req/s" in report.stderr
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    gates = check_policy(load_policy(policy), doc)
+    assert gates["passed"] is False
+    assert "never reached 1e+06 req/s" in gates["results"][0]["detail"]
 
 
 def test_no_server_and_bad_options_are_one_line(tmp_path):
@@ -94,5 +98,4 @@ def test_no_server_and_bad_options_are_one_line(tmp_path):
     assert result.code == 2 and "http://HOST:PORT" in result.last_error_line
     result = run_edgedl("loadtest", url, "--model", "m", "--concurrency", "0")
     assert result.code == 2 and "positive" in result.last_error_line
-    for res in (result,):
-        assert "Traceback" not in res.stderr
+    assert "Traceback" not in result.stderr
