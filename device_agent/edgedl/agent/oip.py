@@ -34,7 +34,15 @@ from numpy.typing import NDArray
 from edgedl.datatypes import NUMPY_DTYPES, datatype_of
 from edgedl.errors import DataError, ServingError
 
-from .json_tensors import NumberLists, dumps, loads, loads_request, output_data, parse_numbers
+from .json_tensors import (
+    MalformedNumbers,
+    NumberLists,
+    WrongCount,
+    dumps,
+    loads,
+    loads_request,
+    output_data,
+)
 from .request_budget import PayloadTooLarge
 
 Array = NDArray[Any]
@@ -132,20 +140,18 @@ def decode_request(
 
 def _load_json(header: bytes, max_object_bytes: int | None) -> tuple[Any, NumberLists]:
     try:
-        if max_object_bytes is not None and len(header) > max_object_bytes:
-            doc, lists, parsed = loads_request(header, max_object_bytes)
-            if parsed > max_object_bytes:
-                raise PayloadTooLarge(
-                    f"the request's JSON holds {parsed} bytes besides flat lists of numbers, "
-                    f"over the limit of {max_object_bytes} (server.max_json_object_bytes): send "
-                    "large tensors as flat lists of numbers or as binary tensor data"
-                )
-            return doc, lists
-        return loads(header), NumberLists([])
+        doc, lists, parsed = loads_request(header, max_object_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON in the request: {exc}") from exc
     except RecursionError as exc:
         raise BadRequest("malformed JSON in the request: nested too deeply") from exc
+    if max_object_bytes is not None and parsed > max_object_bytes:
+        raise PayloadTooLarge(
+            f"the request's JSON holds {parsed} bytes besides flat lists of numbers, "
+            f"over the limit of {max_object_bytes} (server.max_json_object_bytes): send "
+            "large tensors as flat lists of numbers or as binary tensor data"
+        )
+    return doc, lists
 
 
 def _flag(params: Mapping[str, Any], key: str) -> bool:
@@ -220,17 +226,24 @@ def _decode_tensor(
     if "data" not in tensor:
         raise BadRequest(f'input {name!r} has neither "data" nor binary_data_size')
     data = tensor["data"]
-    text = lists.lookup(data)
-    parsed = parse_numbers(text, dtype) if text is not None else None
+    numbers = lists.lookup(data)
+    try:
+        parsed = numbers.parse(dtype, count) if numbers is not None else None
+    except MalformedNumbers as exc:
+        raise BadRequest(f"input {name!r}: malformed JSON in its data: {exc}") from None
+    except WrongCount as exc:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values, the data holds {exc.held}"
+        ) from None
     if parsed is not None:
         arr: Array = parsed
     else:
-        if text is not None:  # NumPy could not read it: the JSON parser says why
-            data = _json_list(text, name, lists.object_limit)
+        if numbers is not None:  # not plain numbers of its dtype: the JSON parser says why
+            data = _json_list(bytes(numbers), name, lists.object_limit)
         if not isinstance(data, list):
             raise BadRequest(f'input {name!r}: "data" must be a list of numbers')
         try:
-            arr = np.array(data, dtype=dtype)
+            arr = _array_of_numbers(data, dtype)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise BadRequest(f"input {name!r}: data is not a list of {expected} numbers") from exc
     if arr.size != count:
@@ -238,6 +251,23 @@ def _decode_tensor(
             f"input {name!r}: shape {shape} needs {count} values, the data holds {arr.size}"
         )
     return arr.reshape(shape), 0
+
+
+def _array_of_numbers(data: list[Any], dtype: np.dtype[Any]) -> Array:
+    """``data`` as an array of ``dtype``; ValueError unless it holds only numbers (booleans for
+    BOOL) that the dtype represents: no strings, nulls or ragged lists, no fractions for an
+    integer type, no values out of its range."""
+    parsed = np.array(data)
+    allowed = "b" if dtype.kind == "b" else ("iu" if dtype.kind in "iu" else "iuf")
+    if dtype.kind in "iu" and parsed.dtype.kind == "f" and np.array_equal(parsed, parsed // 1):
+        allowed += "f"  # 1.0 for an integer: the number one
+    if parsed.dtype.kind not in allowed:
+        raise ValueError(f"{parsed.dtype} values")
+    if dtype.kind in "iu" and parsed.size:
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise OverflowError(f"values beyond {dtype}'s range")
+    return np.array(parsed, dtype=dtype)
 
 
 def _json_list(text: bytes, name: str, limit: int | None) -> Any:
