@@ -14,7 +14,7 @@ spreads over every cell. The clients run in this process:
                grpc.aio channel (its own connection) per concurrent caller, the message
                serialised once up front
   grpc-shm     the same with the input in a system shared memory region registered once
-               (server.grpc_shared_memory; the client writes the input there once: a camera
+               (server.shared_memory; the client writes the input there once: a camera
                process would write each frame), outputs raw in the answer
 
 Models:
@@ -171,7 +171,7 @@ def measure(bench: Any, bundle: Path, seconds: float) -> list[dict[str, Any]]:
         s.bind(("127.0.0.1", 0))
         grpc_port = s.getsockname()[1]
     unix_socket = f"/tmp/edgedl-bench-{os.getpid()}.sock"
-    server = {"grpc_port": grpc_port, "unix_socket": unix_socket, "grpc_shared_memory": True}
+    server = {"grpc_port": grpc_port, "unix_socket": unix_socket, "shared_memory": True}
     agent = bench.AgentSubprocess(bundle, server=server, max_batch_size=32)
     memory = shared_input(grpc_port, x)
     path = f"/v2/models/{manifest.name}/infer"

@@ -284,7 +284,7 @@ def test_tensors_handed_over_in_shared_memory_give_the_same_bits(
     bundle = digits_bundle("onnx-fp32")
     x = digit_images(4)
     expected = runtime.load(bundle).run({"pixels": x})["output_0"]
-    env = {"EDGEDL_AGENT__SERVER__GRPC_SHARED_MEMORY": "true"}
+    env = {"EDGEDL_AGENT__SERVER__SHARED_MEMORY": "true"}
     _, address = grpc_agent(agent_process, bundle, env=env)
     client = grpc_client(address)
     tag = f"edgedl_test_{os.getpid()}"

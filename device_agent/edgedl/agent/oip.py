@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from .json_tensors import (
     output_data,
 )
 from .request_budget import PayloadTooLarge
+from .shared_memory import RegionSlice, SharedMemoryError, SharedMemoryRegions, region_slice
 
 Array = NDArray[Any]
 
@@ -74,6 +75,7 @@ class InferenceRequest:
     outputs: list[RequestedOutput] | None
     binary_output: bool
     timeout_s: float | None
+    output_regions: dict[str, RegionSlice] = field(default_factory=dict)  # outputs to write there
 
 
 def decode_request(
@@ -81,11 +83,13 @@ def decode_request(
     header_length: int | None,
     datatypes: Mapping[str, str],
     max_object_bytes: int | None = None,
+    regions: SharedMemoryRegions | None = None,
 ) -> InferenceRequest:
     """Parse an infer request; ``datatypes`` maps each model input to the datatype it takes.
 
     ``max_object_bytes`` bounds the JSON decoded into Python objects (everything but flat
-    number lists); ``None``: no bound.
+    number lists); ``None``: no bound. ``regions``: the shared memory regions inputs may be
+    read from and outputs written to (``None``: shared memory is off).
     """
     if not body:
         raise BadRequest("empty request body: expected a JSON inference request")
@@ -107,7 +111,7 @@ def decode_request(
     inputs: dict[str, Array] = {}
     offset = 0
     for i, tensor in enumerate(raw_inputs):
-        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes, lists)
+        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes, lists, regions)
         inputs[str(tensor["name"])] = arr
         offset += used
     if offset != len(binary):
@@ -117,6 +121,7 @@ def decode_request(
         )
     params = _parameters(doc, "request")
     outputs = None
+    output_regions: dict[str, RegionSlice] = {}
     if "outputs" in doc:
         if not isinstance(doc["outputs"], list):
             raise BadRequest('"outputs" must be a list')
@@ -124,8 +129,13 @@ def decode_request(
         for out in doc["outputs"]:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise BadRequest('every requested output needs a "name"')
-            out_params = _parameters(out, f"output {out['name']!r}")
+            what = f"output {out['name']!r}"
+            out_params = _parameters(out, what)
             outputs.append(RequestedOutput(out["name"], _flag(out_params, "binary_data")))
+            where = region_slice(out_params, what)
+            if where is not None:
+                shared(regions).check(where)
+                output_regions[out["name"]] = where
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, (str, int)):
         raise BadRequest(f'"id" must be a string, got {type(request_id).__name__}')
@@ -135,7 +145,15 @@ def decode_request(
         outputs=outputs,
         binary_output=_flag(params, "binary_data_output"),
         timeout_s=request_timeout(params),
+        output_regions=output_regions,
     )
+
+
+def shared(regions: SharedMemoryRegions | None) -> SharedMemoryRegions:
+    """``regions``; raises :class:`SharedMemoryError` when shared memory is off (``None``)."""
+    if regions is None:
+        raise SharedMemoryError("shared memory is off: set server.shared_memory = true to use it")
+    return regions
 
 
 def _load_json(header: bytes, max_object_bytes: int | None) -> tuple[Any, NumberLists]:
@@ -193,6 +211,7 @@ def _decode_tensor(
     offset: int,
     datatypes: Mapping[str, str],
     lists: NumberLists,
+    regions: SharedMemoryRegions | None,
 ) -> tuple[Array, int]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise BadRequest(f'input #{index} needs a "name"')
@@ -213,6 +232,9 @@ def _decode_tensor(
     dtype = NUMPY_DTYPES[expected]
     count = math.prod(shape)
     params = _parameters(tensor, f"input {name!r}")
+    where = region_slice(params, f"input {name!r}")
+    if where is not None:
+        return shared(regions).read(where, name, shape, dtype), 0
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize:
@@ -288,8 +310,12 @@ def encode_response(
     model_version: str,
     request: InferenceRequest,
     outputs: Mapping[str, Array],
+    regions: SharedMemoryRegions | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when it carries binary data, the JSON header's length."""
+    """The response body and, when it carries binary data, the JSON header's length.
+
+    An output the request asked for in a shared memory region is written there, and its
+    entry carries the region's parameters instead of data."""
     if request.outputs is None:
         wanted = [RequestedOutput(name, request.binary_output) for name in outputs]
     else:
@@ -308,7 +334,15 @@ def encode_response(
             "datatype": datatype_of(arr.dtype) or "FP32",
             "shape": list(arr.shape),
         }
-        if out.binary:
+        where = request.output_regions.get(out.name)
+        if where is not None:
+            shared(regions).write(where, out.name, arr)
+            entry["parameters"] = {
+                "shared_memory_region": where.region,
+                "shared_memory_byte_size": arr.nbytes,
+                **({"shared_memory_offset": where.offset} if where.offset else {}),
+            }
+        elif out.binary:
             blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
