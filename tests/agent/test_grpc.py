@@ -216,6 +216,45 @@ def test_bad_requests_get_the_matching_status_code_and_a_clear_message(
 
 
 @pytest.mark.slow
+def test_a_full_queue_is_resource_exhausted_at_once_and_the_queued_calls_are_answered(
+    digits_bundle: Any,
+    agent_process: Callable[..., AgentProcess],
+    grpc_client: Any,
+    tmp_path: Path,
+) -> None:
+    triton = tritonclient_grpc
+    bundle = digits_bundle("onnx-fp32")
+    # A long queue delay holds the first calls in a queue of 3, so it fills deterministically.
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"[[models]]\npath = {str(bundle)!r}\nmax_batch_size = 64\n"
+        "max_queue_delay_ms = 3000\nqueue_size = 3\n"
+    )
+    port = free_port()
+    agent = agent_process("--config", config, "--grpc-port", str(port))
+    client = grpc_client(f"127.0.0.1:{port}")
+    x = digit_images(3)
+    expected = runtime.load(bundle).run({"pixels": x})["output_0"]
+    answers: dict[int, Any] = {}
+
+    def send(i: int) -> None:
+        answers[i] = client.infer("digits", [pixels(x[i : i + 1])]).as_numpy("output_0")
+
+    threads = send_and_wait_queued(agent.url, send, 3, within=2.5)
+    started = time.monotonic()
+    with pytest.raises(triton.InferenceServerException, match="3 requests queued") as info:
+        client.infer("digits", [pixels(x[:1])])
+    assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert time.monotonic() - started < 2.0  # refused at once, not after the queue's delay
+    for t in threads:
+        t.join(60)
+    for i in range(3):
+        np.testing.assert_array_equal(answers[i], expected[i : i + 1])
+    text = httpx.get(f"{agent.url}/metrics").text
+    assert metric(text, "edgedl_requests_rejected_total", reason="queue_full") == 1
+
+
+@pytest.mark.slow
 def test_deadlines_then_sigterm_finishes_calls_in_flight_refuses_new_ones_and_exits_0(
     digits_bundle: Any, agent_process: Callable[..., AgentProcess], grpc_client: Any
 ) -> None:
