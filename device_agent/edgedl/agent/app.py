@@ -220,6 +220,7 @@ class _Api:
         decoded = await off_loop(decode, len(body))
         del body, decode
         outputs = await answer(model, decoded.inputs, decoded.timeout_s)
+        decoded.inputs.clear()  # answered: only the outputs are needed from here on
         return await _encode(model, decoded, outputs, reservation, self.runtime)
 
 
@@ -255,18 +256,17 @@ async def _encode(
     reservation: Reservation,
     runtime: AgentRuntime,
 ) -> tuple[bytes, int | None]:
-    """The answer's body, holding from now on what it needs (the inputs, the outputs, the text).
+    """The answer's body, holding from now on what it needs (the outputs and the text).
 
     Decoding is over, so this usually gives memory back; more is taken only at once, and a
     budget held by others then answers 503.
     """
     out_bytes = sum(int(getattr(arr, "nbytes", 0)) for arr in outputs.values())
-    in_bytes = sum(int(arr.nbytes) for arr in decoded.inputs.values())
     if decoded.outputs is None:
         binary = decoded.binary_output
     else:
         binary = all(out.binary for out in decoded.outputs)
-    reservation.resize(in_bytes + out_bytes * (2 if binary else 1 + JSON_OUTPUT_BYTE_COST))
+    reservation.resize(out_bytes * (2 if binary else 1 + JSON_OUTPUT_BYTE_COST))
     encode = functools.partial(
         encode_response, model.name, model.version, decoded, outputs, runtime.shared_memory
     )

@@ -78,7 +78,7 @@ class NumberList:
     end: int
 
     def __bytes__(self) -> bytes:
-        return self.text[self.start : self.end]
+        return bytes(memoryview(self.text)[self.start : self.end])
 
     def __len__(self) -> int:
         return self.end - self.start
