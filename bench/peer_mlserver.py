@@ -264,8 +264,9 @@ def measure(model: str, bundle: Path, batching: str, mlserver: str, work: Path,
                            for key in ("rps", "p50_ms", "p99_ms")}  # fmt: skip
             row[server]["errors"] = sum(run["errors"] for run in cell)
             row[server]["load_avg"] = [run["load_avg"] for run in cell]
-        row["rps_ratio"] = row["agent"]["rps"] / row["mlserver"]["rps"]
-        row["p99_ratio"] = row["agent"]["p99_ms"] / row["mlserver"]["p99_ms"]
+        a, m = row["agent"], row["mlserver"]
+        row["rps_ratio"] = a["rps"] / m["rps"] if m["rps"] else None  # None: nothing answered
+        row["p99_ratio"] = a["p99_ms"] / m["p99_ms"] if a["rps"] and m["rps"] else None
         rows.append(row)
     return rows
 
@@ -276,9 +277,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]  # fmt: skip
     for r in rows:
         a, m = r["agent"], r["mlserver"]
-        out.append(f"| {r['model']} | {r['batching']} | {r['concurrency']} | {a['rps']:.0f} "
-                   f"| {m['rps']:.0f} | {r['rps_ratio']:.2f}x | {a['p99_ms']:.1f} "
-                   f"| {m['p99_ms']:.1f} | {r['p99_ratio']:.2f} | {a['errors']}/{m['errors']} "
+        ratio = "-" if r["rps_ratio"] is None else f"{r['rps_ratio']:.2f}x"
+        p99_ratio = "-" if r["p99_ratio"] is None else f"{r['p99_ratio']:.2f}"
+        out.append(f"| {r['model']} | {r['batching']} | {r['concurrency']} | {a['rps']:.1f} "
+                   f"| {m['rps']:.1f} | {ratio} | {a['p99_ms']:.1f} | {m['p99_ms']:.1f} "
+                   f"| {p99_ratio} | {a['errors']}/{m['errors']} "
                    f"| {'yes' if r['outputs_identical'] else 'NO'} |")  # fmt: skip
     return "\n".join(out)
 
@@ -312,12 +315,14 @@ def main() -> None:
         for model in models:
             for batching in args.batching.split(","):
                 print(f"{model}, batching {batching}", flush=True)
-                results["rows"] += measure(model, bundles[MODELS[model]], batching, mlserver,
-                                           Path(work), args.seconds, args.rounds)  # fmt: skip
-    results["load_avg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results["rows"]))
+                rows = measure(model, bundles[MODELS[model]], batching, mlserver, Path(work),
+                               args.seconds, args.rounds)  # fmt: skip
+                print(markdown(rows), flush=True)
+                results["rows"] += rows
+                results["load_avg_end"] = os.getloadavg()
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2) + "\n")  # so far
+    print("\n" + markdown(results["rows"]))
     print(f"\nload average {results['load_avg_start'][0]:.1f} at the start, "
           f"{results['load_avg_end'][0]:.1f} at the end; JSON written to {args.out}")  # fmt: skip
 
