@@ -376,7 +376,17 @@ def test_tensors_handed_over_in_shared_memory_give_the_same_bits(
 def test_shared_memory_is_refused_unless_configured(
     digits_bundle: Any, agent_process: Callable[..., AgentProcess], grpc_client: Any
 ) -> None:
-    _, address = grpc_agent(agent_process, digits_bundle("onnx-fp32"))
+    agent, address = grpc_agent(agent_process, digits_bundle("onnx-fp32"))
     client = grpc_client(address)
     with pytest.raises(tritonclient_grpc.InferenceServerException, match="shared memory is off"):
         client.register_system_shared_memory("camera", "/anything", 8)
+    # and over HTTP: the routes and a tensor's parameters
+    base = f"{agent.url}/v2/systemsharedmemory"
+    answer = httpx.post(f"{base}/region/camera/register", json={"key": "/x", "byte_size": 8})
+    assert answer.status_code == 400 and "shared memory is off" in answer.json()["error"]
+    doc = {"inputs": [{"name": "pixels", "shape": [1, 8, 8, 1], "datatype": "FP32",
+                       "parameters": {"shared_memory_region": "camera",
+                                      "shared_memory_byte_size": 256}}]}  # fmt: skip
+    answer = httpx.post(f"{agent.url}/v2/models/digits/infer", json=doc)
+    assert answer.status_code == 400 and "shared memory is off" in answer.json()["error"]
+    assert "system_shared_memory" not in httpx.get(f"{agent.url}/v2").json()["extensions"]

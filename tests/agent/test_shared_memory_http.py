@@ -155,18 +155,3 @@ def test_bad_regions_offsets_and_sizes_get_a_400_that_says_what_is_wrong(
     refused(httpx.post(f"{base}/region/lens/unregister"), "unknown shared memory region 'lens'")
     assert httpx.post(f"{base}/region/camera/unregister").status_code == 200
     refused(infer("camera", x.nbytes), "unknown shared memory region 'camera'")
-
-
-@pytest.mark.slow
-def test_shared_memory_over_http_is_refused_unless_configured(
-    digits_bundle: Any, agent_process: Callable[..., AgentProcess]
-) -> None:
-    agent = agent_process("--model", digits_bundle("onnx-fp32"))
-    base = f"{agent.url}/v2/systemsharedmemory"
-    answer = httpx.post(f"{base}/region/camera/register", json={"key": "/x", "byte_size": 8})
-    assert answer.status_code == 400 and "shared memory is off" in answer.json()["error"]
-    doc = {"inputs": [{"name": "pixels", "shape": [1, 8, 8, 1], "datatype": "FP32",
-                       "parameters": {"shared_memory_region": "camera",
-                                      "shared_memory_byte_size": 256}}]}  # fmt: skip
-    answer = httpx.post(f"{agent.url}/v2/models/digits/infer", json=doc)
-    assert answer.status_code == 400 and "shared memory is off" in answer.json()["error"]
