@@ -8,6 +8,7 @@ Models (built once with edgedl.converters and cached under --cache):
                 int8 input and output, so the agent quantizes each image in NumPy
   mnv2-int8-float-io  the same network as tflite-int8-float-io: int8 inside, float input
                 and output, the (de)quantization done by the interpreter
+  mnv2-onnx     the same network as onnx-fp32 (used by bench/peer_mlserver.py)
 
 Part 1, cost per inference (batch 1, one interpreter thread, one request at a time; the
 median per call, raw and in-process measured in alternating blocks):
@@ -87,6 +88,7 @@ def build_bundles(cache: Path, models: list[str], build: bool = False) -> dict[s
         "digits-int8": cache / "digits-tflite-int8",
         "mnv2-int8": cache / "mnv2-tflite-int8",
         "mnv2-int8-float-io": cache / "mnv2-tflite-int8-float-io",
+        "mnv2-onnx": cache / "mnv2-onnx-fp32",
     }
     missing = [m for m in models if not (wanted[m] / "manifest.json").is_file()]
     if missing and not build:
@@ -105,7 +107,8 @@ def build_bundles(cache: Path, models: list[str], build: bool = False) -> dict[s
                         target=target, calibration=d.train, validation=d.test, labels=d.labels,
                         output=wanted[name], force=True,
                     ))  # fmt: skip
-        mnv2 = {"mnv2-int8": "tflite-int8", "mnv2-int8-float-io": "tflite-int8-float-io"}
+        mnv2 = {"mnv2-int8": "tflite-int8", "mnv2-int8-float-io": "tflite-int8-float-io",
+                "mnv2-onnx": "onnx-fp32"}  # fmt: skip
         if any(m in missing for m in mnv2):
             model, cal, val = _convert_bench().mobilenet_sources(cache, 64, 16)
             for name, target in mnv2.items():
@@ -200,10 +203,11 @@ def stop_served(model: Any) -> None:
 
 
 class AgentSubprocess:
-    """``edgedl agent serve`` on a free port with one model; ``server``: more [server] keys."""
+    """``edgedl agent serve`` on a free port with one model; ``server``: more [server] keys;
+    ``prefix``: a command it runs under (``["taskset", "-c", "0"]``)."""
 
     def __init__(self, bundle: Path, server: dict[str, Any] | None = None,
-                 **batching: Any) -> None:  # fmt: skip
+                 prefix: tuple[str, ...] = (), **batching: Any) -> None:  # fmt: skip
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -213,7 +217,7 @@ class AgentSubprocess:
         extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (server or {}).items())
         config.write_text(f'[server]\nport = {self.port}\n{extra}\n[[models]]\npath = "{bundle}"\n'
                           f"threads = 1\n{settings}")  # fmt: skip
-        self.proc = subprocess.Popen([EDGEDL, "agent", "serve", "--config", str(config)],
+        self.proc = subprocess.Popen([*prefix, EDGEDL, "agent", "serve", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         import httpx

@@ -10,11 +10,13 @@ spreads over every cell. The clients run in this process:
                the minimal asyncio HTTP client of bench/agent.py
   http-binary  the binary tensor data extension, binary outputs, the same client
   http-binary-unix  the same over the agent's Unix domain socket (server.unix_socket)
+  http-shm     the input in a system shared memory region (the one grpc-shm uses: the agent
+               holds one set of regions for both APIs), outputs binary in the answer
   grpc         ModelInfer with raw_input_contents (what tritonclient.grpc sends), one
                grpc.aio channel (its own connection) per concurrent caller, the message
                serialised once up front
   grpc-shm     the same with the input in a system shared memory region registered once
-               (server.grpc_shared_memory; the client writes the input there once: a camera
+               (server.shared_memory; the client writes the input there once: a camera
                process would write each frame), outputs raw in the answer
 
 Models:
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-PROTOCOLS = ("http-json", "http-binary", "http-binary-unix", "grpc", "grpc-shm")
+PROTOCOLS = ("http-json", "http-binary", "http-binary-unix", "http-shm", "grpc", "grpc-shm")
 CONCURRENCY = (1, 8)
 BLOCK_S = 0.5
 Block = tuple[list[float], float, int]  # latencies, seconds, errors
@@ -94,6 +96,14 @@ def json_request(name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
                        "data": x.ravel()}]}  # fmt: skip
     body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     return body, {"Content-Type": "application/json"}
+
+
+def shm_request(name: str, x: np.ndarray, region: str) -> tuple[bytes, dict[str, str]]:
+    """An HTTP infer request whose input ``x`` lies in shared memory ``region``."""
+    params = {"shared_memory_region": region, "shared_memory_byte_size": x.nbytes}
+    doc = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                       "parameters": params}], "parameters": {"binary_data_output": True}}  # fmt: skip
+    return json.dumps(doc).encode(), {"Content-Type": "application/json"}
 
 
 def grpc_request(model: str, name: str, x: np.ndarray, region: str | None = None) -> bytes:
@@ -171,13 +181,13 @@ def measure(bench: Any, bundle: Path, seconds: float) -> list[dict[str, Any]]:
         s.bind(("127.0.0.1", 0))
         grpc_port = s.getsockname()[1]
     unix_socket = f"/tmp/edgedl-bench-{os.getpid()}.sock"
-    server = {"grpc_port": grpc_port, "unix_socket": unix_socket, "grpc_shared_memory": True}
+    server = {"grpc_port": grpc_port, "unix_socket": unix_socket, "shared_memory": True}
     agent = bench.AgentSubprocess(bundle, server=server, max_batch_size=32)
     memory = shared_input(grpc_port, x)
     path = f"/v2/models/{manifest.name}/infer"
     binary = bench.binary_request(spec.name, x)
     bodies = {"http-json": json_request(spec.name, x), "http-binary": binary,
-              "http-binary-unix": binary}  # fmt: skip
+              "http-binary-unix": binary, "http-shm": shm_request(spec.name, x, "bench")}  # fmt: skip
     messages = {"grpc": grpc_request(manifest.name, spec.name, x),
                 "grpc-shm": grpc_request(manifest.name, spec.name, x, region="bench")}  # fmt: skip
     blocks: dict[tuple[str, int], list[Block]] = {}

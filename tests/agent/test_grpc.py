@@ -216,6 +216,45 @@ def test_bad_requests_get_the_matching_status_code_and_a_clear_message(
 
 
 @pytest.mark.slow
+def test_a_full_queue_is_resource_exhausted_at_once_and_the_queued_calls_are_answered(
+    digits_bundle: Any,
+    agent_process: Callable[..., AgentProcess],
+    grpc_client: Any,
+    tmp_path: Path,
+) -> None:
+    triton = tritonclient_grpc
+    bundle = digits_bundle("onnx-fp32")
+    # A long queue delay holds the first calls in a queue of 3, so it fills deterministically.
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"[[models]]\npath = {str(bundle)!r}\nmax_batch_size = 64\n"
+        "max_queue_delay_ms = 3000\nqueue_size = 3\n"
+    )
+    port = free_port()
+    agent = agent_process("--config", config, "--grpc-port", str(port))
+    client = grpc_client(f"127.0.0.1:{port}")
+    x = digit_images(3)
+    expected = runtime.load(bundle).run({"pixels": x})["output_0"]
+    answers: dict[int, Any] = {}
+
+    def send(i: int) -> None:
+        answers[i] = client.infer("digits", [pixels(x[i : i + 1])]).as_numpy("output_0")
+
+    threads = send_and_wait_queued(agent.url, send, 3, within=2.5)
+    started = time.monotonic()
+    with pytest.raises(triton.InferenceServerException, match="3 requests queued") as info:
+        client.infer("digits", [pixels(x[:1])])
+    assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert time.monotonic() - started < 2.0  # refused at once, not after the queue's delay
+    for t in threads:
+        t.join(60)
+    for i in range(3):
+        np.testing.assert_array_equal(answers[i], expected[i : i + 1])
+    text = httpx.get(f"{agent.url}/metrics").text
+    assert metric(text, "edgedl_requests_rejected_total", reason="queue_full") == 1
+
+
+@pytest.mark.slow
 def test_deadlines_then_sigterm_finishes_calls_in_flight_refuses_new_ones_and_exits_0(
     digits_bundle: Any, agent_process: Callable[..., AgentProcess], grpc_client: Any
 ) -> None:
@@ -284,7 +323,7 @@ def test_tensors_handed_over_in_shared_memory_give_the_same_bits(
     bundle = digits_bundle("onnx-fp32")
     x = digit_images(4)
     expected = runtime.load(bundle).run({"pixels": x})["output_0"]
-    env = {"EDGEDL_AGENT__SERVER__GRPC_SHARED_MEMORY": "true"}
+    env = {"EDGEDL_AGENT__SERVER__SHARED_MEMORY": "true"}
     _, address = grpc_agent(agent_process, bundle, env=env)
     client = grpc_client(address)
     tag = f"edgedl_test_{os.getpid()}"
@@ -337,7 +376,17 @@ def test_tensors_handed_over_in_shared_memory_give_the_same_bits(
 def test_shared_memory_is_refused_unless_configured(
     digits_bundle: Any, agent_process: Callable[..., AgentProcess], grpc_client: Any
 ) -> None:
-    _, address = grpc_agent(agent_process, digits_bundle("onnx-fp32"))
+    agent, address = grpc_agent(agent_process, digits_bundle("onnx-fp32"))
     client = grpc_client(address)
     with pytest.raises(tritonclient_grpc.InferenceServerException, match="shared memory is off"):
         client.register_system_shared_memory("camera", "/anything", 8)
+    # and over HTTP: the routes and a tensor's parameters
+    base = f"{agent.url}/v2/systemsharedmemory"
+    answer = httpx.post(f"{base}/region/camera/register", json={"key": "/x", "byte_size": 8})
+    assert answer.status_code == 400 and "shared memory is off" in answer.json()["error"]
+    doc = {"inputs": [{"name": "pixels", "shape": [1, 8, 8, 1], "datatype": "FP32",
+                       "parameters": {"shared_memory_region": "camera",
+                                      "shared_memory_byte_size": 256}}]}  # fmt: skip
+    answer = httpx.post(f"{agent.url}/v2/models/digits/infer", json=doc)
+    assert answer.status_code == 400 and "shared memory is off" in answer.json()["error"]
+    assert "system_shared_memory" not in httpx.get(f"{agent.url}/v2").json()["extensions"]

@@ -116,3 +116,57 @@ def test_answers_round_trip_and_keep_nan() -> None:
     np.testing.assert_array_equal(np.float32(out["data"]).reshape(2, 2), finite)
     body, _ = encode_response("m", "1", decoded, {"y": np.float32([np.nan, 1.0])})
     assert json.loads(body)["outputs"][0]["data"][0] != json.loads(body)["outputs"][0]["data"][0]
+
+
+def _hard_floats() -> list[float]:
+    """Values whose float32 rounding is easy to get wrong: long digits, halfway cases, extremes."""
+    rng = np.random.default_rng(7)
+    f32 = rng.standard_normal(3000).astype(np.float32)
+    halfway = (f32.astype(np.float64) + np.spacing(f32).astype(np.float64) / 2).tolist()
+    wide = (rng.standard_normal(3000) * 10.0 ** rng.integers(-45, 39, 3000)).tolist()
+    extremes = [5e-324, 1.4e-45, 7e-46, 3.4028235e38, 3.4028236e38, -0.0, 0.0, 1e-320]
+    return halfway + wide + extremes
+
+
+def test_floats_parse_bit_for_bit_as_json_loads_then_float32() -> None:
+    values = _hard_floats()
+    body = json.dumps({"inputs": [{"name": "x", "shape": [len(values)], "datatype": "FP32",
+                                   "data": values}]}).encode()  # fmt: skip
+    with np.errstate(over="ignore"):
+        expected = np.array(json.loads(body)["inputs"][0]["data"], dtype=np.float32)
+    got = decode(body)
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_lists_longer_than_a_parser_chunk_parse_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgedl.agent import json_tensors
+
+    monkeypatch.setattr(json_tensors, "CHUNK_BYTES", 1000)
+    values = np.random.default_rng(8).random(30_000).tolist()
+    got = decode(request(values))
+    assert got.tobytes() == np.array(values, dtype=np.float32).tobytes()
+    with pytest.raises(BadRequest, match="malformed JSON"):
+        decode(request(values)[:-4] + b", ]}]}")  # a trailing comma after a chunk's end
+
+
+@pytest.mark.parametrize("number", [b"+1", b".5", b"01", b"1.", b"0x10", b"1e"])
+def test_numbers_json_does_not_allow_are_400(number: bytes) -> None:
+    body = request([0.5] * 5000).replace(b"[0.5, ", b"[" + number + b", ", 1)
+    with pytest.raises(BadRequest, match="malformed JSON"):
+        decode(body)
+
+
+def test_non_numbers_and_wrong_counts_are_400_and_nan_is_kept() -> None:
+    values: list[Any] = [0.5] * 5000
+    with pytest.raises(BadRequest, match="not a list of FP32 numbers"):
+        decode(request([*values, "0.5"]))
+    with pytest.raises(BadRequest, match="not a list of FP32 numbers"):
+        decode(request([*values, None]))
+    with pytest.raises(BadRequest, match="needs 5002 values, the data holds 5001"):
+        decode(request([*values, 1.0], shape=[5002]))
+    with pytest.raises(BadRequest, match="needs 4000 values, the data holds 5001"):
+        decode(request([*values, 1.0], shape=[4000]))
+    got = decode(request([*values, float("nan")]))
+    assert np.isnan(got[-1]) and got.size == 5001
+    with pytest.raises(BadRequest):
+        decode(request([*[1] * 5000, float("nan")], "INT32"), "INT32")

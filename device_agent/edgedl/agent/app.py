@@ -20,6 +20,8 @@ Routes::
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer JSON tensors or binary tensor data
     GET  /metrics                               Prometheus text
+    .../v2/systemsharedmemory/...               Triton's system shared memory extension
+                                                (:mod:`edgedl.agent.shared_memory_api`)
 
 Errors are ``{"error": "<what was wrong>"}`` with the status of the
 :class:`~edgedl.errors.ServingError` raised (400, 404, 408, 413, 429, 500, 503, 504).
@@ -57,6 +59,7 @@ from .request_body import RequestLimits, read_body
 from .request_budget import JSON_OUTPUT_BYTE_COST, Reservation
 from .served import InferenceFailed, Servable, Tensors
 from .service import AgentRuntime
+from .shared_memory_api import shared_memory_routes
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/ready", api.model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/infer", api.infer, methods=["POST"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        *shared_memory_routes(runtime),
         *extra_routes,
     ]
     if admin_routes:
@@ -113,9 +117,10 @@ class _Api:
         self.limits = limits
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse(
-            {"name": "edgedl", "version": __version__, "extensions": ["binary_tensor_data"]}
-        )
+        extensions = ["binary_tensor_data"]
+        if self.runtime.shared_memory is not None:
+            extensions.append("system_shared_memory")
+        return JSONResponse({"name": "edgedl", "version": __version__, "extensions": extensions})
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -210,11 +215,13 @@ class _Api:
             header_length,
             model.input_datatypes,
             self.limits.max_json_object_bytes,
+            self.runtime.shared_memory,
         )
         decoded = await off_loop(decode, len(body))
         del body, decode
         outputs = await answer(model, decoded.inputs, decoded.timeout_s)
-        return await _encode(model, decoded, outputs, reservation)
+        decoded.inputs.clear()  # answered: only the outputs are needed from here on
+        return await _encode(model, decoded, outputs, reservation, self.runtime)
 
 
 class _HeldResponse(Response):
@@ -243,21 +250,26 @@ def _header_length(request: Request) -> int | None:
 
 
 async def _encode(
-    model: Servable, decoded: InferenceRequest, outputs: Tensors, reservation: Reservation
+    model: Servable,
+    decoded: InferenceRequest,
+    outputs: Tensors,
+    reservation: Reservation,
+    runtime: AgentRuntime,
 ) -> tuple[bytes, int | None]:
-    """The answer's body, holding from now on what it needs (the inputs, the outputs, the text).
+    """The answer's body, holding from now on what it needs (the outputs and the text).
 
     Decoding is over, so this usually gives memory back; more is taken only at once, and a
     budget held by others then answers 503.
     """
     out_bytes = sum(int(getattr(arr, "nbytes", 0)) for arr in outputs.values())
-    in_bytes = sum(int(arr.nbytes) for arr in decoded.inputs.values())
     if decoded.outputs is None:
         binary = decoded.binary_output
     else:
         binary = all(out.binary for out in decoded.outputs)
-    reservation.resize(in_bytes + out_bytes * (2 if binary else 1 + JSON_OUTPUT_BYTE_COST))
-    encode = functools.partial(encode_response, model.name, model.version, decoded, outputs)
+    reservation.resize(out_bytes * (2 if binary else 1 + JSON_OUTPUT_BYTE_COST))
+    encode = functools.partial(
+        encode_response, model.name, model.version, decoded, outputs, runtime.shared_memory
+    )
     encoded: tuple[bytes, int | None] = await off_loop(encode, out_bytes)
     return encoded
 

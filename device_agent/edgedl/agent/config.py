@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from edgedl.config import load_toml_config
 from edgedl.errors import ConfigError
@@ -48,7 +48,11 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
-    grpc_shared_memory: bool = False
+    # Triton's system shared memory extension over HTTP and gRPC (grpc_shared_memory: its
+    # earlier name, still read)
+    shared_memory: bool = Field(
+        default=False, validation_alias=AliasChoices("shared_memory", "grpc_shared_memory")
+    )
     unix_socket: str | None = Field(default=None, min_length=1, max_length=107)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_json_object_bytes: int = Field(default=1024 * 1024, gt=0)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,8 +34,17 @@ from numpy.typing import NDArray
 from edgedl.datatypes import NUMPY_DTYPES, datatype_of
 from edgedl.errors import DataError, ServingError
 
-from .json_tensors import NumberLists, dumps, loads, loads_request, output_data, parse_numbers
+from .json_tensors import (
+    MalformedNumbers,
+    NumberLists,
+    WrongCount,
+    dumps,
+    loads,
+    loads_request,
+    output_data,
+)
 from .request_budget import PayloadTooLarge
+from .shared_memory import RegionSlice, SharedMemoryError, SharedMemoryRegions, region_slice
 
 Array = NDArray[Any]
 
@@ -66,6 +75,7 @@ class InferenceRequest:
     outputs: list[RequestedOutput] | None
     binary_output: bool
     timeout_s: float | None
+    output_regions: dict[str, RegionSlice] = field(default_factory=dict)  # outputs to write there
 
 
 def decode_request(
@@ -73,11 +83,13 @@ def decode_request(
     header_length: int | None,
     datatypes: Mapping[str, str],
     max_object_bytes: int | None = None,
+    regions: SharedMemoryRegions | None = None,
 ) -> InferenceRequest:
     """Parse an infer request; ``datatypes`` maps each model input to the datatype it takes.
 
     ``max_object_bytes`` bounds the JSON decoded into Python objects (everything but flat
-    number lists); ``None``: no bound.
+    number lists); ``None``: no bound. ``regions``: the shared memory regions inputs may be
+    read from and outputs written to (``None``: shared memory is off).
     """
     if not body:
         raise BadRequest("empty request body: expected a JSON inference request")
@@ -99,7 +111,7 @@ def decode_request(
     inputs: dict[str, Array] = {}
     offset = 0
     for i, tensor in enumerate(raw_inputs):
-        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes, lists)
+        arr, used = _decode_tensor(tensor, i, binary, offset, datatypes, lists, regions)
         inputs[str(tensor["name"])] = arr
         offset += used
     if offset != len(binary):
@@ -109,6 +121,7 @@ def decode_request(
         )
     params = _parameters(doc, "request")
     outputs = None
+    output_regions: dict[str, RegionSlice] = {}
     if "outputs" in doc:
         if not isinstance(doc["outputs"], list):
             raise BadRequest('"outputs" must be a list')
@@ -116,8 +129,13 @@ def decode_request(
         for out in doc["outputs"]:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise BadRequest('every requested output needs a "name"')
-            out_params = _parameters(out, f"output {out['name']!r}")
+            what = f"output {out['name']!r}"
+            out_params = _parameters(out, what)
             outputs.append(RequestedOutput(out["name"], _flag(out_params, "binary_data")))
+            where = region_slice(out_params, what)
+            if where is not None:
+                shared(regions).check(where)
+                output_regions[out["name"]] = where
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, (str, int)):
         raise BadRequest(f'"id" must be a string, got {type(request_id).__name__}')
@@ -127,25 +145,31 @@ def decode_request(
         outputs=outputs,
         binary_output=_flag(params, "binary_data_output"),
         timeout_s=request_timeout(params),
+        output_regions=output_regions,
     )
+
+
+def shared(regions: SharedMemoryRegions | None) -> SharedMemoryRegions:
+    """``regions``; raises :class:`SharedMemoryError` when shared memory is off (``None``)."""
+    if regions is None:
+        raise SharedMemoryError("shared memory is off: set server.shared_memory = true to use it")
+    return regions
 
 
 def _load_json(header: bytes, max_object_bytes: int | None) -> tuple[Any, NumberLists]:
     try:
-        if max_object_bytes is not None and len(header) > max_object_bytes:
-            doc, lists, parsed = loads_request(header, max_object_bytes)
-            if parsed > max_object_bytes:
-                raise PayloadTooLarge(
-                    f"the request's JSON holds {parsed} bytes besides flat lists of numbers, "
-                    f"over the limit of {max_object_bytes} (server.max_json_object_bytes): send "
-                    "large tensors as flat lists of numbers or as binary tensor data"
-                )
-            return doc, lists
-        return loads(header), NumberLists([])
+        doc, lists, parsed = loads_request(header, max_object_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON in the request: {exc}") from exc
     except RecursionError as exc:
         raise BadRequest("malformed JSON in the request: nested too deeply") from exc
+    if max_object_bytes is not None and parsed > max_object_bytes:
+        raise PayloadTooLarge(
+            f"the request's JSON holds {parsed} bytes besides flat lists of numbers, "
+            f"over the limit of {max_object_bytes} (server.max_json_object_bytes): send "
+            "large tensors as flat lists of numbers or as binary tensor data"
+        )
+    return doc, lists
 
 
 def _flag(params: Mapping[str, Any], key: str) -> bool:
@@ -187,6 +211,7 @@ def _decode_tensor(
     offset: int,
     datatypes: Mapping[str, str],
     lists: NumberLists,
+    regions: SharedMemoryRegions | None,
 ) -> tuple[Array, int]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise BadRequest(f'input #{index} needs a "name"')
@@ -207,6 +232,9 @@ def _decode_tensor(
     dtype = NUMPY_DTYPES[expected]
     count = math.prod(shape)
     params = _parameters(tensor, f"input {name!r}")
+    where = region_slice(params, f"input {name!r}")
+    if where is not None:
+        return shared(regions).read(where, name, shape, dtype), 0
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize:
@@ -220,17 +248,24 @@ def _decode_tensor(
     if "data" not in tensor:
         raise BadRequest(f'input {name!r} has neither "data" nor binary_data_size')
     data = tensor["data"]
-    text = lists.lookup(data)
-    parsed = parse_numbers(text, dtype) if text is not None else None
+    numbers = lists.lookup(data)
+    try:
+        parsed = numbers.parse(dtype, count) if numbers is not None else None
+    except MalformedNumbers as exc:
+        raise BadRequest(f"input {name!r}: malformed JSON in its data: {exc}") from None
+    except WrongCount as exc:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values, the data holds {exc.held}"
+        ) from None
     if parsed is not None:
         arr: Array = parsed
     else:
-        if text is not None:  # NumPy could not read it: the JSON parser says why
-            data = _json_list(text, name, lists.object_limit)
+        if numbers is not None:  # not plain numbers of its dtype: the JSON parser says why
+            data = _json_list(bytes(numbers), name, lists.object_limit)
         if not isinstance(data, list):
             raise BadRequest(f'input {name!r}: "data" must be a list of numbers')
         try:
-            arr = np.array(data, dtype=dtype)
+            arr = _array_of_numbers(data, dtype)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise BadRequest(f"input {name!r}: data is not a list of {expected} numbers") from exc
     if arr.size != count:
@@ -238,6 +273,23 @@ def _decode_tensor(
             f"input {name!r}: shape {shape} needs {count} values, the data holds {arr.size}"
         )
     return arr.reshape(shape), 0
+
+
+def _array_of_numbers(data: list[Any], dtype: np.dtype[Any]) -> Array:
+    """``data`` as an array of ``dtype``; ValueError unless it holds only numbers (booleans for
+    BOOL) that the dtype represents: no strings, nulls or ragged lists, no fractions for an
+    integer type, no values out of its range."""
+    parsed = np.array(data)
+    allowed = "b" if dtype.kind == "b" else ("iu" if dtype.kind in "iu" else "iuf")
+    if dtype.kind in "iu" and parsed.dtype.kind == "f" and np.array_equal(parsed, parsed // 1):
+        allowed += "f"  # 1.0 for an integer: the number one
+    if parsed.dtype.kind not in allowed:
+        raise ValueError(f"{parsed.dtype} values")
+    if dtype.kind in "iu" and parsed.size:
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise OverflowError(f"values beyond {dtype}'s range")
+    return np.array(parsed, dtype=dtype)
 
 
 def _json_list(text: bytes, name: str, limit: int | None) -> Any:
@@ -258,8 +310,12 @@ def encode_response(
     model_version: str,
     request: InferenceRequest,
     outputs: Mapping[str, Array],
+    regions: SharedMemoryRegions | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when it carries binary data, the JSON header's length."""
+    """The response body and, when it carries binary data, the JSON header's length.
+
+    An output the request asked for in a shared memory region is written there, and its
+    entry carries the region's parameters instead of data."""
     if request.outputs is None:
         wanted = [RequestedOutput(name, request.binary_output) for name in outputs]
     else:
@@ -278,7 +334,15 @@ def encode_response(
             "datatype": datatype_of(arr.dtype) or "FP32",
             "shape": list(arr.shape),
         }
-        if out.binary:
+        where = request.output_regions.get(out.name)
+        if where is not None:
+            shared(regions).write(where, out.name, arr)
+            entry["parameters"] = {
+                "shared_memory_region": where.region,
+                "shared_memory_byte_size": arr.nbytes,
+                **({"shared_memory_offset": where.offset} if where.offset else {}),
+            }
+        elif out.binary:
             blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

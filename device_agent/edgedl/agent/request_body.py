@@ -120,7 +120,7 @@ async def read_body(
             limits.body_timeout_s, functools.partial(_expire, task, expired)
         )
     limit = limits.max_request_bytes
-    chunks: list[bytes] = []
+    body = _Body(declared)
     size = 0
     try:
         async for chunk in request.stream():
@@ -131,7 +131,7 @@ async def read_body(
                 )
             if declared is None:
                 reservation.grow(cost_per_byte * len(chunk))
-            chunks.append(chunk)
+            body.add(chunk)
     except asyncio.CancelledError:
         if not expired:
             raise
@@ -147,14 +147,42 @@ async def read_body(
     finally:
         if timer is not None:
             timer.cancel()
-    body = b"".join(chunks)
-    del chunks
+    whole = body.whole()
+    del body
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("gzip", "deflate"):
-        return _decompress(body, encoding, limit, reservation, cost_per_byte)
+        return _decompress(whole, encoding, limit, reservation, cost_per_byte)
     if encoding != "identity":
         raise BadRequest(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
-    return body
+    return whole
+
+
+class _Body:
+    """A body arriving in chunks: written into one buffer of its declared length as they come
+    (so the body is never held twice, as joining the chunks at the end would), or joined when
+    the length is not known."""
+
+    def __init__(self, declared: int | None) -> None:
+        self._buffer = bytearray(declared) if declared else None
+        self._size = 0
+        self._chunks: list[bytes] = []
+
+    def add(self, chunk: bytes) -> None:
+        end = self._size + len(chunk)
+        if self._buffer is not None and end <= len(self._buffer):
+            self._buffer[self._size : end] = chunk
+        else:
+            self._chunks.append(chunk)
+        self._size = end
+
+    def whole(self) -> bytes:
+        if self._buffer is None:
+            return b"".join(self._chunks)
+        if self._chunks or self._size != len(self._buffer):  # not the declared length
+            raise BadRequest(
+                f"the body holds {self._size} bytes, not its Content-Length of {len(self._buffer)}"
+            )
+        return self._buffer  # type: ignore[return-value]  # a bytearray reads like bytes
 
 
 def _expire(task: asyncio.Task[object], expired: list[bool]) -> None:

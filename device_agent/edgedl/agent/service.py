@@ -14,6 +14,8 @@ agent share. Seams for the other components:
   served versions; ``runtime.load_model(ModelConfig(path=...), activate=False)`` loads and
   starts a bundle as a new version.
 * ``runtime.metrics.profile(name, version)`` is the live input/output profile of a version.
+* ``runtime.shared_memory`` (:class:`~edgedl.agent.shared_memory.SharedMemoryRegions`, or
+  ``None`` unless ``server.shared_memory``) holds the regions clients registered.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .observe import InferenceObserver
 from .repository import ModelConflict, ModelRepository
 from .security import BundleAdmission
 from .served import Observers, ServedModel
+from .shared_memory import SharedMemoryRegions
 
 if TYPE_CHECKING:
     from .rollout.rollouts import Rollouts
@@ -65,6 +68,8 @@ class AgentRuntime:
         self._started = False
         # The model store's rollouts, when the agent has a writable store (rollout_routes).
         self.rollouts: Rollouts | None = None
+        # The shared memory regions clients registered (HTTP and gRPC alike), when allowed.
+        self.shared_memory = SharedMemoryRegions() if config.server.shared_memory else None
 
     @property
     def draining(self) -> bool:
@@ -137,4 +142,6 @@ class AgentRuntime:
             except Exception:
                 log.exception("stopping %r failed", component)
         self.metrics.stop()
+        if self.shared_memory is not None and self.shared_memory.status():
+            self.shared_memory.unregister()
         self._started = False

@@ -67,4 +67,3 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        self._service.close()

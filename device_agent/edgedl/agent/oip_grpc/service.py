@@ -10,7 +10,8 @@ the protocol differs. RPCs::
     ServerMetadata                            name "edgedl" and the agent's version
     SystemSharedMemoryRegister, ...Unregister, ...Status
                                               Triton's system shared memory extension, when
-                                              server.grpc_shared_memory is on
+                                              server.shared_memory is on (the regions are
+                                              the HTTP API's too: runtime.shared_memory)
 
 Errors end the call with a status code and the same message the HTTP API would give:
 
@@ -48,13 +49,13 @@ from edgedl.errors import ServingError
 
 from ..answer import answer, model_timeout, off_loop
 from ..batcher import DeadlineExceeded, QueueFull, ShuttingDown
-from ..oip import BadRequest, InferenceRequest
+from ..oip import BadRequest, InferenceRequest, shared
 from ..repository import ModelNotFound
 from ..request_body import ClientGone, RequestLimits
 from ..request_budget import JSON_OUTPUT_BYTE_COST, MemoryBusy, PayloadTooLarge, Reservation
 from ..served import InferenceFailed, Servable, Tensors
 from ..service import AgentRuntime
-from ..shared_memory import SharedMemoryError, SharedMemoryRegions
+from ..shared_memory import SharedMemoryRegions
 from . import messages
 from .tensors import decode_infer_request, encode_infer_response
 
@@ -91,14 +92,7 @@ class InferenceService:
         self.runtime = runtime
         self.repository = runtime.repository
         self.limits = limits
-        self.regions: SharedMemoryRegions | None = None
-        if runtime.config.server.grpc_shared_memory:
-            self.regions = SharedMemoryRegions()
-
-    def close(self) -> None:
-        """Unmap every registered shared memory region."""
-        if self.regions is not None and self.regions.status():
-            self.regions.unregister()
+        self.regions = runtime.shared_memory
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The handler to add to a ``grpc.aio`` server."""
@@ -182,11 +176,7 @@ class InferenceService:
         return response
 
     def _shm(self) -> SharedMemoryRegions:
-        if self.regions is None:
-            raise SharedMemoryError(
-                "shared memory is off: set server.grpc_shared_memory = true to use it"
-            )
-        return self.regions
+        return shared(self.regions)
 
     async def model_infer(self, message: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,8 +24,8 @@ from numpy.typing import NDArray
 
 from edgedl.datatypes import NUMPY_DTYPES, datatype_of
 
-from ..oip import BadRequest, InferenceRequest, RequestedOutput, request_timeout
-from ..shared_memory import SharedMemoryError, SharedMemoryRegions
+from ..oip import BadRequest, InferenceRequest, RequestedOutput, request_timeout, shared
+from ..shared_memory import RegionSlice, SharedMemoryRegions, region_slice
 from .messages import ModelInferResponse
 
 Array = NDArray[Any]
@@ -58,25 +57,9 @@ _FIELD_DTYPES = {
 }
 
 
-@dataclass
-class RegionSlice:
-    """Where a tensor lies in a registered shared memory region."""
-
-    region: str
-    offset: int
-    byte_size: int
-
-
-@dataclass
-class GrpcInferenceRequest(InferenceRequest):
-    """A decoded request, with the outputs to write into shared memory regions."""
-
-    output_regions: dict[str, RegionSlice] = field(default_factory=dict)
-
-
 def decode_infer_request(
     request: Any, datatypes: Mapping[str, str], regions: SharedMemoryRegions | None = None
-) -> GrpcInferenceRequest:
+) -> InferenceRequest:
     """The inputs, wanted outputs and deadline of a ``ModelInferRequest``.
 
     ``datatypes`` maps each model input to the datatype it takes; ``regions``: the shared
@@ -86,7 +69,9 @@ def decode_infer_request(
     if not request.inputs:
         raise BadRequest("the request has no inputs")
     raw = list(request.raw_input_contents)
-    in_regions = [_region_slice(t.parameters, f"input {t.name!r}") for t in request.inputs]
+    in_regions = [
+        region_slice(parameter_values(t.parameters), f"input {t.name!r}") for t in request.inputs
+    ]
     carried = in_regions.count(None)
     if raw and len(raw) != carried:
         raise BadRequest(
@@ -110,8 +95,7 @@ def decode_infer_request(
         if not shape or any(d < 0 for d in shape):
             raise BadRequest(f"input {name!r}: the shape must be non-negative sizes, got {shape}")
         if where is not None:
-            view = _regions(regions).view(where.region, where.offset, where.byte_size)
-            arr = _from_raw(name, view, shape, NUMPY_DTYPES[expected])
+            arr = shared(regions).read(where, name, shape, NUMPY_DTYPES[expected])
         elif raw:
             if tensor.HasField("contents"):
                 raise BadRequest(
@@ -122,15 +106,15 @@ def decode_infer_request(
         else:
             arr = _from_contents(name, tensor, shape, expected)
         inputs[name] = arr
-    output_regions = {}
+    output_regions: dict[str, RegionSlice] = {}
     for out in request.outputs:
-        where = _region_slice(out.parameters, f"output {out.name!r}")
+        where = region_slice(parameter_values(out.parameters), f"output {out.name!r}")
         if where is not None:
-            _regions(regions).view(where.region, where.offset, where.byte_size)  # exists, fits
+            shared(regions).check(where)
             output_regions[out.name] = where
     binary = bool(raw) or not any(t.HasField("contents") for t in request.inputs)
     timeout_s = request_timeout(parameter_values(request.parameters))
-    return GrpcInferenceRequest(
+    return InferenceRequest(
         id=request.id or None,
         inputs=inputs,
         outputs=[RequestedOutput(o.name, binary) for o in request.outputs] or None,
@@ -138,34 +122,6 @@ def decode_infer_request(
         timeout_s=timeout_s,
         output_regions=output_regions,
     )
-
-
-def _region_slice(parameters: Any, what: str) -> RegionSlice | None:
-    """The shared memory parameters of a tensor, or ``None`` when it has none."""
-    values = parameter_values(parameters)
-    region = values.get("shared_memory_region")
-    if region is None:
-        return None
-    size = values.get("shared_memory_byte_size")
-    offset = values.get("shared_memory_offset", 0)
-    if not isinstance(region, str) or not isinstance(size, int) or not _is_count(size, offset):
-        raise BadRequest(
-            f"{what}: shared memory needs shared_memory_region (a string), "
-            "shared_memory_byte_size and optionally shared_memory_offset (integers >= 0)"
-        )
-    return RegionSlice(region, offset, size)
-
-
-def _is_count(*values: Any) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
-
-
-def _regions(regions: SharedMemoryRegions | None) -> SharedMemoryRegions:
-    if regions is None:
-        raise SharedMemoryError(
-            "the agent does not take tensors in shared memory (server.grpc_shared_memory)"
-        )
-    return regions
 
 
 def parameter_values(parameters: Any) -> dict[str, Any]:
@@ -220,7 +176,7 @@ def encode_infer_response(
     output is FP16, which has no typed field), typed ``contents`` otherwise; an output asked
     for in a shared memory region is written there (and its raw entry left empty)."""
     wanted = [o.name for o in request.outputs] if request.outputs is not None else list(outputs)
-    in_shm = request.output_regions if isinstance(request, GrpcInferenceRequest) else {}
+    in_shm = request.output_regions
     tensors: list[tuple[str, str, Array]] = []
     for name in wanted:
         if name not in outputs:
@@ -237,7 +193,12 @@ def encode_infer_response(
     for name, datatype, arr in tensors:
         tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
         if name in in_shm:
-            _write_region(_regions(regions), in_shm[name], name, arr, tensor)
+            where = in_shm[name]
+            shared(regions).write(where, name, arr)
+            tensor.parameters["shared_memory_region"].string_param = where.region
+            tensor.parameters["shared_memory_byte_size"].int64_param = arr.nbytes
+            if where.offset:
+                tensor.parameters["shared_memory_offset"].int64_param = where.offset
             if raw:
                 response.raw_output_contents.append(b"")  # keeps raw entries in output order
         elif raw:
@@ -245,19 +206,3 @@ def encode_infer_response(
         else:
             getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
     return response
-
-
-def _write_region(
-    regions: SharedMemoryRegions, where: RegionSlice, name: str, arr: Array, tensor: Any
-) -> None:
-    if arr.nbytes > where.byte_size:
-        raise SharedMemoryError(
-            f"output {name!r} takes {arr.nbytes} bytes, more than the {where.byte_size} of "
-            f"its shared memory region {where.region!r}"
-        )
-    view = regions.view(where.region, where.offset, arr.nbytes)
-    np.frombuffer(view, np.uint8)[:] = arr.reshape(-1).view(np.uint8)
-    tensor.parameters["shared_memory_region"].string_param = where.region
-    tensor.parameters["shared_memory_byte_size"].int64_param = arr.nbytes
-    if where.offset:
-        tensor.parameters["shared_memory_offset"].int64_param = where.offset
