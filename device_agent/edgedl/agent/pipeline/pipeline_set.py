@@ -11,11 +11,11 @@ from edgedl.errors import ConfigError
 
 from .config import PipelineConfig
 from .pipeline import Pipeline, build_pipeline
-from .stream import Event
+from .stream import Output
 
 log = logging.getLogger(__name__)
 
-EventListener = Callable[[str, list[Event]], None]
+EventListener = Callable[[str, list[Output]], None]
 
 
 class PipelineSet:
@@ -45,7 +45,7 @@ class PipelineSet:
         """Call ``listener(pipeline_name, events)`` whenever a chunk completes events."""
         self._listeners.append(listener)
 
-    def feed(self, name: str, pcm: bytes, end: bool = False) -> list[Event]:
+    def feed(self, name: str, pcm: bytes, end: bool = False) -> list[Output]:
         """Feed s16le audio to pipeline ``name`` (KeyError if unknown); ``end`` flushes it."""
         pipeline = self.pipelines[name]
         events = pipeline.feed(pcm)
