@@ -38,7 +38,7 @@ class Pipeline:
     Outputs have a ``kind``: ``detection`` (:class:`Event`, from a postprocess stage),
     ``transcript`` (:class:`Transcript`, from an asr stage) and, when ``emit_segments`` is
     on, ``segment`` (:class:`Segment`, each stretch of speech a VAD kept, given out when it
-    closes and before what later stages made of it).
+    closes). Each call gives its outputs in the order of their end times.
     """
 
     def __init__(
@@ -64,7 +64,7 @@ class Pipeline:
             for stage in self.stages:
                 items = stage.process(items)
                 out += self._side(stage)
-            return out + [i for i in items if isinstance(i, Event | Transcript)]
+            return _in_time_order(out + [i for i in items if isinstance(i, Event | Transcript)])
 
     def flush(self) -> list[Output]:
         """End the stream: let every stage finish what it holds; the next feed starts anew."""
@@ -76,7 +76,7 @@ class Pipeline:
                 out += self._side(stage)
             self._pos = 0
             self._odd_byte = b""
-            return out + [i for i in items if isinstance(i, Event | Transcript)]
+            return _in_time_order(out + [i for i in items if isinstance(i, Event | Transcript)])
 
     def run(self, samples: PCM) -> list[Output]:
         """A whole recording at once: ``feed`` then ``flush``."""
@@ -123,6 +123,15 @@ class Pipeline:
         if not np.isfinite(arr).all():
             raise DataError("audio holds NaN or Inf samples")
         return arr.astype(np.float32, copy=False)
+
+
+def _in_time_order(outputs: list[Output]) -> list[Output]:
+    """One call's outputs by their end times; a segment before the transcript of its audio.
+
+    A segment and its transcript end together and are given out in the same call, so a
+    recording fed whole and fed in chunks gives its outputs in the same order.
+    """
+    return sorted(outputs, key=lambda o: o.end)
 
 
 def build_pipeline(config: PipelineConfig, base_dir: str | Path = ".") -> Pipeline:
