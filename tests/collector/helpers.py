@@ -243,6 +243,8 @@ def get_every_page(collector: Any, devices: list[str]) -> dict[str, int]:
         "/api/v1/alerts",
         "/api/v1/dead-letters",
         "/api/v1/references",
+        "/api/v1/stage-health",
+        "/api/v1/pipeline-references",
         "/api/v1/artifacts",
         "/api/v1/fleet/models",
         "/api/v1/rollouts",
