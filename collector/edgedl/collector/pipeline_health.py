@@ -3,7 +3,8 @@
 Every telemetry window carries, per pipeline, the stage-health counters accrued in that
 window (``pipelines.{name}._health``: seconds of audio, seconds the VAD kept, segments,
 transcripts, words, the sum of ASR confidences; :mod:`edgedl.stage_health`). The book keeps
-the last ``windows`` windows of each (fleet, device, pipeline), sums them, and judges the
+the last ``windows`` windows that carried audio of each (fleet, device, pipeline) — a quiet
+spell does not push what was heard out — sums them, and judges the
 figures of the sum — VAD kept share, segments per minute, ASR confidence, words per segment
 — against the pipeline's reference profile (written by ``edgedl agent run-pipeline
 --profile``, registered with ``--pipeline-reference`` or ``POST /api/v1/pipeline-references``).
@@ -112,8 +113,8 @@ class PipelineHealthBook:
         """Take the stage-health counters of one window (each (epoch, seq) counted once)."""
         for name, figures in window.pipelines.items():
             counters = figures.get(HEALTH_KEY) if isinstance(figures, dict) else None
-            if not isinstance(counters, dict):
-                continue
+            if not isinstance(counters, dict) or not counters.get("audio_s"):
+                continue  # no counters (an older agent), or no audio in this window
             key: Key = (window.fleet, window.device, name)
             ident = (window.epoch, window.seq)
             with self._lock:
