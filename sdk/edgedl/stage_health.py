@@ -113,7 +113,7 @@ class HealthProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = Field(PROFILE_SCHEMA, ge=1, le=PROFILE_SCHEMA)
     pipeline: str = Field(min_length=1, max_length=128)
-    counters: dict[str, float]
+    counters: dict[str, float] = Field(default_factory=dict)
     figures: dict[str, float]
     tolerances: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
 
