@@ -139,6 +139,7 @@ def test_the_same_segments_from_the_cli_http_and_python(words, tmp_path, agent_p
     assert [s["kind"] for s in python] == ["segment"] * len(words.speech)
 
 
+@pytest.mark.slow
 def test_profile_is_written_for_a_validated_pipeline(words, tmp_path):
     config = tmp_path / "agent.toml"
     config.write_text(VAD_TOML)
