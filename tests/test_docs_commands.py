@@ -182,6 +182,11 @@ SKIPS: dict[tuple[str, str], str] = {
     ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent.py"): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/drift_power.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/vad.py"): "a benchmark (minutes)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/asr.py --voices en-us,en-us+f2 --speeds 140,170 --snr quiet,20,10 --sentences 3 --gap-s 1.5",
+    ): "a benchmark (half an hour)",
     (
         "docs/performance.md",
         ".venv/bin/python bench/agent.py --seconds 1 --models digits-onnx --throughput-models digits-onnx",

@@ -55,7 +55,8 @@ def test_json_lines_on_stdout_and_the_table_on_stderr(setup):
     assert result.code == 0, result.stderr
     events = [json.loads(ln) for ln in result.stdout.splitlines()]
     assert [e["label"] for e in events] == ["speech"] * len(words.speech)
-    assert set(events[0]) == {"label", "start", "end", "score"}
+    assert set(events[0]) == {"kind", "label", "start", "end", "score"}
+    assert events[0]["kind"] == "detection"
     assert "postprocess" in result.stderr
 
 

@@ -35,7 +35,9 @@ def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
 
 
 def test_the_docs_example_is_a_valid_pipeline(tmp_path):
-    (block,) = toml_blocks(ROOT / "docs/pipelines.md")
+    block, voice = toml_blocks(ROOT / "docs/pipelines.md")
+    (asr,) = load(tmp_path, voice).pipelines
+    assert [s.type for s in asr.stages] == ["vad", "asr"] and asr.emits_segments
     (pipeline,) = load(tmp_path, block).pipelines
     assert pipeline.name == "keywords"
     assert [type(s) for s in pipeline.stages] == [

@@ -91,6 +91,7 @@ class WindowMaker:
         errors: int = 0,
         span_s: float = 60.0,
         seed: int | None = None,
+        health: dict[str, float] | None = None,
     ) -> TelemetryWindow:
         # Seeded by device and seq (not hash(), which changes with every interpreter).
         rng = np.random.default_rng(
@@ -103,6 +104,15 @@ class WindowMaker:
         batch = batch_size_histogram()
         batch.add(np.ones(n))
         end = time.time()
+        kws: dict[str, Any] = {
+            "vad": {
+                "received": n,
+                "passed": n // 2,
+                "latency_ms": {"count": n, "sum": 1.0, "max": 0.1},
+            }
+        }
+        if health is not None:
+            kws["_health"] = health  # stage-health counters of the window (edgedl.stage_health)
         return TelemetryWindow(
             fleet=self.fleet,
             device=device,
@@ -122,15 +132,7 @@ class WindowMaker:
                 }
             ],
             system={"cpu_percent": 5.0, "memory_rss_bytes": 50_000_000, "memory_percent": 1.0},
-            pipelines={
-                "kws": {
-                    "vad": {
-                        "received": n,
-                        "passed": n // 2,
-                        "latency_ms": {"count": n, "sum": 1.0, "max": 0.1},
-                    }
-                }
-            },
+            pipelines={"kws": kws},
         )
 
     def payload(self, *args: Any, **kwargs: Any) -> tuple[str, bytes]:
@@ -243,6 +245,8 @@ def get_every_page(collector: Any, devices: list[str]) -> dict[str, int]:
         "/api/v1/alerts",
         "/api/v1/dead-letters",
         "/api/v1/references",
+        "/api/v1/stage-health",
+        "/api/v1/pipeline-references",
         "/api/v1/artifacts",
         "/api/v1/fleet/models",
         "/api/v1/rollouts",

@@ -103,6 +103,33 @@ def test_references_are_registered_and_bad_ones_refused(
     assert [(x["model"], x["version"]) for x in get_json(url)] == [("digits", "1")]
 
 
+def test_pipeline_references_are_registered_kept_and_bad_ones_refused(
+    broker: Broker,
+    sqlite_url: str,
+    start_collector: Callable[..., Collector],
+) -> None:
+    collector = start_collector(collector_config(broker, sqlite_url))
+    url = f"{collector.url}/api/v1/pipeline-references"
+    assert get_json(url) == []
+    r = httpx.post(url, content=b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = httpx.post(url, json={"pipeline": "voice", "figures": {"kept_share": "most"}})
+    assert r.status_code == 422 and "figures.kept_share" in r.json()["error"]
+    profile = {"pipeline": "voice", "counters": {"audio_s": 60}, "figures": {"kept_share": 0.4}}
+    r = httpx.post(url, json=profile)
+    assert r.status_code == 201 and r.json() == {
+        "pipeline": "voice",
+        "figures": {"kept_share": 0.4},
+    }
+    assert [p["pipeline"] for p in get_json(url)] == ["voice"]
+    collector.stop()
+    # Stored: a collector started later on the same database judges against it.
+    again = start_collector(collector_config(broker, sqlite_url))
+    assert [p["figures"] for p in get_json(f"{again.url}/api/v1/pipeline-references")] == [
+        {"kept_share": 0.4}
+    ]
+
+
 def test_an_empty_heartbeat_window_keeps_the_devices_model(
     broker: Broker,
     db_url: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,13 +43,25 @@ def test_the_dashboard_shows_devices_drift_and_alerts(
         pytest.skip(f"{CHROMIUM} is not installed")
     from playwright.sync_api import sync_playwright
 
+    # The devices' "kws" pipeline was validated keeping half of its audio, 10 segments a minute.
+    profile = tmp_path / "kws-profile.json"
+    profile.write_text(json.dumps({"pipeline": "kws", "counters": {},
+                                   "figures": {"kept_share": 0.5, "segments_per_min": 10}}))  # fmt: skip
     collector = start_collector(
-        collector_config(broker, sqlite_url, windows.fleet, references=[str(manifest_file)])
+        collector_config(
+            broker,
+            sqlite_url,
+            windows.fleet,
+            references=[str(manifest_file)],
+            pipeline_references=[str(profile)],
+        )
     )
+    as_validated = {"audio_s": 60.0, "kept_s": 30.0, "segments": 10.0}
+    noisy = {"audio_s": 60.0, "kept_s": 57.0, "segments": 2.0}  # a new noise source
     for seq in range(8):
-        publisher.publish(*windows.payload("kitchen-cam", seq, span_s=60))
+        publisher.publish(*windows.payload("kitchen-cam", seq, span_s=60, health=as_validated))
         publisher.publish(
-            *windows.payload("garage-cam", seq, shift=0.12, latency_ms=4.0, span_s=60)
+            *windows.payload("garage-cam", seq, shift=0.12, latency_ms=4.0, span_s=60, health=noisy)
         )
     wait_until(
         lambda: [
@@ -87,6 +100,11 @@ def test_the_dashboard_shows_devices_drift_and_alerts(
         ]
         assert "alert" in page.locator("#drift-table").inner_text()
         assert page.locator("#pipelines tbody tr").count() == 1
+        # The stage-health panel of the pipeline: the VAD keeps far more than its reference.
+        page.wait_for_selector("#stage-health .stage-health[data-pipeline=kws]", timeout=15_000)
+        kept = page.locator("#stage-health tr[data-figure=kept_share]")
+        assert kept.get_attribute("class") == "alert"
+        assert "0.95" in kept.inner_text() and "0.5" in kept.inner_text()
         assert page.locator("#fleet-drift .drift-chart svg rect.bar").count() >= 7
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)

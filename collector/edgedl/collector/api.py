@@ -22,6 +22,7 @@ from .fleet.api import fleet_routes
 from .jsonsafe import SafeJSONResponse as JSONResponse
 from .jsonsafe import finite_or_none
 from .openapi import OPENAPI
+from .pipeline_health import parse_profile
 from .references import parse_manifest
 from .series import series as window_series
 from .store import AmbiguousDevice
@@ -141,6 +142,7 @@ def create_app(collector: Collector) -> Starlette:
         if row is None:
             return _error(404, f"no device {name!r}" + (f" in fleet {fleet!r}" if fleet else ""))
         body = device_json(row, collector, time.time())
+        body["stage_health"] = collector.pipeline_health.results(row["fleet"], row["device"])
         latest = store.windows(name, 1, with_payload=True, fleet=row["fleet"])
         body["latest_window"] = None
         if latest:
@@ -276,6 +278,26 @@ def create_app(collector: Collector) -> Starlette:
             status_code=201,
         )
 
+    def stage_health(request: Request) -> Response:
+        q = request.query_params
+        return JSONResponse(collector.pipeline_health.results(q.get("fleet"), q.get("device")))
+
+    def pipeline_references(_request: Request) -> Response:
+        return JSONResponse(collector.pipeline_health.profiles())
+
+    async def add_pipeline_reference(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_MANIFEST_BYTES:
+            return _error(413, f"a profile may be at most {MAX_MANIFEST_BYTES} bytes")
+        try:
+            profile = parse_profile(json.loads(body))
+            collector.pipeline_health.register(profile)
+        except json.JSONDecodeError as exc:
+            return _error(400, f"not valid JSON: {exc}")
+        except EdgeDLError as exc:
+            return _error(422, str(exc))
+        return JSONResponse({"pipeline": profile.pipeline, "figures": profile.figures}, status_code=201)  # fmt: skip
+
     def openapi(_request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -314,6 +336,9 @@ def create_app(collector: Collector) -> Starlette:
             Route("/api/v1/dead-letters", dead_letters),
             Route("/api/v1/references", references, methods=["GET"]),
             Route("/api/v1/references", add_reference, methods=["POST"]),
+            Route("/api/v1/stage-health", stage_health),
+            Route("/api/v1/pipeline-references", pipeline_references, methods=["GET"]),
+            Route("/api/v1/pipeline-references", add_pipeline_reference, methods=["POST"]),
             Route("/openapi.json", openapi),
             Route("/metrics", metrics),
             Route("/healthz", health),

@@ -56,6 +56,13 @@ def collector() -> None:
     type=click.Path(exists=True),
     help="A bundle (directory or .tar) or manifest.json whose reference profile drift is judged against. Repeatable.",
 )
+@click.option(
+    "--pipeline-reference",
+    "pipeline_references",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A pipeline's stage-health profile (edgedl agent run-pipeline --profile). Repeatable.",
+)
 @click.option("--webhook", help="POST every alert change to this URL as JSON.")
 @click.option(
     "--min-samples", type=int, help="Samples a sliding window needs before drift is judged."
@@ -83,6 +90,7 @@ def run(
     cert_file: str | None,
     key_file: str | None,
     references: tuple[str, ...],
+    pipeline_references: tuple[str, ...],
     webhook: str | None,
     min_samples: int | None,
     registry_required: bool | None,
@@ -118,6 +126,8 @@ def run(
     config = load_config(config_path, overrides=overrides)
     if references:
         config.references = [*config.references, *references]
+    if pipeline_references:
+        config.pipeline_references = [*config.pipeline_references, *pipeline_references]
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

@@ -145,6 +145,10 @@ class DriftConfig(_Section):
         default=12, ge=1, le=1000, description="windows in the sliding window"
     )
     min_samples: int = Field(default=200, ge=1)
+    # Pipeline stage health (edgedl.collector.pipeline_health): windows summed per device and
+    # pipeline, and the seconds of audio a sum needs before it is judged.
+    pipeline_health_windows: int = Field(default=6, ge=1, le=10_000)
+    pipeline_health_min_audio_s: float = Field(default=20.0, gt=0)
     baseline_windows: int = Field(default=10, ge=1, description="latency baseline: first K")
     evaluate_interval_s: float = Field(default=0.5, gt=0)
     max_evaluations_per_s: float = Field(default=250.0, gt=0)
@@ -211,6 +215,8 @@ class CollectorConfig(_Section):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     references: list[str] = Field(default_factory=list)
+    # Stage-health profiles of pipelines (edgedl agent run-pipeline --profile OUT).
+    pipeline_references: list[str] = Field(default_factory=list)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
 

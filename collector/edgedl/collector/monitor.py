@@ -38,6 +38,7 @@ from .alerts import AlertBook, AlertSubject
 from .config import AlertsConfig, DriftConfig
 from .evaluation import evaluate
 from .jsonsafe import finite_or_none
+from .pipeline_health import PipelineHealthBook
 from .references import ReferenceBook, ReferenceModel
 from .sequential import SequentialBook
 from .sliding import Contribution, LatencyBaseline, SlidingWindow
@@ -65,8 +66,10 @@ class DriftMonitor:
         alerts_config: AlertsConfig,
         on_evaluated: Callable[[int], None] | None = None,
         retention_s: float | None = None,
+        pipeline_health: PipelineHealthBook | None = None,
     ) -> None:
         self.store = store
+        self.pipeline_health = pipeline_health
         self.references = references
         self.alerts = alerts
         self.cfg = drift_config
@@ -162,6 +165,8 @@ class DriftMonitor:
             self._last_sync = now
             self.sync_from_store()
         evaluated = self.evaluate_dirty(now)
+        if self.pipeline_health is not None:
+            self.pipeline_health.evaluate(now)
         self.sequential.flush()
         if self._on_evaluated is not None and evaluated:
             self._on_evaluated(evaluated)
@@ -216,6 +221,8 @@ class DriftMonitor:
                 self._bootstrap(w.fleet, w.device)
         for model in w.models:
             self._fold_model(w.fleet, w.device, w.epoch, w.seq, model)
+        if self.pipeline_health is not None and w.pipelines:
+            self.pipeline_health.fold(w)
 
     def _fold_model(
         self,

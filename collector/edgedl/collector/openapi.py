@@ -183,6 +183,37 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/api/v1/stage-health": {
+            "get": {
+                "summary": "Stage health of the devices' pipelines: VAD kept share, segments per "
+                "minute, ASR confidence, words per segment, each judged against the pipeline's "
+                "reference profile",
+                "parameters": [
+                    _query("fleet", "only this fleet"),
+                    _query("device", "only this device"),
+                ],
+                "responses": {"200": _json(_array({"type": "object"}))},
+            }
+        },
+        "/api/v1/pipeline-references": {
+            "get": {
+                "summary": "Registered stage-health profiles of pipelines",
+                "responses": {"200": _json(_array({"type": "object"}))},
+            },
+            "post": {
+                "summary": "Register a pipeline's stage-health profile "
+                "(written by edgedl agent run-pipeline --profile)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "201": _json({"type": "object"}, "Registered"),
+                    "400": _json(_ref("Error"), "Not JSON"),
+                    "422": _json(_ref("Error"), "Not a stage-health profile"),
+                },
+            },
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics: the collector's own, drift and health per device and fleet",

@@ -218,6 +218,17 @@ drift_sequential = Table(
 )
 
 
+# Stage-health reference profiles of speech pipelines (edgedl.collector.stage_health): one per
+# pipeline name, the JSON written by `edgedl agent run-pipeline --profile`.
+pipeline_references = Table(
+    "pipeline_references",
+    metadata,
+    Column("pipeline", String(128), primary_key=True),
+    Column("profile", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
@@ -299,6 +310,10 @@ def _v6(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE alerts ADD COLUMN acknowledged_at {kind}")
 
 
+def _v9(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[pipeline_references])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
@@ -306,6 +321,7 @@ MIGRATIONS: list[Migration] = [
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
     (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
+    (9, "pipeline_references (stage-health reference profiles of pipelines)", _v9),
 ]
 
 

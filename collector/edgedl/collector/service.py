@@ -27,6 +27,7 @@ from .ingest import Ingestor
 from .metrics import CollectorMetrics
 from .monitor import DriftMonitor
 from .mqtt import MqttConsumer
+from .pipeline_health import PipelineHealthBook
 from .references import ReferenceBook
 from .store import Store
 
@@ -66,6 +67,14 @@ class Collector:
             webhook_timeout_s=config.alerts.webhook_timeout_s,
             on_change=lambda _alert: self.metrics.alerts_open.set(self.alerts.open_count),
         )
+        self.pipeline_health = PipelineHealthBook(
+            self.store,
+            self.alerts,
+            windows=config.drift.pipeline_health_windows,
+            min_audio_s=config.drift.pipeline_health_min_audio_s,
+        )
+        for path in config.pipeline_references:
+            self.pipeline_health.register_path(path)
         self.monitor = DriftMonitor(
             self.store,
             self.references,
@@ -74,6 +83,7 @@ class Collector:
             config.alerts,
             on_evaluated=self.metrics.evaluations.inc,
             retention_s=config.storage.retention_days * 86400.0,
+            pipeline_health=self.pipeline_health,
         )
         self.metrics.registry.register(
             FleetMetrics(

@@ -30,6 +30,7 @@ from .schema import (
     devices,
     drift_sequential,
     model_references,
+    pipeline_references,
     windows,
 )
 
@@ -465,6 +466,25 @@ class Store:
         )
         with self.write_lock, self.engine.begin() as conn:
             conn.execute(stmt)
+
+    def add_pipeline_reference(self, pipeline: str, profile: dict[str, Any]) -> None:
+        """Store (or replace) the stage-health reference profile of a pipeline."""
+        row = {"pipeline": pipeline, "profile": json.dumps(profile), "added_at": time.time()}
+        stmt = self.insert(pipeline_references).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["pipeline"],
+            set_={k: stmt.excluded[k] for k in ("profile", "added_at")},
+        )
+        with self.write_lock, self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def pipeline_references(self) -> list[dict[str, Any]]:
+        """Every stored pipeline profile: pipeline, profile (parsed), added_at."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(pipeline_references).order_by(pipeline_references.c.pipeline)
+            )
+            return [{**dict(r._mapping), "profile": json.loads(r.profile)} for r in rows]
 
     def references(self) -> list[dict[str, Any]]:
         """Every stored reference: sha256, model, version, manifest (parsed), added_at."""

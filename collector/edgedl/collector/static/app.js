@@ -206,12 +206,62 @@ function renderDriftTable(result) {
   }
 }
 
+const HEALTH_LABELS = {
+  kept_share: "VAD kept share",
+  segments_per_min: "segments per minute",
+  asr_confidence: "ASR confidence",
+  words_per_segment: "words per segment",
+};
+
+function renderStageHealth(results) {
+  const root = document.getElementById("stage-health");
+  root.replaceChildren();
+  if (!results || !results.length) {
+    root.textContent = "No pipeline stage health reported.";
+    return;
+  }
+  for (const r of results) {
+    const panel = document.createElement("div");
+    panel.className = "stage-health";
+    panel.dataset.pipeline = r.pipeline;
+    const h = document.createElement("h4");
+    h.textContent = `${r.pipeline} · ${fmt(r.counters.audio_s || 0)} s of audio in ${r.windows} windows` +
+      (r.reference ? (r.judged ? "" : " · not judged yet (too little audio)") : " · no reference profile");
+    panel.appendChild(h);
+    const table = document.createElement("table");
+    const head = document.createElement("tr");
+    for (const c of ["figure", "now", "reference", "drift", "bound", ""]) {
+      const th = document.createElement("th");
+      th.textContent = c;
+      head.appendChild(th);
+    }
+    table.appendChild(head);
+    for (const [name, value] of Object.entries(r.figures)) {
+      const v = r.verdicts[name];
+      const tr = document.createElement("tr");
+      tr.dataset.figure = name;
+      cell(tr, HEALTH_LABELS[name] || name);
+      cell(tr, fmt(value));
+      cell(tr, v ? fmt(v.reference) : "–");
+      cell(tr, v ? fmt(v.drift) : "–");
+      cell(tr, v ? fmt(v.threshold) : "–");
+      const status = v && r.judged ? (v.alert ? "drift" : "ok") : "";
+      cell(tr, status);
+      if (status === "drift") tr.className = "alert";
+      table.appendChild(tr);
+    }
+    panel.appendChild(table);
+    root.appendChild(panel);
+  }
+}
+
 function renderPipelines(latest) {
   const body = document.querySelector("#pipelines tbody");
   body.replaceChildren();
   const pipelines = (latest && latest.pipelines) || {};
   for (const [pipe, stages] of Object.entries(pipelines)) {
     for (const [stage, figures] of Object.entries(stages)) {
+      if (stage === "_health") continue; // shown judged, in the stage-health panel
       const tr = document.createElement("tr");
       cell(tr, pipe);
       cell(tr, stage);
@@ -269,6 +319,7 @@ async function renderDevice(selected) {
   });
   renderDriftTable(result);
   renderPipelines(detail.latest_window);
+  renderStageHealth(detail.stage_health);
 }
 
 async function renderFleetDrift() {

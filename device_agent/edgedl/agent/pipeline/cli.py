@@ -14,7 +14,7 @@ from edgedl.errors import ConfigError, DataError, UsageError
 
 from .config import PipelineConfig
 from .pipeline import Pipeline, build_pipeline
-from .stream import Event
+from .stream import Event, Output, Segment
 
 CHUNK_MS = 100
 
@@ -27,15 +27,27 @@ CHUNK_MS = 100
               help="A 16-bit PCM WAV file, or - for raw s16le mono PCM on stdin.")  # fmt: skip
 @click.option("--sample-rate", type=click.IntRange(min=1), default=None,
               help="Sample rate of the PCM on stdin (default: the pipeline's).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Events as JSON lines; the stage table on stderr.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Outputs as JSON lines; the stage table on stderr.")  # fmt: skip
+@click.option("--segments/--no-segments", default=None,
+              help="Print the VAD's speech segments (default: the pipeline's `segments`).")  # fmt: skip
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the run's stage-health reference profile (JSON) here.")  # fmt: skip
 def run_pipeline(
-    config_path: str, name: str | None, input_path: str, sample_rate: int | None, as_json: bool
+    config_path: str,
+    name: str | None,
+    input_path: str,
+    sample_rate: int | None,
+    as_json: bool,
+    segments: bool | None,
+    profile_path: str | None,
 ) -> None:
-    """Run a pipeline over audio; print each event as it is found, then the stage statistics."""
+    """Run a pipeline over audio; print each output as it is found, then the stage statistics."""
     from ..config import load_config
 
     config = _choose(load_config(config_path).pipelines, name, config_path)
     pipeline = build_pipeline(config)
+    if segments is not None:
+        pipeline.emit_segments = segments
     chunk = config.sample_rate * CHUNK_MS // 1000
     if input_path == "-":
         rate = sample_rate or config.sample_rate
@@ -53,6 +65,8 @@ def run_pipeline(
             events += _show(pipeline.feed(samples[i : i + chunk]), as_json)
         events += _show(pipeline.flush(), as_json)
     _stage_table(pipeline, events, as_json)
+    if profile_path is not None:
+        _write_profile(pipeline, profile_path)
 
 
 def _choose(pipelines: list[PipelineConfig], name: str | None, where: str) -> PipelineConfig:
@@ -86,15 +100,35 @@ def _run_stdin(pipeline: Pipeline, stream: BinaryIO, chunk_bytes: int, as_json: 
     return events + _show(pipeline.flush(), as_json)
 
 
-def _show(events: list[Event], as_json: bool) -> int:
-    for e in events:
-        if as_json:
-            click.echo(json.dumps(e.to_dict()))
-        else:
-            click.echo(f"{e.start:9.2f}s {e.end:9.2f}s  {e.label:<12} {e.score:.2f}")
-    if events:
+def _show(outputs: list[Output], as_json: bool) -> int:
+    for o in outputs:
+        click.echo(json.dumps(o.to_dict()) if as_json else _line(o))
+    if outputs:
         sys.stdout.flush()
-    return len(events)
+    return len(outputs)
+
+
+def _line(o: Output) -> str:
+    times = f"{o.start:9.2f}s {o.end:9.2f}s  {o.kind:<10}"
+    if isinstance(o, Event):
+        return f"{times} {o.label:<12} {o.score:.2f}"
+    if isinstance(o, Segment):
+        prob = "" if o.mean_probability is None else f" p mean {o.mean_probability:.2f} peak {o.peak_probability:.2f}"  # fmt: skip
+        return f"{times} {o.engine}{prob}"
+    return f"{times} {o.text!r} ({o.confidence:.2f})"
+
+
+def _write_profile(pipeline: Pipeline, path: str) -> None:
+    from pathlib import Path
+
+    from edgedl.stage_health import reference_profile
+
+    profile = reference_profile(pipeline.name, pipeline.sample_rate, pipeline.stats())
+    try:
+        Path(path).write_text(json.dumps(profile, indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write the profile to {path}: {exc.strerror}") from exc
+    click.echo(f"stage-health profile of {pipeline.name!r} written to {path}", err=True)
 
 
 def _stage_table(pipeline: Pipeline, events: int, to_stderr: bool) -> None:

@@ -46,6 +46,9 @@ class _Vad(_Stage):
     pad_ms: float = Field(200, ge=0, description="Audio kept before speech starts.")
     hangover_ms: float = Field(300, ge=0, description="Audio kept after speech stops.")
     min_speech_ms: float = Field(0, ge=0, description="Speech shorter than this is ignored.")
+    merge_touching: bool = Field(
+        False, description="A segment whose padding touches the last one's hangover continues it."
+    )
 
 
 class EnergyVadConfig(_Vad):
@@ -66,6 +69,9 @@ class WebrtcVadConfig(_Vad):
     engine: Literal["webrtc"]
     aggressiveness: int = Field(2, ge=0, le=3)
     frame_ms: Literal[10, 20, 30] = 30
+    warmup_ms: float = Field(
+        0, ge=0, le=10000, description="The stream's first ms are never speech (WebRTC's start-up)."
+    )
 
 
 class OnnxVadConfig(_Vad):
@@ -152,6 +158,18 @@ class PostprocessConfig(_Stage):
         return self
 
 
+class AsrConfig(_Stage):
+    """Speech recognition, one call per segment (PocketSphinx and its bundled US English model)."""
+
+    type: Literal["asr"]
+    engine: Literal["pocketsphinx"] = "pocketsphinx"
+    max_segment_s: float = Field(
+        15, gt=0, le=300, description="Longer speech is cut into pieces of at most this length."
+    )
+    lm: str | None = Field(None, description="An n-gram language model (default: the package's).")
+    dictionary: str | None = Field(None, description="A pronunciation dictionary (default: the package's).")  # fmt: skip
+
+
 def _type_of(value: Any) -> str | None:
     if isinstance(value, dict):
         kind = value.get("type")
@@ -164,12 +182,13 @@ StageConfig = Annotated[
     | Annotated[WindowConfig, Tag("window")]
     | Annotated[FeaturesConfig, Tag("features")]
     | Annotated[ModelStageConfig, Tag("model")]
-    | Annotated[PostprocessConfig, Tag("postprocess")],
+    | Annotated[PostprocessConfig, Tag("postprocess")]
+    | Annotated[AsrConfig, Tag("asr")],
     Discriminator(
         _type_of,
         custom_error_type="stage_type",
         custom_error_message="type must be one of 'vad', 'window', 'features', 'model', "
-        "'postprocess'",
+        "'postprocess', 'asr'",
     ),
 ]
 
@@ -180,7 +199,10 @@ _FLOW: dict[str, tuple[set[str], str]] = {
     "features": ({"windows"}, "features"),
     "model": ({"windows", "features"}, "scores"),
     "postprocess": ({"scores"}, "events"),
+    "asr": ({"audio"}, "transcripts"),
 }
+
+ASR_SAMPLE_RATES = (16000,)
 
 
 class PipelineConfig(BaseModel):
@@ -190,6 +212,10 @@ class PipelineConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Used in URLs and --pipeline.")
     sample_rate: int = Field(16000, gt=0)
     stages: list[StageConfig] = Field(min_length=1)
+    segments: bool | None = Field(
+        None,
+        description="Give out the VAD's speech segments (default: when the last stage is a VAD).",
+    )
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineConfig:
@@ -215,12 +241,21 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"stages[{i}]: the webrtc VAD needs a sample rate in {WEBRTC_SAMPLE_RATES}, not {rate}")  # fmt: skip
         if isinstance(stage, OnnxVadConfig) and rate not in SILERO_SAMPLE_RATES:
             raise ValueError(f"stages[{i}]: the onnx VAD needs a sample rate in {SILERO_SAMPLE_RATES}, not {rate}")  # fmt: skip
+        if isinstance(stage, AsrConfig) and rate not in ASR_SAMPLE_RATES:
+            raise ValueError(f"stages[{i}]: the pocketsphinx ASR's model needs a sample rate of 16000, not {rate}")  # fmt: skip
         if isinstance(stage, FeaturesConfig):
             nyquist = rate / 2
             if stage.fmax is not None and stage.fmax > nyquist:
                 raise ValueError(f"stages[{i}].fmax {stage.fmax:g} is above half the sample rate ({nyquist:g})")  # fmt: skip
             if stage.fmin >= (stage.fmax or nyquist):
                 raise ValueError(f"stages[{i}].fmin must be below fmax")
+
+    @property
+    def emits_segments(self) -> bool:
+        """Whether the VAD's segments come out: ``segments``, else when a VAD ends the pipeline."""
+        if self.segments is not None:
+            return self.segments
+        return self.stages[-1].type == "vad"
 
     def stage_name(self, i: int) -> str:
         """The name of stage ``i``: its ``name``, else its type."""

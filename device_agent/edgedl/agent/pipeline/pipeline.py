@@ -13,6 +13,7 @@ from edgedl.errors import DataError, EdgeDLError
 
 from .audio import pcm16_to_float
 from .config import (
+    AsrConfig,
     FeaturesConfig,
     ModelStageConfig,
     PipelineConfig,
@@ -20,7 +21,7 @@ from .config import (
     WindowConfig,
 )
 from .features import FeaturesStage
-from .stream import Audio, Event, Stage
+from .stream import Audio, Event, Output, Segment, Stage, Transcript
 
 PCM = bytes | bytearray | memoryview | NDArray[Any]
 
@@ -29,45 +30,69 @@ class Pipeline:
     """Stages run in order on a stream of audio.
 
     ``feed`` takes the next chunk — s16le bytes, or a NumPy array of int16 or float samples —
-    and returns the events it completed; ``flush`` ends the stream, returns the events still
+    and returns the outputs it completed; ``flush`` ends the stream, returns the outputs still
     held back and starts a new stream (times restart at 0; statistics keep counting). Where
-    the stream is cut into chunks never changes the events. Calls are serialized, so several
+    the stream is cut into chunks never changes the outputs. Calls are serialized, so several
     threads may feed one pipeline (their audio is then one interleaved stream).
+
+    Outputs have a ``kind``: ``detection`` (:class:`Event`, from a postprocess stage),
+    ``transcript`` (:class:`Transcript`, from an asr stage) and, when ``emit_segments`` is
+    on, ``segment`` (:class:`Segment`, each stretch of speech a VAD kept, given out when it
+    closes). Each call gives its outputs in the order of their end times.
     """
 
-    def __init__(self, name: str, sample_rate: int, stages: list[Stage]) -> None:
+    def __init__(
+        self, name: str, sample_rate: int, stages: list[Stage], emit_segments: bool = False
+    ) -> None:
         self.name = name
         self.sample_rate = sample_rate
         self.stages = stages
+        self.emit_segments = emit_segments
         self._lock = threading.Lock()
         self._pos = 0
         self._odd_byte = b""
 
-    def feed(self, pcm: PCM) -> list[Event]:
-        """Push the next chunk of audio through the stages; return the events it completed."""
+    def feed(self, pcm: PCM) -> list[Output]:
+        """Push the next chunk of audio through the stages; return the outputs it completed."""
         with self._lock:
             samples = self._to_samples(pcm)
             if not samples.size:
                 return []
             items: list[Any] = [Audio(self._pos, samples)]
             self._pos += int(samples.shape[0])
+            out: list[Output] = []
             for stage in self.stages:
                 items = stage.process(items)
-            return [i for i in items if isinstance(i, Event)]
+                out += self._side(stage)
+            return _in_time_order(out + [i for i in items if isinstance(i, Event | Transcript)])
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> list[Output]:
         """End the stream: let every stage finish what it holds; the next feed starts anew."""
         with self._lock:
             items: list[Any] = []
+            out: list[Output] = []
             for stage in self.stages:
                 items = stage.process(items) + stage.flush()
+                out += self._side(stage)
             self._pos = 0
             self._odd_byte = b""
-            return [i for i in items if isinstance(i, Event)]
+            return _in_time_order(out + [i for i in items if isinstance(i, Event | Transcript)])
 
-    def run(self, samples: PCM) -> list[Event]:
+    def run(self, samples: PCM) -> list[Output]:
         """A whole recording at once: ``feed`` then ``flush``."""
         return self.feed(samples) + self.flush()
+
+    def segments(self, samples: PCM) -> list[Segment]:
+        """The speech segments of a whole recording (whether or not ``emit_segments`` is on)."""
+        emit, self.emit_segments = self.emit_segments, True
+        try:
+            return [o for o in self.run(samples) if isinstance(o, Segment)]
+        finally:
+            self.emit_segments = emit
+
+    def _side(self, stage: Stage) -> list[Output]:
+        side = stage.side_outputs()
+        return side if self.emit_segments else [o for o in side if not isinstance(o, Segment)]
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """``{stage: {"received", "passed", "unit_in", "unit_out", "latency_ms", ...}}``.
@@ -100,6 +125,15 @@ class Pipeline:
         return arr.astype(np.float32, copy=False)
 
 
+def _in_time_order(outputs: list[Output]) -> list[Output]:
+    """One call's outputs by their end times; a segment before the transcript of its audio.
+
+    A segment and its transcript end together and are given out in the same call, so a
+    recording fed whole and fed in chunks gives its outputs in the same order.
+    """
+    return sorted(outputs, key=lambda o: o.end)
+
+
 def build_pipeline(config: PipelineConfig, base_dir: str | Path = ".") -> Pipeline:
     """The pipeline ``config`` describes; relative paths are taken from ``base_dir``.
 
@@ -123,7 +157,7 @@ def build_pipeline(config: PipelineConfig, base_dir: str | Path = ".") -> Pipeli
         elif isinstance(stage_config, ModelStageConfig):
             labels = stage.labels  # type: ignore[attr-defined]
         stages.append(stage)
-    return Pipeline(config.name, rate, stages)
+    return Pipeline(config.name, rate, stages, emit_segments=config.emits_segments)
 
 
 def _build_stage(
@@ -147,6 +181,10 @@ def _build_stage(
         return FeaturesStage(
             name, rate, config.n_mels, config.n_fft, config.hop, config.fmin, config.fmax
         )
+    if isinstance(config, AsrConfig):
+        from .asr import AsrStage
+
+        return AsrStage(name, rate, config.max_segment_s, config.lm, config.dictionary)
     if isinstance(config, ModelStageConfig):
         from .model import ModelStage
 

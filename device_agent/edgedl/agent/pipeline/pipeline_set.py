@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from edgedl.errors import ConfigError
+from edgedl.stage_health import HEALTH_KEY, difference, health_counters
 
 from .config import PipelineConfig
 from .pipeline import Pipeline, build_pipeline
-from .stream import Event
+from .stream import Output
 
 log = logging.getLogger(__name__)
 
-EventListener = Callable[[str, list[Event]], None]
+EventListener = Callable[[str, list[Output]], None]
 
 
 class PipelineSet:
@@ -33,6 +34,7 @@ class PipelineSet:
                 raise ConfigError(f"pipelines: two pipelines are named {p.name!r}")
             self.pipelines[p.name] = p
         self._listeners: list[EventListener] = []
+        self._last_counters: dict[str, dict[str, float]] = {}
 
     @classmethod
     def from_configs(
@@ -45,7 +47,7 @@ class PipelineSet:
         """Call ``listener(pipeline_name, events)`` whenever a chunk completes events."""
         self._listeners.append(listener)
 
-    def feed(self, name: str, pcm: bytes, end: bool = False) -> list[Event]:
+    def feed(self, name: str, pcm: bytes, end: bool = False) -> list[Output]:
         """Feed s16le audio to pipeline ``name`` (KeyError if unknown); ``end`` flushes it."""
         pipeline = self.pipelines[name]
         events = pipeline.feed(pcm)
@@ -62,3 +64,18 @@ class PipelineSet:
     def stats(self) -> dict[str, dict[str, Any]]:
         """``{pipeline: {stage: {...}}}`` for every pipeline (see :meth:`Pipeline.stats`)."""
         return {name: p.stats() for name, p in self.pipelines.items()}
+
+    def window_figures(self) -> dict[str, dict[str, Any]]:
+        """What a telemetry window carries: :meth:`stats`, and per pipeline under ``_health``
+        the stage-health counters accrued since the last call (:mod:`edgedl.stage_health`).
+
+        Called once per window by telemetry; the counters of consecutive windows add up.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for name, pipeline in self.pipelines.items():
+            stats = pipeline.stats()
+            now = health_counters(stats, pipeline.sample_rate)
+            before = self._last_counters.get(name, {})
+            self._last_counters[name] = now
+            out[name] = {HEALTH_KEY: difference(now, before), **stats}  # first: never cut
+        return out

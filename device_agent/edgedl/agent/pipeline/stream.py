@@ -1,4 +1,5 @@
-"""What flows between stages: audio pieces, windows and events, and the stage interface.
+"""What flows between stages — audio pieces, windows — what comes out — detections, speech
+segments, transcripts — and the stage interface.
 
 Audio keeps its position in the stream (``start`` in samples from the stream's first sample),
 so a stage after a VAD still knows when each sample was heard, and events carry timestamps
@@ -62,16 +63,89 @@ class Event:
     start: float
     end: float
     score: float
+    kind: ClassVar[str] = "detection"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (times in seconds, rounded to the millisecond)."""
         return {
+            "kind": self.kind,
             "label": self.label,
             "start": round(self.start, 3),
             "end": round(self.end, 3),
             "score": round(self.score, 4),
         }
 
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech a VAD kept, ``start`` to ``end`` seconds into the stream.
+
+    The times include the VAD's padding before and hangover after the speech.
+    ``mean_probability``/``peak_probability`` are the engine's speech probability over the
+    segment's frames, for engines that have one (Silero: ``onnx``); ``None`` otherwise.
+    """
+
+    start: float
+    end: float
+    engine: str
+    stage: str
+    mean_probability: float | None = None
+    peak_probability: float | None = None
+    kind: ClassVar[str] = "segment"
+
+    @property
+    def duration(self) -> float:
+        """Seconds."""
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (times in seconds, rounded to the millisecond)."""
+        return {
+            "kind": self.kind,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "engine": self.engine,
+            "stage": self.stage,
+            "mean_probability": _round(self.mean_probability),
+            "peak_probability": _round(self.peak_probability),
+        }
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What a recognizer heard in one segment (``start``/``end`` in seconds).
+
+    ``confidence`` is the mean posterior probability of the recognised words (0 when there
+    are none); ``words`` are the words without fillers.
+    """
+
+    start: float
+    end: float
+    text: str
+    words: tuple[str, ...]
+    confidence: float
+    stage: str
+    kind: ClassVar[str] = "transcript"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "kind": self.kind,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "words": len(self.words),
+            "confidence": round(self.confidence, 4),
+            "stage": self.stage,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+#: What a pipeline gives out: each has ``kind``, ``start``, ``end`` and ``to_dict()``.
+Output = Event | Segment | Transcript
 
 Item = Audio | Window | Event
 
@@ -90,6 +164,12 @@ class Stage(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.stats = StageStats(self.unit_in, self.unit_out)
+        self._side: list[Output] = []
+
+    def side_outputs(self) -> list[Output]:
+        """Outputs this stage produced besides its items (a VAD's segments), since last asked."""
+        out, self._side = self._side, []
+        return out
 
     def process(self, items: list[Any]) -> list[Any]:
         """Run the stage on ``items`` and record counts and latency."""

@@ -61,7 +61,8 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     ``runtime`` is the :class:`~edgedl.agent.service.AgentRuntime`: the window builder becomes
     one of its observers and the service one of its components (started and stopped with it).
     ``pipelines`` is the agent's :class:`~edgedl.agent.pipeline.pipeline_set.PipelineSet`:
-    its ``stats()`` go into every window and its detections to ``/events``.
+    its ``window_figures()`` (stage statistics and per-window stage-health counters) go into
+    every window and its outputs (detections, segments, transcripts) to ``/events``.
     """
     config: TelemetryConfig = runtime.config.telemetry
     if not config.enabled:
@@ -77,7 +78,7 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     service = TelemetryService(
         config,
         resolve=resolver_for(repository),
-        pipelines=getattr(pipelines, "stats", None),
+        pipelines=getattr(pipelines, "window_figures", None),
         models=models,
     )
     if pipelines is not None and hasattr(pipelines, "add_listener"):

@@ -31,7 +31,9 @@ def build_vad(
     elif isinstance(config, WebrtcVadConfig):
         from .webrtc import WebrtcEngine
 
-        engine = WebrtcEngine(sample_rate, config.aggressiveness, config.frame_ms)
+        engine = WebrtcEngine(
+            sample_rate, config.aggressiveness, config.frame_ms, warmup_ms=config.warmup_ms
+        )
     else:
         from .onnx import OnnxEngine, resolve_model_path
 
@@ -48,6 +50,8 @@ def build_vad(
         pad_ms=config.pad_ms,
         hangover_ms=config.hangover_ms,
         min_speech_ms=config.min_speech_ms,
+        merge_touching=config.merge_touching,
+        engine_name=config.engine,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..stream import Audio, Samples, Stage
+from ..stream import Audio, Samples, Segment, Stage
 
 
 class VadEngine(Protocol):
@@ -23,14 +23,26 @@ class VadEngine(Protocol):
         """Forget the stream so far (a new stream starts)."""
 
 
+def probability_of(engine: VadEngine) -> float | None:
+    """The speech probability of the engine's last frame, for engines that have one."""
+    value = getattr(engine, "last_probability", None)
+    return None if value is None else float(value)
+
+
 class VadStage(Stage):
-    """Keep speech, drop the rest.
+    """Keep speech, drop the rest, and report each stretch of speech as a :class:`Segment`.
 
     Frames are cut at fixed positions from the start of the stream, so where the input was
     split into chunks never matters. A stretch of speech opens after ``min_speech_ms`` of
     speech frames and takes ``pad_ms`` of the audio before it along; it closes after
     ``hangover_ms`` without speech. The last piece of a stretch is followed by an empty
     ``Audio`` with ``ends_segment`` set, so later stages can finish what they hold at once.
+
+    When a pause is just longer than the hangover, the next stretch's padding starts where
+    the last one ended: two segments that touch. With ``merge_touching`` the stage waits up
+    to ``pad_ms`` (plus ``min_speech_ms``) after the hangover before it closes a stretch, and
+    speech that opens within that time continues the same segment (the pause is kept); the
+    price is that the end of every stretch reaches later stages that much later.
     """
 
     def __init__(
@@ -41,9 +53,14 @@ class VadStage(Stage):
         pad_ms: float = 200,
         hangover_ms: float = 300,
         min_speech_ms: float = 0,
+        merge_touching: bool = False,
+        engine_name: str = "",
     ) -> None:
         super().__init__(name)
         self.engine = engine
+        self.engine_name = engine_name or type(engine).__name__
+        self.sample_rate = sample_rate
+        self.merge_touching = merge_touching
         frame = engine.frame_size
 
         def to_frames(ms: float) -> int:
@@ -51,7 +68,7 @@ class VadStage(Stage):
 
         self._min_frames = max(1, to_frames(min_speech_ms))
         self._hang_frames = to_frames(hangover_ms)
-        self._history: deque[tuple[int, Samples]] = deque(
+        self._history: deque[tuple[int, Samples, float | None]] = deque(
             maxlen=to_frames(pad_ms) + self._min_frames
         )
         self.segments = 0
@@ -62,8 +79,12 @@ class VadStage(Stage):
         self._pos = 0  # stream index of the first pending sample
         self._history.clear()
         self._in_speech = False
+        self._closing = False  # hangover over, waiting to see whether speech resumes (merge)
         self._run = 0  # consecutive speech frames while waiting to open
         self._quiet = 0  # consecutive non-speech frames while open
+        self._seg_start = 0
+        self._seg_end = 0  # stream index just past the last kept sample
+        self._probs: list[float] = []
 
     def _process(self, items: list[Any]) -> list[Any]:
         out: list[Audio] = []
@@ -81,29 +102,66 @@ class VadStage(Stage):
 
     def _on_frame(self, start: int, frame: Samples, out: list[Audio]) -> None:
         speech = self.engine.is_speech(frame)
+        prob = probability_of(self.engine)
         if self._in_speech:
             self._quiet = 0 if speech else self._quiet + 1
             if self._quiet <= self._hang_frames:
-                out.append(Audio(start, frame))
+                self._keep(start, frame, prob, out)
                 return
-            out.append(Audio(start, np.zeros(0, np.float32), ends_segment=True))
             self._in_speech = False
             self._run = 0
+            if self.merge_touching:
+                self._closing = True
+            else:
+                self._close(out)
         self._run = self._run + 1 if speech else 0
-        self._history.append((start, frame))
+        if self._closing and len(self._history) == self._history.maxlen:
+            self._close(out)  # the oldest frame, right after the segment, is about to go
+        self._history.append((start, frame, prob))
         if self._run >= self._min_frames:
-            out.extend(Audio(s, f) for s, f in self._history)
+            if not self._closing:
+                self._seg_start = self._history[0][0]
+                self._probs = []
+                self.segments += 1
+            self._closing = False
+            for s, f, p in self._history:
+                self._keep(s, f, p, out)
             self._history.clear()
             self._in_speech = True
             self._quiet = 0
-            self.segments += 1
+
+    def _keep(self, start: int, frame: Samples, prob: float | None, out: list[Audio]) -> None:
+        out.append(Audio(start, frame))
+        self._seg_end = start + int(frame.shape[0])
+        if prob is not None:
+            self._probs.append(prob)
+
+    def _close(self, out: list[Audio]) -> None:
+        """End the open segment at ``_seg_end``: the end marker, and the segment itself."""
+        out.append(Audio(self._seg_end, np.zeros(0, np.float32), ends_segment=True))
+        probs = self._probs
+        self._side.append(
+            Segment(
+                self._seg_start / self.sample_rate,
+                self._seg_end / self.sample_rate,
+                self.engine_name,
+                self.name,
+                float(np.mean(probs)) if probs else None,
+                float(np.max(probs)) if probs else None,
+            )
+        )
+        self._closing = False
+        self._probs = []
 
     def _flush(self) -> list[Any]:
         out: list[Audio] = []
         if self._in_speech:
             if self._pending.size:
                 out.append(Audio(self._pos, self._pending.copy()))
-            out.append(Audio(self._pos + self._pending.shape[0], np.zeros(0, np.float32), True))
+                self._seg_end = self._pos + int(self._pending.shape[0])
+            self._close(out)
+        elif self._closing:
+            self._close(out)
         self._reset_stream()
         self.engine.reset()
         return _merge(out)
