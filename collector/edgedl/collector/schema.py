@@ -218,6 +218,22 @@ drift_sequential = Table(
 )
 
 
+# Leases (edgedl.collector.leader): one row per job that one collector of a group may run at
+# a time (the fleet's wave controller), held by the collector that renewed it last until it
+# expires; ``term`` counts the hands it has passed through.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("address", String(300)),  # where the holder's HTTP API answers
+    Column("term", BigInteger, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
@@ -299,6 +315,10 @@ def _v6(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE alerts ADD COLUMN acknowledged_at {kind}")
 
 
+def _v8(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[leases])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
@@ -306,6 +326,7 @@ MIGRATIONS: list[Migration] = [
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
     (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
+    (8, "leases (one wave controller per collector group)", _v8),
 ]
 
 
