@@ -414,7 +414,12 @@ def measure_ingest_group(args: argparse.Namespace) -> list[Row]:
                 pub.join(60)
                 for proc, _ in procs:
                     proc.terminate()
-                    proc.wait(30)
+                for proc, _ in procs:
+                    try:  # stopping finishes the drift evaluations queued during the run
+                        proc.wait(120)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(10)
                 cleanup()
                 stored = int(sum(done))
                 rows.append({"collectors": n, "devices": args.devices, "windows": stored,
@@ -423,6 +428,7 @@ def measure_ingest_group(args: argparse.Namespace) -> list[Row]:
                              "per_collector_cpu_s": "/".join(f"{c:.1f}" for c in cpu),
                              "windows_per_cpu_s": round(stored / sum(cpu)),
                              "load_avg": _load()})  # fmt: skip
+                print(rows[-1], flush=True)
         finally:
             broker.terminate()
             broker.wait(10)
