@@ -387,6 +387,10 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+#: The PostgreSQL advisory lock that serialises migrations (an arbitrary 64-bit key).
+MIGRATION_LOCK_KEY = 0x6564676564_6C
+
+
 def current_version(conn: Connection) -> int:
     """The schema version of the database (0 when empty)."""
     schema_version.create(conn, checkfirst=True)
@@ -401,6 +405,10 @@ def migrate(conn: Connection) -> int:
     Each migration not recorded in ``schema_version`` is applied, also one numbered below the
     newest applied (branches developed side by side may ship their migrations in any order).
     """
+    if conn.dialect.name == "postgresql":
+        # Collectors of a group that start together on an empty database: one migrates, the
+        # others wait for its transaction and find the schema done.
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
     have = current_version(conn)
     newest = MIGRATIONS[-1][0]
     if have > newest:
