@@ -8,8 +8,10 @@ N ?= 3
 DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
-# dashboard. Installed only when missing (CI runs as root on Debian).
-DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium prometheus:prometheus
+# dashboard, Prometheus for the Grafana queries, NATS as a second MQTT engine. Installed only
+# when missing (CI runs as root on Debian).
+DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium prometheus:prometheus \
+  nats-server:nats-server
 
 .PHONY: help venv sysdeps lint test test-repeat demo bench clean
 

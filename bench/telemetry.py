@@ -9,10 +9,15 @@ Collector measurements (cloud side):
   ingest_direct   windows/s through ``Ingestor.ingest`` (validation + one transaction per
                   batch of 500 + drift folding off), straight into SQLite and PostgreSQL,
                   with 1,000 simulated devices. No broker: the collector's own ceiling.
+                  ``commit_cpu_s``: the CPU seconds of it spent in ``Store.commit_batch``.
   ingest_mqtt     windows/s end to end: a publisher process sends 1,000 devices' windows
                   (QoS 1) through a Mosquitto started with the collector's tuned config
                   (collector/edgedl/collector/mosquitto.conf) to an in-process ``Collector``
                   (manual acks after commit, drift monitor on), into SQLite and PostgreSQL.
+  ingest_group    windows/s of a group of ``edgedl collector run`` processes (1, then 3; see
+                  ``--collectors``) on one PostgreSQL database and one MQTT 5 shared
+                  subscription of a tuned Mosquitto, the publisher process sending meanwhile:
+                  the group's rate, and each collector's windows and CPU seconds.
   drift           time to compute every drift figure for 1,000 devices x 20 statistics
                   (PSI, JS, KS, Wasserstein on 12-bin histograms), vectorised, and per device.
 
@@ -35,6 +40,7 @@ shared; the second figure says what the collector's work costs whatever the load
 (recorded too).
 
 Usage: python bench/telemetry.py [--only ingest_direct,drift] [--devices 1000] [--windows 20]
+       python bench/telemetry.py --only ingest_group --collectors 1,3
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -199,6 +206,7 @@ def measure_ingest_direct(args: argparse.Namespace) -> list[Row]:
             store = Store(url)
             ingestor = Ingestor(store)
             messages = [Message(t, p, time.time()) for t, p in payloads]
+            commit_cpu = _time_commits(store)
             tune_gc()  # as `edgedl collector run` does
             started, cpu = time.perf_counter(), time.process_time()
             stored = 0
@@ -211,8 +219,25 @@ def measure_ingest_direct(args: argparse.Namespace) -> list[Row]:
             rows.append({"storage": label, "path": "Ingestor.ingest (no broker)", "devices": args.devices,
                          "windows": stored, "seconds": round(elapsed, 2),
                          "windows_per_s": round(stored / elapsed), "cpu_s": round(cpu, 2),
-                         "windows_per_cpu_s": round(stored / cpu), "load_avg": _load()})  # fmt: skip
+                         "windows_per_cpu_s": round(stored / cpu),
+                         "commit_cpu_s": round(commit_cpu[0], 2), "load_avg": _load()})  # fmt: skip
     return rows
+
+
+def _time_commits(store: Any) -> list[float]:
+    """Count the CPU seconds ``store.commit_batch`` takes from now on (one-element list)."""
+    spent = [0.0]
+    commit = store.commit_batch
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        cpu = time.process_time()
+        try:
+            return commit(*args, **kwargs)
+        finally:
+            spent[0] += time.process_time() - cpu
+
+    store.commit_batch = timed
+    return spent
 
 
 def _publisher(host: str, port: int, payloads: list[tuple[str, bytes]], ready: Any) -> None:
@@ -323,6 +348,106 @@ def measure_ingest_mqtt(args: argparse.Namespace) -> list[Row]:
                                  "windows_per_cpu_s": round(stored / cpu), "load_avg": _load()})  # fmt: skip
                     _wipe(url)
                 cleanup()
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    return rows
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ingested(url: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("edgedl_collector_windows_ingested_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def measure_ingest_group(args: argparse.Namespace) -> list[Row]:
+    """Windows/s of 1 and 3 collector processes on one PostgreSQL, one shared subscription."""
+    import httpx
+
+    if not _pg_available():
+        print("PostgreSQL does not answer on 127.0.0.1:5432: ingest_group skipped")
+        return []
+    edgedl = str(Path(sys.executable).with_name("edgedl"))
+    payloads = fleet_payloads(args.devices, args.windows)
+    total = len(payloads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker, port = _start_broker(work)
+        manifest = work / "manifest.json"
+        manifest.write_text(reference_manifest().model_dump_json())
+        try:
+            for n in [int(x) for x in args.collectors.split(",")]:
+                _, url, cleanup = next(d for d in databases(work) if d[0] == "PostgreSQL")
+                group = f"g{uuid.uuid4().hex[:6]}"
+                procs: list[tuple[subprocess.Popen[bytes], str]] = []
+                for i in range(n):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", 0))
+                        http = s.getsockname()[1]
+                    cmd = [edgedl, "collector", "run", "--mqtt", f"mqtt://127.0.0.1:{port}",
+                           "--db", url, "--group", group, "--client-id", f"{group}-{i}",
+                           "--http-port", str(http), "--reference", str(manifest)]  # fmt: skip
+                    proc = subprocess.Popen(
+                        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                    procs.append((proc, f"http://127.0.0.1:{http}"))
+                for _, base in procs:
+                    deadline = time.monotonic() + 180
+                    while True:
+                        try:
+                            if httpx.get(f"{base}/healthz", timeout=1).json()["mqtt_subscribed"]:
+                                break
+                        except (httpx.HTTPError, ValueError):
+                            pass
+                        assert time.monotonic() < deadline, "a collector did not subscribe"
+                        time.sleep(0.1)
+                cpu0 = [_process_cpu_s(p.pid) for p, _ in procs]
+                ready = multiprocessing.Event()
+                pub = multiprocessing.Process(
+                    target=_publisher, args=("127.0.0.1", port, payloads, ready)
+                )
+                pub.start()
+                time.sleep(0.5)
+                started = time.perf_counter()
+                ready.set()
+                deadline = time.monotonic() + 600
+                done = [0.0] * n
+                while time.monotonic() < deadline:
+                    done = [_ingested(base) for _, base in procs]
+                    if sum(done) >= total:
+                        break
+                    time.sleep(0.1)
+                elapsed = time.perf_counter() - started
+                cpu = [_process_cpu_s(p.pid) - c0 for (p, _), c0 in zip(procs, cpu0, strict=True)]
+                pub.join(60)
+                for proc, _ in procs:
+                    proc.terminate()
+                for proc, _ in procs:
+                    try:  # stopping finishes the drift evaluations queued during the run
+                        proc.wait(120)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(10)
+                cleanup()
+                stored = int(sum(done))
+                rows.append({"collectors": n, "devices": args.devices, "windows": stored,
+                             "seconds": round(elapsed, 2), "windows_per_s": round(stored / elapsed),
+                             "per_collector_windows": "/".join(str(int(d)) for d in done),
+                             "per_collector_cpu_s": "/".join(f"{c:.1f}" for c in cpu),
+                             "windows_per_cpu_s": round(stored / sum(cpu)),
+                             "load_avg": _load()})  # fmt: skip
+                print(rows[-1], flush=True)
         finally:
             broker.terminate()
             broker.wait(10)
@@ -570,6 +695,7 @@ def measure_agent_cpu(args: argparse.Namespace) -> list[Row]:
 MEASUREMENTS: dict[str, tuple[str, Callable[[argparse.Namespace], list[Row]]]] = {
     "ingest_direct": ("Collector ingest, straight into storage", measure_ingest_direct),
     "ingest_mqtt": ("Collector ingest through the broker", measure_ingest_mqtt),
+    "ingest_group": ("Collector group on PostgreSQL, 1 and 3 processes", measure_ingest_group),
     "drift": ("Drift computation, 20 statistics per device", measure_drift),
     "wire": ("Agent: bytes on the wire, windows against one message per inference", measure_wire),
     "agent_cpu": ("Agent: CPU spent on telemetry per inference", measure_agent_cpu),
@@ -596,6 +722,7 @@ def main() -> None:
     )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--windows", type=int, default=20, help="windows per device")
+    parser.add_argument("--collectors", default="1,3", help="ingest_group: group sizes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     chosen = [m.strip() for m in args.only.split(",") if m.strip()]

@@ -181,6 +181,15 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/telemetry.py --only wire,agent_cpu",
     ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent.py"): "a benchmark (minutes)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/telemetry.py --only ingest_direct --out /tmp/ingest.json",
+    ): "a benchmark (minutes)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/telemetry.py --only ingest_group --collectors 1,3 "
+        "--devices 1000 --windows 10",
+    ): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/drift_power.py"): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/vad.py"): "a benchmark (minutes)",
     (

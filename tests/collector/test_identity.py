@@ -203,3 +203,39 @@ def test_with_the_registry_required_only_enrolled_devices_are_stored(
     wait_until(lambda: len(dead_reasons(collector)) == 3, what="a removed device refused")
     assert collector.store.count_windows() == 1
     assert json.loads(json.dumps(registry.enrolled())) == []
+
+
+def test_lives_add_up_when_windows_of_two_epochs_interleave(
+    db_url: str, windows: WindowMaker
+) -> None:
+    """The current life's counters live on the device's row and move to its own row when the
+    device switches lives (a trigger): however the windows of two lives interleave, within a
+    batch and across batches, and across a restart, each life counts its windows once."""
+    from edgedl.collector.ingest import Ingestor, Message
+    from edgedl.collector.store import Store
+
+    def batch(*keys: tuple[str, int]) -> list[Message]:
+        return [Message(*lived(windows, "pi", e, s, n=1 + s)) for e, s in keys]
+
+    store = Store(db_url)
+    ingest = Ingestor(store).ingest
+    ingest(batch(("a", 0), ("a", 1), ("a", 2), ("a", 3)))
+    ingest(batch(("b", 0), ("a", 4), ("b", 1)))  # a late window of the first life
+    ingest(batch(("a", 5)))  # and another, alone: the device goes back to "a", then on
+    ingest(batch(("b", 2), ("b", 3)))
+    store.close()
+    store = Store(db_url)  # a restarted collector: the seq checks read the lives back
+    result = Ingestor(store).ingest(batch(("b", 4), ("a", 6)))
+    assert len(result.stored) == 2 and not result.dead
+    row = store.device("pi", fleet=windows.fleet)
+    store.close()
+    assert row is not None
+    lives = {life["epoch"]: life for life in row["epochs"]}
+    assert (row["windows"], row["missing"]) == (12, 0)
+    assert {e: (x["first_seq"], x["last_seq"], x["windows"]) for e, x in lives.items()} == {
+        "a": (0, 6, 7),
+        "b": (0, 4, 5),
+    }
+    assert lives["a"]["inferences"] == sum(1 + s for s in range(7))
+    assert lives["b"]["inferences"] == sum(1 + s for s in range(5))
+    assert row["inferences"] == lives["a"]["inferences"] + lives["b"]["inferences"]

@@ -174,3 +174,44 @@ def test_a_schema_2_database_is_upgraded_with_its_data_intact(
     reopened = Store(db_url)  # a second start finds nothing left to migrate
     assert reopened.schema_version == newest and len(reopened.window_identities()) == 11
     reopened.close()
+
+
+def test_collectors_starting_together_on_an_empty_database_migrate_it_once(
+    postgres_server: str | None,
+) -> None:
+    """A group's collectors started at once: one migrates, the others wait and find it done."""
+    import threading
+
+    from tests.collector.conftest import _create_pg_database
+
+    if postgres_server is None:
+        pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
+    url, drop = _create_pg_database(postgres_server)
+    opened: list[Store] = []
+    failed: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            opened.append(Store(url))
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not failed, failed
+        assert len(opened) == 4
+        newest = schema.MIGRATIONS[-1][0]
+        assert {s.schema_version for s in opened} == {newest}
+        with opened[0].engine.connect() as conn:
+            applied = list(conn.execute(select(schema.schema_version.c.version)).scalars())
+        assert sorted(applied) == [v for v, _, _ in schema.MIGRATIONS]  # each once
+    finally:
+        for s in opened:
+            s.close()
+        drop()

@@ -57,6 +57,7 @@ COLLECTOR_TOML = """
 artifacts_path = "{artifacts}"
 {public_url}
 tick_s = 0.2
+{fleet_extra}
 probation_s = {probation_s}
 arrival_timeout_s = 90
 {trusted}
@@ -110,9 +111,14 @@ def signed_versions(bundle: Path, out: Path, key: Path, versions: list[str]) -> 
 
 
 def collector_toml(
-    folder: Path, probation_s: float, public_url: str | None = None, trusted: Path | None = None
+    folder: Path,
+    probation_s: float,
+    public_url: str | None = None,
+    trusted: Path | None = None,
+    fleet_extra: str = "",
 ) -> Path:
-    """A collector.toml with the fleet settings of the tests."""
+    """A collector.toml with the fleet settings of the tests (``fleet_extra``: more lines of
+    its ``[fleet]`` table)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "collector.toml"
     path.write_text(
@@ -121,6 +127,7 @@ def collector_toml(
             public_url=f'public_url = "{public_url}"' if public_url else "",
             probation_s=probation_s,
             trusted=f'trusted_keys = ["{trusted}"]' if trusted else "",
+            fleet_extra=fleet_extra,
         )
     )
     return path

@@ -313,6 +313,9 @@ def create_app(collector: Collector) -> Starlette:
                 "mqtt_connected": mqtt is not None and mqtt.connected.is_set(),
                 "mqtt_subscribed": mqtt is not None and mqtt.subscribed.is_set(),
                 "mqtt_error": mqtt.last_error if mqtt is not None else None,
+                "mqtt_protocol": mqtt.protocol if mqtt is not None else None,
+                # False on an MQTT 3.1.1 broker: every collector of the group gets every window.
+                "mqtt_shared": mqtt is not None and mqtt.shared_subscription,
             }
         )
 

@@ -104,6 +104,8 @@ def run(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Which collector of a group runs the wave controller, and each handover, always show.
+    logging.getLogger("edgedl.collector.leader").setLevel(logging.INFO)
     flags: dict[str, Any] = {
         "mqtt.url": mqtt_url,
         "mqtt.group": group,

@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgedl.config import load_toml_config
 from edgedl.errors import TelemetryError
@@ -196,7 +196,19 @@ class FleetConfig(_Section):
     arrival_timeout_s: float = Field(default=600.0, gt=0)
     baseline_s: float = Field(default=600.0, gt=0, description="previous version's p95 window")
     tick_s: float = Field(default=0.5, gt=0)
+    # Collectors sharing a database elect one wave controller with a lease of this many
+    # seconds (edgedl.collector.leader): a dead leader is replaced this long after it died.
+    leader_lease_s: float = Field(default=15.0, gt=0)
     gates: Gates = Field(default_factory=Gates)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_ticks(self) -> FleetConfig:
+        if self.leader_lease_s < 3 * self.tick_s:
+            raise ValueError(
+                f"leader_lease_s ({self.leader_lease_s:g}) must be at least three ticks "
+                f"(tick_s {self.tick_s:g}): the leader renews its lease every tick"
+            )
+        return self
 
 
 class RegistryConfig(_Section):

@@ -1,8 +1,11 @@
 """The lives of a device: its spool epochs, their seq ranges, and what is refused in them.
 
 A device's windows are numbered by ``seq`` within a spool *epoch* (a random id the agent
-picks when it creates its spool). Per epoch the ``device_epochs`` table keeps the first and
-last seq seen and how many windows arrived, so the windows missing in between are a number.
+picks when it creates its spool). Per epoch the collector keeps the first and last seq seen
+and how many windows arrived, so the windows missing in between are a number: the current
+epoch's counters on the device's ``devices`` row (one row written per device and batch), the
+earlier epochs' in ``device_epochs``, where a trigger adds the row's counters when the
+device's epoch changes (:mod:`.schema`, migration 8); :func:`with_current_epoch` adds the two.
 Before a batch is stored, :func:`plausible` refuses a seq more than ``max_seq_jump`` away
 from what its epoch has seen, and :func:`conflicts` tells a redelivery (same payload) from a
 different window under a key that is taken (a forgery, or a spool restored from a backup).
@@ -18,7 +21,7 @@ from sqlalchemy import case, select, tuple_
 from edgedl.telemetry import telemetry_topic
 
 from .batch import DeadLetter, StoredWindow, window_key
-from .schema import device_epochs, windows
+from .schema import device_epochs, devices, windows
 
 EpochKey = tuple[str, str, str]  # fleet, device, epoch
 
@@ -111,13 +114,28 @@ def _epoch_of(item: StoredWindow) -> EpochKey:
 
 
 def _stored_spans(conn: Any, keys: set[EpochKey]) -> dict[EpochKey, tuple[int, int]]:
-    e = device_epochs.c
-    rows = conn.execute(
+    """The seqs stored of these epochs: their device_epochs rows, widened by what the
+    devices rows count of their current epochs."""
+    e, d = device_epochs.c, devices.c
+    spans: dict[EpochKey, tuple[int, int]] = {}
+
+    def widen(key: EpochKey, first: int, last: int) -> None:
+        known = spans.get(key)
+        spans[key] = (min(known[0], first), max(known[1], last)) if known else (first, last)
+
+    for r in conn.execute(
         select(e.fleet, e.device, e.epoch, e.first_seq, e.last_seq).where(
             tuple_(e.fleet, e.device, e.epoch).in_(list(keys))
         )
-    )
-    return {(r.fleet, r.device, r.epoch): (int(r.first_seq), int(r.last_seq)) for r in rows}
+    ):
+        widen((r.fleet, r.device, r.epoch), int(r.first_seq), int(r.last_seq))
+    for r in conn.execute(
+        select(d.fleet, d.device, d.epoch, d.epoch_first_seq, d.last_seq).where(
+            tuple_(d.fleet, d.device, d.epoch).in_(list(keys)), d.epoch_windows > 0
+        )
+    ):
+        widen((r.fleet, r.device, r.epoch), int(r.epoch_first_seq), int(r.last_seq))
+    return spans
 
 
 def _too_far(item: StoredWindow, first: int, last: int, jump: int) -> DeadLetter:
@@ -182,6 +200,44 @@ def conflict(item: StoredWindow) -> DeadLetter:
         item.payload,
         item.received_at,
     )
+
+
+#: Columns of a devices row that hold its current epoch's counters (not shown as such).
+CURRENT_EPOCH_COLUMNS = (
+    "epoch_first_seq",
+    "epoch_windows",
+    "epoch_inferences",
+    "epoch_first_seen",
+    "epoch_last_seen",
+)
+
+
+def with_current_epoch(device: dict[str, Any], stored: list[Any]) -> list[dict[str, Any]]:
+    """A device's lives: its ``device_epochs`` rows, with the counters its devices row keeps
+    of its current epoch added (and those columns taken off ``device``)."""
+    counted = {c: device.pop(c, None) for c in CURRENT_EPOCH_COLUMNS}
+    out = [dict(row) for row in stored]
+    if not counted["epoch_windows"]:
+        return out
+    current = {
+        "epoch": device["epoch"],
+        "first_seq": counted["epoch_first_seq"],
+        "last_seq": device["last_seq"],
+        "windows": counted["epoch_windows"],
+        "inferences": counted["epoch_inferences"],
+        "first_seen": counted["epoch_first_seen"],
+        "last_seen": counted["epoch_last_seen"],
+    }
+    for row in out:
+        if row["epoch"] == current["epoch"]:
+            row["first_seq"] = min(int(row["first_seq"]), int(current["first_seq"]))
+            row["last_seq"] = max(int(row["last_seq"]), int(current["last_seq"]))
+            row["windows"] = int(row["windows"]) + int(current["windows"])
+            row["inferences"] = int(row["inferences"]) + int(current["inferences"])
+            row["first_seen"] = min(float(row["first_seen"]), float(current["first_seen"]))
+            row["last_seen"] = max(float(row["last_seen"]), float(current["last_seen"]))
+            return out
+    return [*out, current]
 
 
 def life(row: Any) -> dict[str, Any]:

@@ -31,6 +31,11 @@ class CollectorMetrics:
         self.evaluations = Counter(
             "edgedl_collector_drift_evaluations", "Drift evaluations (device and fleet)", registry=r
         )
+        self.fleet_leader = Gauge(
+            "edgedl_collector_fleet_leader",
+            "1 while this collector runs the fleet's wave controller (holds its lease), else 0",
+            registry=r,
+        )
         self.alerts_open = Gauge("edgedl_collector_alerts_open", "Alerts open now", registry=r)
         self.ingest_lag = Gauge(
             "edgedl_collector_ingest_lag_seconds",

@@ -106,6 +106,11 @@ class MqttConsumer:
         self.client = self._new_client(MQTTv5)
 
     @property
+    def shared_subscription(self) -> bool:
+        """Whether telemetry comes through the group's shared subscription (MQTT 5 only)."""
+        return self.cfg.shared and self.client.protocol == MQTTv5
+
+    @property
     def protocol(self) -> str:
         """``"5"`` or ``"3.1.1"``: the MQTT version in use (or being tried)."""
         return "5" if self.client.protocol == MQTTv5 else "3.1.1"
@@ -200,7 +205,10 @@ class MqttConsumer:
             self.host,
             self.port,
             self._fallback_why,
-            ": each collector of the group gets every message" if self.cfg.shared else "",
+            ": each collector of the group gets every message and stores it once; to divide "
+            "the work, give each collector its own fleets (--fleet)"
+            if self.cfg.shared
+            else "",
         )
         self._connect_in_background()
 

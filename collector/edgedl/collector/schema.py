@@ -95,6 +95,14 @@ devices = Table(
     Column("status", Text),
     # When the last status message arrived: a window received later outranks what it said.
     Column("status_received_at", Float),
+    # The current epoch's counters not yet in device_epochs (migration 8): a batch updates
+    # this one row per device; the trigger ``devices_close_epoch`` adds them to the epoch's
+    # device_epochs row when the device's epoch changes. Its last seq is ``last_seq``.
+    Column("epoch_first_seq", BigInteger),
+    Column("epoch_windows", BigInteger, nullable=False, server_default="0"),
+    Column("epoch_inferences", BigInteger, nullable=False, server_default="0"),
+    Column("epoch_first_seen", Float),
+    Column("epoch_last_seen", Float),
 )
 
 dead_letter = Table(
@@ -218,6 +226,22 @@ drift_sequential = Table(
 )
 
 
+# Leases (edgedl.collector.leader): one row per job that one collector of a group may run at
+# a time (the fleet's wave controller), held by the collector that renewed it last until it
+# expires; ``term`` counts the hands it has passed through.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("address", String(300)),  # where the holder's HTTP API answers
+    Column("term", BigInteger, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
 # Stage-health reference profiles of speech pipelines (edgedl.collector.stage_health): one per
 # pipeline name, the JSON written by `edgedl agent run-pipeline --profile`.
 pipeline_references = Table(
@@ -310,6 +334,59 @@ def _v6(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE alerts ADD COLUMN acknowledged_at {kind}")
 
 
+_EPOCH_COLUMNS = (
+    ("epoch_first_seq", "BIGINT"),
+    ("epoch_windows", "BIGINT NOT NULL DEFAULT 0"),
+    ("epoch_inferences", "BIGINT NOT NULL DEFAULT 0"),
+    ("epoch_first_seen", "{float}"),
+    ("epoch_last_seen", "{float}"),
+)
+_CLOSE_EPOCH_ROW = (
+    "INSERT INTO device_epochs (fleet, device, epoch, first_seq, last_seq, windows, inferences,"
+    " first_seen, last_seen) VALUES (OLD.fleet, OLD.device, OLD.epoch, OLD.epoch_first_seq,"
+    " OLD.last_seq, OLD.epoch_windows, OLD.epoch_inferences, OLD.epoch_first_seen,"
+    " OLD.epoch_last_seen) ON CONFLICT (fleet, device, epoch) DO UPDATE SET"
+    " first_seq = {least}(device_epochs.first_seq, excluded.first_seq),"
+    " last_seq = {greatest}(device_epochs.last_seq, excluded.last_seq),"
+    " windows = device_epochs.windows + excluded.windows,"
+    " inferences = device_epochs.inferences + excluded.inferences,"
+    " last_seen = {greatest}(device_epochs.last_seen, excluded.last_seen);"
+)
+_CLOSE_EPOCH_WHEN = (
+    "OLD.epoch IS NOT NULL AND NEW.epoch IS DISTINCT FROM OLD.epoch AND OLD.epoch_windows > 0"
+)
+
+
+def _v8(conn: Connection) -> None:
+    """Leases; the current epoch's counters on the devices row, closed by a trigger."""
+    metadata.create_all(conn, tables=[leases])
+    have = {c["name"] for c in inspect(conn).get_columns("devices")}
+    sqlite = conn.dialect.name == "sqlite"
+    for name, kind in _EPOCH_COLUMNS:
+        if name not in have:
+            kind = kind.format(float="REAL" if sqlite else "DOUBLE PRECISION")
+            conn.exec_driver_sql(f"ALTER TABLE devices ADD COLUMN {name} {kind}")
+    if sqlite:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER IF NOT EXISTS devices_close_epoch BEFORE UPDATE OF epoch ON devices "
+            f"WHEN {_CLOSE_EPOCH_WHEN.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN "
+            + _CLOSE_EPOCH_ROW.format(least="min", greatest="max")
+            + " END"
+        )
+        return
+    conn.exec_driver_sql(
+        "CREATE OR REPLACE FUNCTION devices_close_epoch() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN "
+        + _CLOSE_EPOCH_ROW.format(least="LEAST", greatest="GREATEST")
+        + " RETURN NEW; END $$"
+    )
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS devices_close_epoch ON devices")
+    conn.exec_driver_sql(
+        "CREATE TRIGGER devices_close_epoch BEFORE UPDATE OF epoch ON devices FOR EACH ROW "
+        f"WHEN ({_CLOSE_EPOCH_WHEN}) EXECUTE FUNCTION devices_close_epoch()"
+    )
+
+
 def _v9(conn: Connection) -> None:
     metadata.create_all(conn, tables=[pipeline_references])
 
@@ -321,8 +398,13 @@ MIGRATIONS: list[Migration] = [
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
     (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
+    (8, "leases (one wave controller per group); current epoch counters on devices", _v8),
     (9, "pipeline_references (stage-health reference profiles of pipelines)", _v9),
 ]
+
+
+#: The PostgreSQL advisory lock that serialises migrations (an arbitrary 64-bit key).
+MIGRATION_LOCK_KEY = 0x6564676564_6C
 
 
 def current_version(conn: Connection) -> int:
@@ -339,6 +421,10 @@ def migrate(conn: Connection) -> int:
     Each migration not recorded in ``schema_version`` is applied, also one numbered below the
     newest applied (branches developed side by side may ship their migrations in any order).
     """
+    if conn.dialect.name == "postgresql":
+        # Collectors of a group that start together on an empty database: one migrates, the
+        # others wait for its transaction and find the schema done.
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
     have = current_version(conn)
     newest = MIGRATIONS[-1][0]
     if have > newest:

@@ -4,8 +4,8 @@ One :class:`Store` per collector. ``sqlite:///path.db`` opens SQLite in WAL mode
 ``postgresql://user@host/db`` opens PostgreSQL through psycopg 3. Both get the same schema
 (:mod:`edgedl.collector.schema`) and the same statements: inserts of windows use
 ``INSERT … ON CONFLICT (fleet, device, epoch, seq) DO NOTHING``, so a redelivered window is
-stored once. A device is ``(fleet, device)`` everywhere; its spool epochs (lives) are rows of
-``device_epochs``, which give the windows missing between the first and last seq of each.
+stored once. A device is ``(fleet, device)`` everywhere; its spool epochs (lives) give the
+windows missing between the first and last seq of each (:mod:`.lives`).
 """
 
 from __future__ import annotations
@@ -123,8 +123,12 @@ class Store:
             with self.engine.begin() as conn:
                 if batch:
                     inserted = self._insert_windows(conn, batch, refused)
-                    self._upsert_devices(conn, inserted)
-                    lives.upsert_epochs(conn, self.insert, inserted)
+                    # Windows of a device's newest epoch are counted on its devices row;
+                    # only the rare others (a late window of an earlier life) touch
+                    # device_epochs here.
+                    earlier = self._upsert_devices(conn, inserted)
+                    if earlier:
+                        lives.upsert_epochs(conn, self.insert, earlier)
                 for st in statuses:
                     self._upsert_status(conn, st)
                 if dead or refused:
@@ -157,7 +161,9 @@ class Store:
             lives.conflicts(conn, [w for w in by_key.values() if id(w) not in new], refused)
         return sorted(inserted, key=lambda item: item.id or 0)
 
-    def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> None:
+    def _upsert_devices(self, conn: Any, inserted: Sequence[StoredWindow]) -> list[StoredWindow]:
+        """Upsert the devices of newly stored windows, counting the windows of each device's
+        newest epoch on its row; return the windows of other epochs (to count elsewhere)."""
         per_device: dict[DeviceKey, dict[str, Any]] = {}
         for item in inserted:
             w = item.window
@@ -190,14 +196,44 @@ class Store:
                 row["version"] = first.version if first else row["version"]
                 row["agent_version"] = w.agent_version
         if not per_device:
-            return
+            return []
+        earlier: list[StoredWindow] = []
+        for item in inserted:
+            w = item.window
+            row = per_device[(w.fleet, w.device)]
+            if w.epoch != row["epoch"]:
+                earlier.append(item)
+                continue
+            if "epoch_windows" not in row:
+                row.update(
+                    epoch_first_seq=w.seq,
+                    epoch_windows=0,
+                    epoch_inferences=0,
+                    epoch_first_seen=item.received_at,
+                    epoch_last_seen=item.received_at,
+                )
+            row["epoch_first_seq"] = min(row["epoch_first_seq"], w.seq)
+            row["epoch_windows"] += 1
+            row["epoch_inferences"] += w.inferences
+            row["epoch_first_seen"] = min(row["epoch_first_seen"], item.received_at)
+            row["epoch_last_seen"] = max(row["epoch_last_seen"], item.received_at)
         stmt = self.insert(devices)
-        newer = (stmt.excluded.epoch != func.coalesce(devices.c.epoch, "")) | (
-            stmt.excluded.last_seq >= func.coalesce(devices.c.last_seq, -1)
+        new, old = stmt.excluded, devices.c
+        newer = (new.epoch != func.coalesce(old.epoch, "")) | (
+            new.last_seq >= func.coalesce(old.last_seq, -1)
         )
+        same = new.epoch == old.epoch  # NULL (a device known by its status only): not same
 
         def latest(col: str) -> Any:
-            return case((newer, stmt.excluded[col]), else_=devices.c[col])
+            return case((newer, new[col]), else_=old[col])
+
+        def epoch_total(col: str) -> Any:
+            return case((same, old[col] + new[col]), else_=new[col])
+
+        def epoch_bound(col: str, pick: Any) -> Any:
+            # NULL before the first window counted on the row (a database from before them).
+            kept = func.coalesce(old[col], new[col])
+            return case((same, case((pick(new[col], kept), new[col]), else_=kept)), else_=new[col])
 
         stmt = stmt.on_conflict_do_update(
             index_elements=["fleet", "device"],
@@ -218,9 +254,16 @@ class Store:
                 "agent_version": latest("agent_version"),
                 "inferences": devices.c.inferences + stmt.excluded.inferences,
                 "windows": devices.c.windows + stmt.excluded.windows,
+                # A new epoch resets them (the trigger first adds the old ones to its row).
+                "epoch_windows": epoch_total("epoch_windows"),
+                "epoch_inferences": epoch_total("epoch_inferences"),
+                "epoch_first_seq": epoch_bound("epoch_first_seq", lambda a, b: a < b),
+                "epoch_first_seen": epoch_bound("epoch_first_seen", lambda a, b: a < b),
+                "epoch_last_seen": epoch_bound("epoch_last_seen", lambda a, b: a > b),
             },
         )
         conn.execute(stmt, list(per_device.values()))
+        return earlier
 
     def _upsert_status(self, conn: Any, st: ReceivedStatus) -> None:
         s = st.status
@@ -255,13 +298,13 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.fleet, devices.c.device))
             out = [dict(r._mapping) for r in rows]
-            by_device: dict[DeviceKey, list[dict[str, Any]]] = {}
+            by_device: dict[DeviceKey, list[Any]] = {}
             for life in conn.execute(select(device_epochs)):
-                by_device.setdefault((life.fleet, life.device), []).append(
-                    lives.life(life._mapping)
-                )
+                by_device.setdefault((life.fleet, life.device), []).append(life._mapping)
         for row in out:
-            lives.add_lives(row, by_device.get((row["fleet"], row["device"]), []))
+            stored = by_device.get((row["fleet"], row["device"]), [])
+            found = lives.with_current_epoch(row, stored)
+            lives.add_lives(row, [lives.life(life) for life in found])
         return out
 
     def device(self, device: str, fleet: str | None = None) -> dict[str, Any] | None:
@@ -289,7 +332,8 @@ class Store:
                 .where(and_(e.fleet == row["fleet"], e.device == device))
                 .order_by(e.first_seen)
             )
-            lives.add_lives(row, [lives.life(life._mapping) for life in found])
+            merged = lives.with_current_epoch(row, [life._mapping for life in found])
+            lives.add_lives(row, [lives.life(life) for life in merged])
         return row
 
     def windows(

@@ -6,6 +6,7 @@
     GET  /api/v1/artifacts               published bundles
     GET  /artifacts/{model}/{version}.tar   the bundle, with Range requests (206, 416)
     GET  /api/v1/fleet/models            models, versions, and the devices running each
+    GET  /api/v1/fleet/leader            which collector of the group runs the wave controller
     POST /api/v1/rollouts                start a rollout (JSON: model, version, devices, waves...)
     GET  /api/v1/rollouts                every rollout, newest first
     GET  /api/v1/rollouts/{id}           one rollout
@@ -77,6 +78,9 @@ def fleet_routes(fleet: Fleet) -> list[BaseRoute]:
     def models(_request: Request) -> Response:
         return JSONResponse(fleet.models())
 
+    async def leader(_request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(fleet.leader))
+
     async def create(request: Request) -> Response:
         raw = await request.body()
         try:
@@ -111,6 +115,7 @@ def fleet_routes(fleet: Fleet) -> list[BaseRoute]:
         Route("/api/v1/artifacts", list_artifacts, methods=["GET"]),
         Route("/artifacts/{model}/{file}", download, methods=["GET", "HEAD"]),
         Route("/api/v1/fleet/models", models),
+        Route("/api/v1/fleet/leader", leader),
         Route("/api/v1/rollouts", create, methods=["POST"]),
         Route("/api/v1/rollouts", list_rollouts, methods=["GET"]),
         Route("/api/v1/rollouts/{id}", one),
@@ -150,6 +155,9 @@ FLEET_OPENAPI_PATHS: dict[str, Any] = {
         }
     },
     "/api/v1/fleet/models": {"get": _op("Models, published versions, devices running each")},
+    "/api/v1/fleet/leader": {
+        "get": _op("The collector that runs the wave controller: leader, address, term, lease")
+    },
     "/api/v1/rollouts": {
         "post": _op(
             "Start a rollout: model, version, fleet, devices, strategy, waves, probation_s, gates",

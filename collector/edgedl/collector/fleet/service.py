@@ -15,6 +15,7 @@ from edgedl.errors import ConfigError, EdgeDLError, FleetError, KeyFileError
 from edgedl.signing import key_id, load_public_key
 from edgedl.telemetry import validate_id
 
+from ..leader import Lease, LeaseHolder
 from .artifacts import FolderArtifacts, inspect_upload, safe_name
 from .gates import Gates, version_figures
 from .planning import parse_waves, select_devices, wave_sizes
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from ..service import Collector
 
 log = logging.getLogger("edgedl.collector.fleet")
+
+#: The lease that elects one wave controller among the collectors sharing a database.
+WAVES_LEASE = "fleet-waves"
 
 
 class RolloutRequest(BaseModel):
@@ -65,6 +69,13 @@ class Fleet:
             raise ConfigError(
                 "fleet.require_signature is true but no fleet.trusted_keys are listed"
             )
+        store = collector.store
+        holder = collector.mqtt.client_id if collector.mqtt else f"collector-{id(self)}"
+        # One wave controller per database: the collectors sharing it elect it with a lease.
+        self.lease = Lease(
+            store.engine, store.dialect, WAVES_LEASE, holder, ttl_s=self.config.leader_lease_s
+        )
+        collector.metrics.fleet_leader.set_function(lambda: 1.0 if self.lease.held else 0.0)
         self.controller = WaveController(
             self.records,
             collector.store,
@@ -74,11 +85,28 @@ class Fleet:
                 device=d, model=m, version=v, scope="device", fleet=f
             ),
             tick_s=self.config.tick_s,
+            lease=self.lease,
         )
 
     def start(self) -> None:
-        """Start the wave controller."""
+        """Start the wave controller (it acts while this collector holds the lease)."""
+        self.lease.address = self.collector.url
         self.controller.start()
+
+    def leader(self) -> dict[str, Any]:
+        """Who runs the wave controller: the lease's holder, and whether it is this collector."""
+        current: LeaseHolder | None = self.lease.current()
+        return {
+            "lease": self.lease.name,
+            "leader": current.holder if current else None,
+            "address": current.address if current else None,
+            "term": current.term if current else None,
+            "since": current.acquired_at if current else None,
+            "expires_in_s": current.expires_in_s if current else None,
+            "this_collector": self.lease.holder,
+            "is_leader": self.lease.held,
+            "lease_s": self.lease.ttl_s,
+        }
 
     def stop(self) -> None:
         """Stop the wave controller."""
@@ -292,6 +320,7 @@ def rollout_json(row: dict[str, Any]) -> dict[str, Any]:
         "touched": plan.get("touched", []),
         "device_states": plan.get("device_states", {}),
         "wave_reports": plan.get("wave_reports", {}),
+        "moves": plan.get("moves", []),
         "gates": plan["gates"],
         "probation_s": plan["probation_s"],
         "previous": {d: (p["version"] if p else None) for d, p in plan["previous"].items()},

@@ -23,6 +23,7 @@ from typing import Any
 from edgedl.telemetry import DesiredState, desired_topic, encode_desired
 
 from ..alerts import AlertBook, AlertSubject
+from ..leader import Lease
 from ..store import Store
 from .gates import Gates, judge, version_figures
 from .records import FleetRecords
@@ -36,7 +37,13 @@ FAILED = ("refused", "rolled_back")
 
 
 class WaveController:
-    """Runs every rollout in state ``running`` (start()/stop(); one thread)."""
+    """Runs every rollout in state ``running`` (start()/stop(); one thread).
+
+    With a ``lease``, a tick runs only in the collector that holds it (renewed before every
+    tick): of several collectors on one database, one moves the rollouts; the others take
+    over when it dies. Every move of a rollout is recorded in its plan's ``moves`` with the
+    collector that made it and the lease's term.
+    """
 
     def __init__(
         self,
@@ -46,6 +53,7 @@ class WaveController:
         alerts: AlertBook,
         drift: DriftResults,
         tick_s: float = 0.5,
+        lease: Lease | None = None,
     ) -> None:
         self.records = records
         self.store = store
@@ -53,6 +61,7 @@ class WaveController:
         self.alerts = alerts
         self.drift = drift
         self.tick_s = tick_s
+        self.lease = lease
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,6 +80,8 @@ class WaveController:
             self._stop.set()
             self._wake.set()
             thread.join(timeout=10)
+        if self.lease is not None:
+            self.lease.release()
 
     def wake(self) -> None:
         """Tick now (a rollout was created)."""
@@ -79,7 +90,8 @@ class WaveController:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.tick()
+                if self.lease is None or self.lease.hold():
+                    self.tick()
             except Exception:  # a bad row must not stop every other rollout
                 log.exception("fleet: a rollout tick failed")
             self._wake.wait(self.tick_s)
@@ -187,6 +199,17 @@ class WaveController:
 
     def _move(self, r: dict[str, Any], **values: Any) -> None:
         r.update(values)
+        lease = self.lease
+        r["plan"].setdefault("moves", []).append(
+            {
+                "at": time.time(),
+                "wave": r["wave"],
+                "phase": r["phase"],
+                "state": r["state"],
+                "by": lease.holder if lease else None,
+                "term": lease.term if lease else None,
+            }
+        )
         self.records.update_rollout(int(r["id"]), plan=r["plan"], **values)
 
     # ---------------------------------------------------------------- desired states
