@@ -19,7 +19,11 @@ Routes::
     GET  /v2/models/{name}[/versions/{v}]       model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer JSON tensors or binary tensor data
+    POST /v2/labels                             late labels (edgedl.agent.labels_http)
     GET  /metrics                               Prometheus text
+
+With label tracking on (``[labels]``, the default) every infer answer carries an ``id``: the
+request's, or one the agent makes; the predicted classes are remembered under it.
 
 Errors are ``{"error": "<what was wrong>"}`` with the status of the
 :class:`~edgedl.errors.ServingError` raised (400, 404, 408, 413, 429, 500, 503, 504).
@@ -47,9 +51,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgedl._version import __version__
 from edgedl.errors import ServingError
+from edgedl.profile import predicted_classes
 
 from .answer import answer, off_loop
 from .batcher import ShuttingDown
+from .labels import MAX_BATCH_REMEMBERED
+from .labels_http import label_routes
 from .metrics import CONTENT_TYPE
 from .oip import BadRequest, InferenceRequest, decode_request, encode_response
 from .repository import ModelNotFound
@@ -86,6 +93,7 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/ready", api.model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/infer", api.infer, methods=["POST"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        *label_routes(),
         *extra_routes,
     ]
     if admin_routes:
@@ -214,7 +222,24 @@ class _Api:
         decoded = await off_loop(decode, len(body))
         del body, decode
         outputs = await answer(model, decoded.inputs, decoded.timeout_s)
+        self._remember(model, decoded, outputs)
         return await _encode(model, decoded, outputs, reservation)
+
+    def _remember(self, model: Servable, decoded: InferenceRequest, outputs: Tensors) -> None:
+        """Remember the predicted classes for late labels, under the request's id (or a new one)."""
+        predictions = self.runtime.predictions
+        if predictions is None:
+            return
+        if decoded.id is None:
+            decoded.id = predictions.new_id()
+        batch = next(iter(decoded.inputs.values())).shape[:1]
+        if not batch or batch[0] > MAX_BATCH_REMEMBERED:
+            return  # answered with its id, but too large a batch to remember
+        found = predicted_classes(outputs)
+        if found is None:
+            return
+        classes, width = found
+        predictions.record(decoded.id, model.name, model.version, classes.tolist(), width)
 
 
 class _HeldResponse(Response):
