@@ -218,6 +218,24 @@ drift_sequential = Table(
 )
 
 
+# Late labels (edgedl.collector.accuracy): one row per cell of a window's confusion matrix,
+# so real accuracy, precision, recall and F1 over any span are sums in SQL.
+label_confusion = Table(
+    "label_confusion",
+    metadata,
+    Column("window_id", BigInteger, nullable=False),
+    Column("fleet", String(128), nullable=False),
+    Column("device", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("actual", Integer, nullable=False),
+    Column("predicted", Integer, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Index("ix_label_confusion_fleet_end", "fleet", "window_end"),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
@@ -299,6 +317,10 @@ def _v6(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE alerts ADD COLUMN acknowledged_at {kind}")
 
 
+def _v7(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[label_confusion])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
@@ -306,6 +328,7 @@ MIGRATIONS: list[Migration] = [
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
     (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
+    (7, "label_confusion (late labels: confusion-matrix cells per window)", _v7),
 ]
 
 

@@ -18,6 +18,7 @@ import uvicorn
 
 from edgedl.errors import ConfigError
 
+from .accuracy_alerts import AccuracyWatch
 from .alerts import AlertBook
 from .api import create_app, is_online
 from .config import CollectorConfig
@@ -28,7 +29,7 @@ from .metrics import CollectorMetrics
 from .monitor import DriftMonitor
 from .mqtt import MqttConsumer
 from .references import ReferenceBook
-from .store import Store
+from .store import Store, StoredWindow
 
 log = logging.getLogger("edgedl.collector")
 
@@ -83,10 +84,11 @@ class Collector:
                 max_series=config.http.metrics_max_series,
             )
         )
+        self.accuracy = AccuracyWatch(self.store, self.alerts, config.alerts)
         self.ingestor = Ingestor(
             self.store,
             config.mqtt.max_payload_bytes,
-            on_stored=self.monitor.submit,
+            on_stored=self._stored,
             registry_required=config.registry.required,
             clock=config.ingest,
         )
@@ -97,6 +99,14 @@ class Collector:
         self._http_thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self.http_port = config.http.port
+
+    def _stored(self, stored: list[StoredWindow]) -> None:
+        """New windows: to the drift monitor, and their labels to the accuracy alerts."""
+        self.monitor.submit(stored)
+        try:
+            self.accuracy.observe(stored)
+        except Exception:  # the windows are committed; an alert judgement may wait
+            log.exception("judging real accuracy failed")
 
     def _publish(self, topic: str, data: bytes) -> None:
         if self.mqtt is not None:

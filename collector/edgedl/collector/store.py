@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from edgedl.errors import ConfigError, EdgeDLError
 
 from . import lives, schema
+from .accuracy import confusion_rows
 from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
 from .schema import (
     alerts,
@@ -29,6 +30,7 @@ from .schema import (
     device_epochs,
     devices,
     drift_sequential,
+    label_confusion,
     model_references,
     windows,
 )
@@ -124,6 +126,9 @@ class Store:
                     inserted = self._insert_windows(conn, batch, refused)
                     self._upsert_devices(conn, inserted)
                     lives.upsert_epochs(conn, self.insert, inserted)
+                    cells = confusion_rows(inserted)
+                    if cells:
+                        conn.execute(label_confusion.insert(), cells)
                 for st in statuses:
                     self._upsert_status(conn, st)
                 if dead or refused:
@@ -384,6 +389,7 @@ class Store:
         """Delete windows and dead letters received before ``before``; how many rows went."""
         with self.write_lock, self.engine.begin() as conn:
             gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
+            conn.execute(label_confusion.delete().where(label_confusion.c.window_end < before))
             gone += conn.execute(
                 dead_letter.delete().where(dead_letter.c.received_at < before)
             ).rowcount
