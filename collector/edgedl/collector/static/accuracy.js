@@ -1,0 +1,36 @@
+// The "Accuracy (late labels)" panel: real accuracy, precision, recall and F1 of the labelled
+// predictions, per model version and per device, from /api/v1/accuracy.
+"use strict";
+
+const METRICS = ["labelled", "accuracy", "precision", "recall", "f1"];
+
+function pct(v) {
+  return v === null || v === undefined ? "–" : `${(100 * v).toFixed(1)}%`;
+}
+
+function row(tbody, label, m, kind) {
+  const tr = document.createElement("tr");
+  tr.dataset.kind = kind;
+  tr.dataset.accuracy = m.accuracy === null ? "" : String(m.accuracy);
+  const name = document.createElement("td");
+  name.textContent = label;
+  tr.appendChild(name);
+  for (const key of METRICS) {
+    const td = document.createElement("td");
+    td.className = `metric-${key}`;
+    td.textContent = key === "labelled" ? String(m.labelled) : pct(m[key]);
+    tr.appendChild(td);
+  }
+  tbody.appendChild(tr);
+}
+
+export function renderAccuracy(report) {
+  const tbody = document.querySelector("#accuracy tbody");
+  tbody.replaceChildren();
+  const empty = !report.overall.labelled;
+  document.getElementById("no-accuracy").hidden = !empty;
+  if (empty) return;
+  row(tbody, "all labelled", report.overall, "overall");
+  for (const v of report.by_version) row(tbody, `${v.model} ${v.version}`, v, "version");
+  for (const d of report.by_device) row(tbody, `${d.fleet}/${d.device}`, d, "device");
+}
