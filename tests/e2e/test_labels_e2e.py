@@ -4,7 +4,7 @@ An application asks the agent about 100 real digits (60 of them inverted, which 
 gets mostly wrong), keeps the ids of the answers, and later sends the true labels of 80 of
 them, shuffled, in batches, plus a duplicate and an unknown id. The collector's real accuracy,
 precision, recall and F1 must equal what scikit-learn computes from those labelled requests,
-and with ``[alerts] accuracy_below`` set an accuracy alert opens for the device.
+the accuracy estimated from confidences must stand beside them, and with ``[alerts] accuracy_below`` set an accuracy alert opens for the device.
 """
 
 from __future__ import annotations
@@ -74,6 +74,15 @@ def test_real_accuracy_in_the_collector_equals_accuracy_of_the_labelled_requests
     assert overall["f1"] == pytest.approx(f1, abs=1e-12)
     (version,) = report()["by_version"]
     assert (version["model"], version["version"], version["labelled"]) == ("digits", "1", 80)
+    # Beside it, the accuracy estimated from the confidences of all 100 predictions, with the
+    # calibration convert fitted on the validation set.
+    wait_until(
+        lambda: (report()["overall"]["estimated"] or {}).get("predictions") == 100,
+        30,
+        "an estimate over the 100 predictions",
+    )
+    estimated = report()["overall"]["estimated"]
+    assert 0.0 <= estimated["low"] <= estimated["accuracy"] <= estimated["high"] <= 1.0
 
     def accuracy_alerts() -> list[dict[str, Any]]:
         return [a for a in collector.get("/api/v1/alerts") if a["kind"] == "accuracy"]

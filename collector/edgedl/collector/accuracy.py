@@ -15,9 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 
 from .batch import StoredWindow
+from .estimates import estimated
 from .schema import label_confusion
 
 if TYPE_CHECKING:
@@ -107,9 +108,9 @@ class LabelScope:
     since: float | None = None  # window_end >= since
     until: float | None = None  # window_end < until
 
-    def conditions(self) -> list[Any]:
-        """The WHERE clauses of this scope on ``label_confusion``."""
-        t = label_confusion.c
+    def conditions(self, table: Table = label_confusion) -> list[Any]:
+        """The WHERE clauses of this scope on ``table`` (``label_confusion`` by default)."""
+        t = table.c
         out: list[Any] = [
             t[name] == value
             for name, value in (
@@ -147,21 +148,32 @@ def confusion(
 def accuracy_report(
     store: Store, scope: LabelScope, bucket_s: float | None = None
 ) -> dict[str, Any]:
-    """Real accuracy of the labelled predictions in ``scope``: overall, per model version, per
-    device, and over time in buckets of ``bucket_s`` seconds (of ``window_end``)."""
-    overall = confusion(store, scope).get((), [])
-    by_version = confusion(store, scope, group_by=("model", "version"))
-    by_device = confusion(store, scope, group_by=("fleet", "device"))
+    """Real accuracy of the labelled predictions in ``scope`` and the accuracy estimated from
+    confidences (``estimated``, None without a calibrated reference): overall, per model
+    version, per device, and real accuracy over time in buckets of ``bucket_s`` seconds."""
+
+    def merged(group_by: tuple[str, ...]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        real = confusion(store, scope, group_by)
+        guessed = estimated(store, scope, group_by)
+        return [
+            (
+                key,
+                {
+                    **classification_metrics(real.get(key, [])),
+                    "estimated": guessed[key].to_dict() if key in guessed else None,
+                },
+            )
+            for key in sorted(set(real) | set(guessed))
+        ]
+
+    overall = dict(merged(()))
+    empty = {**classification_metrics([]), "estimated": None}
     return {
-        "overall": classification_metrics(overall),
+        "overall": overall.get((), empty),
         "by_version": [
-            {"model": k[0], "version": k[1], **classification_metrics(cells)}
-            for k, cells in sorted(by_version.items())
+            {"model": k[0], "version": k[1], **m} for k, m in merged(("model", "version"))
         ],
-        "by_device": [
-            {"fleet": k[0], "device": k[1], **classification_metrics(cells)}
-            for k, cells in sorted(by_device.items())
-        ],
+        "by_device": [{"fleet": k[0], "device": k[1], **m} for k, m in merged(("fleet", "device"))],
         "series": _series(store, scope, bucket_s) if bucket_s and bucket_s > 0 else [],
     }
 

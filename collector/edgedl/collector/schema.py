@@ -236,6 +236,25 @@ label_confusion = Table(
 )
 
 
+# Accuracy estimated without labels (edgedl.calibration): per window and model version, the
+# expected number of correct predictions and its variance, which add up over any span.
+accuracy_estimates = Table(
+    "accuracy_estimates",
+    metadata,
+    Column("window_id", BigInteger, nullable=False),
+    Column("fleet", String(128), nullable=False),
+    Column("device", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("predictions", BigInteger, nullable=False),
+    Column("expected_correct", Float, nullable=False),
+    Column("variance", Float, nullable=False),
+    Column("extrapolated", BigInteger, nullable=False),
+    Index("ix_accuracy_estimates_fleet_end", "fleet", "window_end"),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
@@ -318,7 +337,7 @@ def _v6(conn: Connection) -> None:
 
 
 def _v7(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[label_confusion])
+    metadata.create_all(conn, tables=[label_confusion, accuracy_estimates])
 
 
 Migration = tuple[int, str, Callable[[Connection], None]]
@@ -328,7 +347,7 @@ MIGRATIONS: list[Migration] = [
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
     (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
-    (7, "label_confusion (late labels: confusion-matrix cells per window)", _v7),
+    (7, "label_confusion, accuracy_estimates (real and estimated accuracy per window)", _v7),
 ]
 
 

@@ -18,6 +18,7 @@ import uvicorn
 
 from edgedl.errors import ConfigError
 
+from . import estimates
 from .accuracy_alerts import AccuracyWatch
 from .alerts import AlertBook
 from .api import create_app, is_online
@@ -104,9 +105,10 @@ class Collector:
         """New windows: to the drift monitor, and their labels to the accuracy alerts."""
         self.monitor.submit(stored)
         try:
+            estimates.record(self.store, stored, self.references)
             self.accuracy.observe(stored)
-        except Exception:  # the windows are committed; an alert judgement may wait
-            log.exception("judging real accuracy failed")
+        except Exception:  # the windows are committed; estimates and alerts are derived
+            log.exception("estimating or judging accuracy failed")
 
     def _publish(self, topic: str, data: bytes) -> None:
         if self.mqtt is not None:

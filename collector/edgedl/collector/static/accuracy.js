@@ -1,5 +1,6 @@
 // The "Accuracy (late labels)" panel: real accuracy, precision, recall and F1 of the labelled
-// predictions, per model version and per device, from /api/v1/accuracy.
+// predictions, per model version and per device, from /api/v1/accuracy, and beside them the
+// accuracy estimated from confidences (with its 95% interval and the predictions it covers).
 "use strict";
 
 const METRICS = ["labelled", "accuracy", "precision", "recall", "f1"];
@@ -21,13 +22,20 @@ function row(tbody, label, m, kind) {
     td.textContent = key === "labelled" ? String(m.labelled) : pct(m[key]);
     tr.appendChild(td);
   }
+  const est = document.createElement("td");
+  est.className = "metric-estimated";
+  const e = m.estimated;
+  est.textContent = e && e.accuracy !== null
+    ? `${pct(e.accuracy)} [${pct(e.low)}, ${pct(e.high)}] of ${e.predictions}`
+    : "–";
+  tr.appendChild(est);
   tbody.appendChild(tr);
 }
 
 export function renderAccuracy(report) {
   const tbody = document.querySelector("#accuracy tbody");
   tbody.replaceChildren();
-  const empty = !report.overall.labelled;
+  const empty = !report.overall.labelled && !report.overall.estimated;
   document.getElementById("no-accuracy").hidden = !empty;
   if (empty) return;
   row(tbody, "all labelled", report.overall, "overall");
