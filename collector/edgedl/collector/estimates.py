@@ -18,11 +18,11 @@ from edgedl.calibration import Estimate
 from edgedl.errors import DataError
 
 from .batch import StoredWindow
-from .references import ReferenceBook
 from .schema import accuracy_estimates
 
 if TYPE_CHECKING:
     from .accuracy import LabelScope
+    from .references import ReferenceBook
     from .store import Store
 
 

@@ -25,6 +25,7 @@ from . import lives, schema
 from .accuracy import confusion_rows
 from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
 from .schema import (
+    accuracy_estimates,
     alerts,
     dead_letter,
     device_epochs,
@@ -389,7 +390,8 @@ class Store:
         """Delete windows and dead letters received before ``before``; how many rows went."""
         with self.write_lock, self.engine.begin() as conn:
             gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
-            conn.execute(label_confusion.delete().where(label_confusion.c.window_end < before))
+            for derived in (label_confusion, accuracy_estimates):
+                conn.execute(derived.delete().where(derived.c.window_end < before))
             gone += conn.execute(
                 dead_letter.delete().where(dead_letter.c.received_at < before)
             ).rowcount

@@ -20,8 +20,9 @@ What a label can come to (:class:`LabelStatus`):
 * ``invalid``: the label is not a class index, or a list whose length is not the request's
   batch size.
 
-Memory: about :data:`BYTES_PER_PREDICTION` bytes per remembered prediction plus a third of that
-per forgotten id (measured by ``bench/labels.py``), so the default 10,000 take about 3 MB.
+Memory: about :data:`BYTES_PER_PREDICTION` bytes per remembered prediction of a batch-1 request
+and about 160 per forgotten id (measured by ``bench/labels.py``), so the default 10,000 of
+each take about 4.3 MB.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgedl.telemetry import MAX_CLASSES
 
 #: Bytes one remembered prediction of a batch-1 request takes (bench/labels.py measures it).
-BYTES_PER_PREDICTION = 250
+BYTES_PER_PREDICTION = 270
 #: Largest number of labels in one ``POST /v2/labels``.
 MAX_LABELS_PER_REQUEST = 1000
 #: Longest request id remembered (longer ones are answered but not remembered).
