@@ -9,12 +9,13 @@ the telemetry window's confusion matrix is what the labelled requests say it mus
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from tests.agent.conftest import serve_in_process
+from tests.agent.conftest import AgentProcess, serve_in_process
 from tests.agent.serving_helpers import digit_images
 
 from edgedl.agent.config import AgentConfig, ModelConfig
@@ -143,3 +144,24 @@ def _digit_labels(n: int) -> np.ndarray[Any, Any]:
     from sklearn.datasets import load_digits
 
     return load_digits().target[:n]
+
+
+@pytest.mark.slow
+def test_grpc_answers_carry_ids_that_take_labels(
+    digits_bundle: Any, agent_process: Callable[..., AgentProcess]
+) -> None:
+    tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+    from tests.agent.test_grpc import grpc_agent, pixels
+
+    agent, address = grpc_agent(agent_process, digits_bundle("tflite-int8"))
+    client = tritonclient_grpc.InferenceServerClient(address)
+    try:
+        x = digit_images(2)
+        made = client.infer("digits", [pixels(x)]).get_response().id
+        given = client.infer("digits", [pixels(x[:1])], request_id="g-1").get_response().id
+    finally:
+        client.close()
+    assert made and given == "g-1"
+    with agent.client() as http:
+        assert http.label(made, [0, 1])["status"] == "accepted"
+        assert http.label("g-1", 0)["status"] == "accepted"

@@ -22,8 +22,9 @@ Routes::
     POST /v2/labels                             late labels (edgedl.agent.labels_http)
     GET  /metrics                               Prometheus text
 
-With label tracking on (``[labels]``, the default) every infer answer carries an ``id``: the
-request's, or one the agent makes; the predicted classes are remembered under it.
+With label tracking on (``[labels]``, the default) every infer answer (HTTP and gRPC) carries
+an ``id``: the request's, or one the agent makes; the predicted classes are remembered under
+it (:func:`edgedl.agent.labels.remember`).
 
 Errors are ``{"error": "<what was wrong>"}`` with the status of the
 :class:`~edgedl.errors.ServingError` raised (400, 404, 408, 413, 429, 500, 503, 504).
@@ -51,11 +52,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgedl._version import __version__
 from edgedl.errors import ServingError
-from edgedl.profile import predicted_classes
 
 from .answer import answer, off_loop
 from .batcher import ShuttingDown
-from .labels import MAX_BATCH_REMEMBERED
+from .labels import remember
 from .labels_http import label_routes
 from .metrics import CONTENT_TYPE
 from .oip import BadRequest, InferenceRequest, decode_request, encode_response
@@ -222,24 +222,8 @@ class _Api:
         decoded = await off_loop(decode, len(body))
         del body, decode
         outputs = await answer(model, decoded.inputs, decoded.timeout_s)
-        self._remember(model, decoded, outputs)
+        remember(self.runtime.predictions, model.name, model.version, decoded, outputs)
         return await _encode(model, decoded, outputs, reservation)
-
-    def _remember(self, model: Servable, decoded: InferenceRequest, outputs: Tensors) -> None:
-        """Remember the predicted classes for late labels, under the request's id (or a new one)."""
-        predictions = self.runtime.predictions
-        if predictions is None:
-            return
-        if decoded.id is None:
-            decoded.id = predictions.new_id()
-        batch = next(iter(decoded.inputs.values())).shape[:1]
-        if not batch or batch[0] > MAX_BATCH_REMEMBERED:
-            return  # answered with its id, but too large a batch to remember
-        found = predicted_classes(outputs)
-        if found is None:
-            return
-        classes, width = found
-        predictions.record(decoded.id, model.name, model.version, classes.tolist(), width)
 
 
 class _HeldResponse(Response):

@@ -33,13 +33,17 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgedl.profile import predicted_classes
 from edgedl.telemetry import MAX_CLASSES
+
+from .oip import InferenceRequest
 
 #: Bytes one remembered prediction of a batch-1 request takes (bench/labels.py measures it).
 BYTES_PER_PREDICTION = 270
@@ -251,6 +255,28 @@ class PredictionLog:
         )
 
 
+def remember(
+    predictions: PredictionLog | None,
+    model: str,
+    version: str,
+    request: InferenceRequest,
+    outputs: Mapping[str, NDArray[Any]],
+) -> None:
+    """Give an answered request its id (``request.id``, or a new one) and remember its
+    predicted classes for late labels; the HTTP and gRPC APIs call it once per answer."""
+    if predictions is None:
+        return
+    if request.id is None:
+        request.id = predictions.new_id()
+    batch = next(iter(request.inputs.values())).shape[:1] if request.inputs else ()
+    if not batch or batch[0] > MAX_BATCH_REMEMBERED:
+        return  # answered with its id, but too large a batch to remember
+    found = predicted_classes(outputs)
+    if found is not None:
+        classes, width = found
+        predictions.record(request.id, model, version, classes.tolist(), width)
+
+
 def _invalid(labels: list[Any], pred: _Prediction) -> str | None:
     if len(labels) != len(pred.predicted):
         return (
@@ -275,4 +301,5 @@ __all__ = [
     "LabelStatus",
     "LabelsConfig",
     "PredictionLog",
+    "remember",
 ]
