@@ -4,7 +4,9 @@ An application asks the agent about 100 real digits (60 of them inverted, which 
 gets mostly wrong), keeps the ids of the answers, and later sends the true labels of 80 of
 them, shuffled, in batches, plus a duplicate and an unknown id. The collector's real accuracy,
 precision, recall and F1 must equal what scikit-learn computes from those labelled requests,
-the accuracy estimated from confidences must stand beside them, and with ``[alerts] accuracy_below`` set an accuracy alert opens for the device.
+the accuracy estimated from confidences must stand beside them, and with ``[alerts] accuracy_below`` set an accuracy alert opens for the device. A subscriber
+to ``#`` on the broker sees that nothing but windows and statuses leaves the device: no id,
+no label one by one, no input.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from tests.agent.conftest import AgentProcess
 from tests.agent.serving_helpers import digit_images
 from tests.e2e.conftest import CollectorProcess
 from tests.e2e.test_telemetry_e2e import start_agent, wait_until
-from tests.mqtt_broker import MosquittoBroker
+from tests.mqtt_broker import MosquittoBroker, Recorder
+
+from edgedl.telemetry import decode_window, decompress, status_topic, telemetry_topic
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +43,7 @@ def test_real_accuracy_in_the_collector_equals_accuracy_of_the_labelled_requests
     config = tmp_path / "collector.toml"
     config.write_text("[alerts]\naccuracy_below = 0.8\naccuracy_min_labels = 20\n")
     collector = collector_process("--config", config, "--reference", bundle)
+    everything = Recorder(e2e_broker.url, ["#"])
     agent = start_agent(agent_process, bundle, e2e_broker, tmp_path / "agent", "pi-7")
 
     images = digit_images(100, start=500)
@@ -91,3 +96,19 @@ def test_real_accuracy_in_the_collector_equals_accuracy_of_the_labelled_requests
     wait_until(lambda: bool(accuracy_alerts()), 30, "an accuracy alert")
     scopes = {(a["scope"], a["device"]) for a in accuracy_alerts()}
     assert ("device", "pi-7") in scopes and ("fleet", None) in scopes
+
+    # What left the device: telemetry windows and its status, nothing else; no window holds an
+    # id, and every label is a count in a confusion cell.
+    seen = [m for m in list(everything.messages) if "/pi-7/" in m.topic]
+    device_topics = {m.topic for m in seen}
+    assert device_topics == {
+        telemetry_topic("factory-7", "pi-7"),
+        status_topic("factory-7", "pi-7"),
+    }
+    windows = [decode_window(m.payload) for m in seen if m.topic.endswith("/telemetry")]
+    text = b"".join(decompress(m.payload) for m in seen)
+    assert not any(a.id and a.id.encode() in text for a in answers)
+    cells = [c for w in windows for m in w.models if m.labels for c in m.labels.confusion]
+    assert sum(c for _, _, c in cells) == 80
+    assert all(w.samples is None for w in windows)
+    everything.close()
