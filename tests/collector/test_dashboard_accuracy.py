@@ -96,6 +96,8 @@ def test_api_and_dashboard_show_real_accuracy(
         assert by_device[device]["accuracy"] == pytest.approx(accuracy_score(*flat(cells)))
     (version,) = report["by_version"]
     assert version["labelled"] == 103
+    series = get_json(f"{url}&bucket_s=60")["series"]
+    assert sum(p["labelled"] for p in series) == 103 and all(p["end"] > p["start"] for p in series)
     assert get_json(f"{collector.url}/api/v1/accuracy?device=cam-b")["overall"]["labelled"] == 30
     bad = httpx.get(f"{collector.url}/api/v1/accuracy?since=yesterday", timeout=10)
     assert bad.status_code == 400 and "since must be a number" in bad.json()["error"]
@@ -117,4 +119,8 @@ def test_api_and_dashboard_show_real_accuracy(
         expected = f"{100 * accuracy_score(*flat(both)):.1f}%"
         assert expected in shown["overall"] and "103" in shown["overall"]
         assert page.locator("#accuracy tbody tr[data-kind=device]").count() == 2
+        # One point (every window in the same minute): attached, though a path of no length.
+        page.wait_for_selector(
+            "#accuracy-chart svg path.series[data-series=real]", state="attached", timeout=15_000
+        )
         browser.close()

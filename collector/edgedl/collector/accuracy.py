@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, func, select
 
 from .batch import StoredWindow
-from .estimates import estimated
+from .estimates import estimated, estimated_series
 from .schema import label_confusion
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ def accuracy_report(
 
 
 def _series(store: Store, scope: LabelScope, bucket_s: float) -> list[dict[str, Any]]:
+    """Real and estimated accuracy per bucket of ``bucket_s`` seconds of ``window_end``."""
     t = label_confusion.c
     bucket = func.floor(t.window_end / bucket_s)
     q = select(bucket, t.actual, t.predicted, func.sum(t["count"]))
@@ -187,9 +188,15 @@ def _series(store: Store, scope: LabelScope, bucket_s: float) -> list[dict[str, 
     with store.engine.connect() as conn:
         for b, a, p, c in conn.execute(q):
             buckets.setdefault(int(b), []).append((int(a), int(p), int(c)))
+    guessed = estimated_series(store, scope, bucket_s)
     return [
-        {"start": b * bucket_s, "end": (b + 1) * bucket_s, **classification_metrics(cells)}
-        for b, cells in sorted(buckets.items())
+        {
+            "start": b * bucket_s,
+            "end": (b + 1) * bucket_s,
+            **classification_metrics(buckets.get(b, [])),
+            "estimated": guessed[b].to_dict() if b in guessed else None,
+        }
+        for b in sorted(set(buckets) | set(guessed))
     ]
 
 

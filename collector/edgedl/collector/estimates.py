@@ -98,4 +98,24 @@ def estimated(
     return out
 
 
-__all__ = ["estimate_rows", "estimated", "record"]
+def estimated_series(store: Store, scope: LabelScope, bucket_s: float) -> dict[int, Estimate]:
+    """Summed estimates in ``scope`` per bucket of ``bucket_s`` seconds of ``window_end``."""
+    t = accuracy_estimates.c
+    bucket = func.floor(t.window_end / bucket_s)
+    q = select(
+        bucket,
+        func.sum(t.predictions),
+        func.sum(t.expected_correct),
+        func.sum(t.variance),
+        func.sum(t.extrapolated),
+    )
+    q = q.where(*scope.conditions(accuracy_estimates)).group_by(bucket)
+    out: dict[int, Estimate] = {}
+    with store.engine.connect() as conn:
+        for b, n, expected, variance, extrapolated in conn.execute(q):
+            if n:
+                out[int(b)] = Estimate(int(n), float(expected), float(variance), int(extrapolated))
+    return out
+
+
+__all__ = ["estimate_rows", "estimated", "estimated_series", "record"]

@@ -2,6 +2,7 @@
 // predictions, per model version and per device, from /api/v1/accuracy, and beside them the
 // accuracy estimated from confidences (with its 95% interval and the predictions it covers).
 "use strict";
+import { lineChart } from "/static/charts.js";
 
 const METRICS = ["labelled", "accuracy", "precision", "recall", "f1"];
 
@@ -41,4 +42,15 @@ export function renderAccuracy(report) {
   row(tbody, "all labelled", report.overall, "overall");
   for (const v of report.by_version) row(tbody, `${v.model} ${v.version}`, v, "version");
   for (const d of report.by_device) row(tbody, `${d.fleet}/${d.device}`, d, "device");
+  const mid = (p) => (p.start + p.end) / 2;
+  lineChart(document.getElementById("accuracy-chart"), {
+    series: [
+      { name: "real", color: "#27ae60", points: report.series.map((p) => [mid(p), p.accuracy]) },
+      {
+        name: "estimated", color: "#2e86de",
+        points: report.series.map((p) => [mid(p), p.estimated ? p.estimated.accuracy : null]),
+      },
+    ],
+    yLabel: "accuracy", xTime: true,
+  });
 }

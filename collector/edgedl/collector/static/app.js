@@ -299,7 +299,7 @@ async function refresh() {
       getJSON("/api/v1/devices"), getJSON(`/api/v1/alerts?state=open${fleetParam("&")}`),
       getJSON(`/api/v1/alerts?limit=100${fleetParam("&")}`), getJSON("/api/v1/dead-letters?limit=50"),
       getJSON("/api/v1/rollouts"),
-      getJSON(`/api/v1/accuracy?since=${Date.now() / 1000 - state.rangeS}${fleetParam("&")}`),
+      getJSON(`/api/v1/accuracy?since=${Date.now() / 1000 - state.rangeS}&bucket_s=${Math.max(60, state.rangeS / 60)}${fleetParam("&")}`),
     ]);
     renderFleetOptions(allDevices);
     const devices = allDevices.filter((d) => !state.fleet || d.fleet === state.fleet);
