@@ -90,6 +90,9 @@ class Manifest(BaseModel):
     )
     edgedl_version: str = __version__
     profile: dict[str, Any] | None = None
+    #: P(correct) per top-1 confidence bin, fitted on the validation set (edgedl.calibration);
+    #: None for bundles converted without labelled validation data (no accuracy estimate).
+    calibration: dict[str, Any] | None = None
 
     @field_validator("schema_version")
     @classmethod

@@ -7,6 +7,9 @@
         agent.metadata("digits")                      # inputs, outputs, versions
         outputs = agent.infer("digits", x)            # x: float array, batch first
         outputs["output_0"]                           # float32 array
+        answer = agent.predict("digits", x)           # outputs with the prediction's id
+        agent.label(answer.id, 7)                     # its true label, minutes or days later
+        agent.labels([(id1, 3), (id2, [1, 4])])       # many at once (a list per batch request)
 
 Tensors travel with the binary tensor data extension (no JSON number formatting either
 way). Any 4xx/5xx answer raises :class:`~edgedl.errors.ServingError` with the agent's
@@ -17,7 +20,8 @@ module needs only NumPy and httpx: it does not import the agent.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +34,15 @@ from .errors import ServingError, UsageError
 
 Array = NDArray[Any]
 UNIX_SCHEME = "unix://"  # unix:///run/edgedl/agent.sock: the agent's Unix domain socket
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An infer answer with its id (to label later) and the version that answered."""
+
+    id: str | None
+    model_version: str | None
+    outputs: dict[str, NDArray[Any]]
 
 
 class AgentClient:
@@ -95,6 +108,17 @@ class AgentClient:
         Arrays carry the batch on the first axis; floating-point data is sent as FP32, as the
         agent expects. Returns the outputs keyed by name.
         """
+        return self.predict(name, inputs, version, timeout_ms).outputs
+
+    def predict(
+        self,
+        name: str,
+        inputs: Mapping[str, Array] | Array,
+        version: str | None = None,
+        timeout_ms: float | None = None,
+        request_id: str | None = None,
+    ) -> Prediction:
+        """As :meth:`infer`, with the answer's id (``request_id``, or the agent's) and version."""
         if not isinstance(inputs, Mapping):
             specs = self._input_specs(name, version)
             if len(specs) != 1:
@@ -128,6 +152,8 @@ class AgentClient:
         }
         if timeout_ms is not None:
             request["parameters"]["timeout_ms"] = timeout_ms
+        if request_id is not None:
+            request["id"] = request_id
         header = json.dumps(request).encode()
         response = self._request(
             "POST",
@@ -138,7 +164,24 @@ class AgentClient:
                 "Inference-Header-Content-Length": str(len(header)),
             },
         )
-        return _decode_outputs(response)
+        return _decode_answer(response)
+
+    def label(self, prediction_id: str, label: int | list[int]) -> dict[str, Any]:
+        """Send the true label of a prediction (one class index, or one per sample).
+
+        Returns the agent's result (``status`` ``accepted``); a duplicate, unknown, expired or
+        invalid label raises :class:`~edgedl.errors.ServingError` with status 409, 404, 410
+        or 400 and the agent's reason.
+        """
+        return self._json("POST", "/v2/labels", json={"id": prediction_id, "label": label})
+
+    def labels(self, labels: Iterable[tuple[str, int | list[int]]]) -> dict[str, Any]:
+        """Send many labels at once: ``{"counts": {status: n}, "results": [...]}``, in order.
+
+        Each result says ``accepted``, ``duplicate``, ``unknown``, ``expired`` or ``invalid``.
+        """
+        items = [{"id": i, "label": label} for i, label in labels]
+        return self._json("POST", "/v2/labels", json={"labels": items})
 
     def _input_specs(self, name: str, version: str | None) -> list[dict[str, Any]]:
         key = (name, version)
@@ -152,8 +195,8 @@ class AgentClient:
         except httpx.HTTPError:
             return 0
 
-    def _json(self, method: str, path: str) -> dict[str, Any]:
-        data = self._request(method, path).json()
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        data = self._request(method, path, **kwargs).json()
         if not isinstance(data, dict):
             raise ServingError(f"{path}: expected a JSON object from the agent", status=502)
         return data
@@ -177,7 +220,7 @@ def _model_path(name: str, version: str | None) -> str:
     return f"{path}/versions/{version}" if version else path
 
 
-def _decode_outputs(response: httpx.Response) -> dict[str, NDArray[Any]]:
+def _decode_answer(response: httpx.Response) -> Prediction:
     body = response.content
     length = response.headers.get("Inference-Header-Content-Length")
     split = int(length) if length is not None else len(body)
@@ -193,4 +236,10 @@ def _decode_outputs(response: httpx.Response) -> dict[str, NDArray[Any]]:
         else:
             arr = np.asarray(out["data"], dtype=dtype)
         outputs[out["name"]] = arr.reshape(out["shape"])
-    return outputs
+    answer_id = doc.get("id")
+    version = doc.get("model_version")
+    return Prediction(
+        str(answer_id) if answer_id is not None else None,
+        str(version) if version is not None else None,
+        outputs,
+    )

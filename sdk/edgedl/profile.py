@@ -179,6 +179,18 @@ def _is_classification(arr: NDArray[Any]) -> bool:
     return arr.ndim == 2 and arr.shape[1] >= 2
 
 
+def predicted_classes(outputs: Mapping[str, NDArray[Any]]) -> tuple[NDArray[np.int64], int] | None:
+    """The predicted class of each sample (the argmax of the first classification output, as
+    :func:`batch_statistics` counts it) and the number of classes; None without such an output.
+    """
+    for arr in outputs.values():
+        y = np.asarray(arr)
+        if _is_classification(y):
+            scores = y if y.dtype.kind != "f" else np.nan_to_num(y, nan=-np.inf)
+            return np.argmax(scores, axis=1), int(y.shape[1])
+    return None
+
+
 def batch_statistics(
     inputs: Mapping[str, NDArray[Any]],
     outputs: Mapping[str, NDArray[Any]],

@@ -40,7 +40,14 @@ from pydantic import (
 from .errors import DataError, TelemetryError
 from .profile import MAX_VALUE, PROFILE_SCHEMA_VERSION, Histogram, Profile
 
+#: Version of the status and desired-state messages.
 SCHEMA_VERSION = 1
+#: Version of the telemetry window an agent writes when the window carries late labels; it
+#: writes 1 otherwise, so an agent without labels still talks to a collector that reads only 1.
+#: Version 2 added ``labels`` and ``models[].labels`` (late labels, docs/telemetry.md).
+WINDOW_SCHEMA_VERSION = 2
+#: The window versions this edgedl reads.
+WINDOW_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 TOPIC_ROOT = "edgedl/v1"
 
 #: Latency bin edges in milliseconds: 5 per decade, log-spaced from 0.1 ms to 10 s.
@@ -67,6 +74,8 @@ MAX_HISTOGRAMS = 512
 MAX_CLASSES = 4096
 MAX_PIPELINE_FIGURES = 2048
 MAX_SAMPLES = 64
+#: Most cells of one model version's sparse confusion matrix in one window.
+MAX_CONFUSION_CELLS = 1024
 MAX_NAME = 128
 _MAX_INT = 2**63 - 1
 
@@ -323,6 +332,65 @@ class ShadowWindow(_Strict):
         return self
 
 
+ClassIndex = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
+
+
+class ModelLabels(_Strict):
+    """Late labels matched to this model version's predictions in the window (window v2).
+
+    ``confusion`` is a sparse confusion matrix: ``[actual, predicted, count]`` cells, each
+    pair at most once, counts only (never an id or an input). Labels past
+    :data:`MAX_CONFUSION_CELLS` distinct cells are counted in ``overflow`` and in no cell.
+    """
+
+    confusion: list[tuple[ClassIndex, ClassIndex, Count]] = Field(
+        default_factory=list, max_length=MAX_CONFUSION_CELLS
+    )
+    overflow: Count = 0
+
+    @model_validator(mode="after")
+    def _unique_cells(self) -> ModelLabels:
+        if len({(a, p) for a, p, _ in self.confusion}) != len(self.confusion):
+            raise ValueError("a confusion cell (actual, predicted) appears more than once")
+        return self
+
+    @property
+    def labelled(self) -> int:
+        """Labels in the matrix."""
+        return sum(c for _, _, c in self.confusion)
+
+    @property
+    def correct(self) -> int:
+        """Labels that matched the prediction (the matrix's diagonal)."""
+        return sum(c for a, p, c in self.confusion if a == p)
+
+
+class LabelCounts(_Strict):
+    """What became of the late labels the device received in the window (window v2).
+
+    ``received`` = ``matched`` + ``duplicate`` + ``unknown`` + ``expired`` + ``invalid``;
+    ``replaced`` counts the matched labels whose prediction came from a model version the
+    device no longer serves (they count toward that version, as its accuracy).
+    """
+
+    received: Count = 0
+    matched: Count = 0
+    duplicate: Count = 0
+    unknown: Count = 0
+    expired: Count = 0
+    invalid: Count = 0
+    replaced: Count = 0
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> LabelCounts:
+        parts = self.matched + self.duplicate + self.unknown + self.expired + self.invalid
+        if parts != self.received:
+            raise ValueError(f"received {self.received} is not the sum of its outcomes ({parts})")
+        if self.replaced > self.matched:
+            raise ValueError("replaced is more than matched")
+        return self
+
+
 class ModelWindow(_Strict):
     """One served model version's figures in a window."""
 
@@ -334,6 +402,7 @@ class ModelWindow(_Strict):
     batch_size: BatchSizeHistogram
     profile: ProfileData | None = None
     shadow: ShadowWindow | None = None
+    labels: ModelLabels | None = None
 
 
 class SystemFigures(_Strict):
@@ -428,7 +497,7 @@ class TelemetryWindow(_Strict):
     stores each ``(fleet, device, epoch, seq)`` once.
     """
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = WINDOW_SCHEMA_VERSION
     fleet: DeviceId
     device: DeviceId
     epoch: Epoch = ""
@@ -441,16 +510,22 @@ class TelemetryWindow(_Strict):
     pipelines: Pipelines = Field(default_factory=dict)
     spool: SpoolFigures = Field(default_factory=SpoolFigures)
     samples: Annotated[list[dict[str, Any]] | None, Field(max_length=MAX_SAMPLES), FreeJson] = None
+    labels: LabelCounts | None = None
 
     @field_validator("schema_version")
     @classmethod
     def _known_schema(cls, v: int) -> int:
-        if v != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {v} (this edgedl reads {SCHEMA_VERSION})")
+        if v not in WINDOW_SCHEMA_VERSIONS:
+            known = ", ".join(map(str, WINDOW_SCHEMA_VERSIONS))
+            raise ValueError(f"unsupported schema_version {v} (this edgedl reads {known})")
         return v
 
     @model_validator(mode="after")
     def _window(self) -> TelemetryWindow:
+        if self.schema_version < 2 and (
+            self.labels is not None or any(m.labels is not None for m in self.models)
+        ):
+            raise ValueError("labels need schema_version 2")
         if self.window_end < self.window_start:
             raise ValueError("window_end is before window_start")
         if self.window_end - self.window_start > MAX_WINDOW_S:
@@ -663,6 +738,7 @@ __all__ = [
     "CONTENT_TYPES",
     "LATENCY_EDGES_MS",
     "MAX_BYTES",
+    "MAX_CONFUSION_CELLS",
     "MAX_COUNT",
     "MAX_DECODED_BYTES",
     "MAX_PAYLOAD_BYTES",
@@ -673,10 +749,14 @@ __all__ = [
     "SHARED_TELEMETRY_SUBSCRIPTION",
     "STATUS_SUBSCRIPTION",
     "TELEMETRY_SUBSCRIPTION",
+    "WINDOW_SCHEMA_VERSION",
+    "WINDOW_SCHEMA_VERSIONS",
     "Counts",
     "DesiredState",
     "DeviceStatus",
     "HistogramData",
+    "LabelCounts",
+    "ModelLabels",
     "ModelRef",
     "ModelWindow",
     "ProfileData",

@@ -133,7 +133,7 @@ def test_hostile_messages_go_to_dead_letter_while_good_ones_keep_flowing(
     topic = telemetry_topic(windows.fleet, "cam-1")
     good = windows.window("cam-1", 0)
     as_dict: dict[str, Any] = json.loads(good.model_dump_json())
-    wrong_schema = json.dumps({**as_dict, "seq": 100, "schema_version": 2}).encode()
+    wrong_schema = json.dumps({**as_dict, "seq": 100, "schema_version": 3}).encode()
     negative_seq = json.dumps({**as_dict, "seq": -3}).encode()
     huge = json.dumps({**as_dict, "seq": 101, "agent_version": "x" * 40}).encode() + b" " * 30_000
     bomb = zstandard.ZstdCompressor().compress(b"{" + b" " * (8 << 20))
@@ -164,7 +164,7 @@ def test_hostile_messages_go_to_dead_letter_while_good_ones_keep_flowing(
     for expected in (
         "unknown payload encoding",
         "not valid JSON",
-        "unsupported schema_version 2",
+        "unsupported schema_version 3",
         "seq",
         "over the limit of 20000",
         "decompresses to more than",

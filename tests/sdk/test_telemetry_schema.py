@@ -141,7 +141,7 @@ def _json_with(**changes: Any) -> bytes:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (_json_with(schema_version=2), "unsupported schema_version 2"),
+        (_json_with(schema_version=3), "unsupported schema_version 3"),
         (_json_with(seq=-1), "seq"),
         (_json_with(seq="seven"), "seq"),
         (_json_with(window_end=1.0), "window_end is before window_start"),

@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from edgedl.errors import EdgeDLError, TelemetryError
 from edgedl.telemetry import decode_window
 
+from .accuracy import LabelScope, accuracy_report
 from .alerts import alert_json
 from .fleet.api import fleet_routes
 from .jsonsafe import SafeJSONResponse as JSONResponse
@@ -241,6 +242,23 @@ def create_app(collector: Collector) -> Starlette:
             )
         )
 
+    def accuracy(request: Request) -> Response:
+        q = request.query_params
+        since = _float_param(request, "since", 0.0) if "since" in q else None
+        until = _float_param(request, "until", 0.0) if "until" in q else None
+        bucket_s = _float_param(request, "bucket_s", 0.0)
+        if bucket_s < 0:
+            raise EdgeDLError("bucket_s must be positive (seconds)")
+        scope = LabelScope(
+            fleet=q.get("fleet"),
+            device=q.get("device"),
+            model=q.get("model"),
+            version=q.get("version"),
+            since=since,
+            until=until,
+        )
+        return JSONResponse(accuracy_report(store, scope, bucket_s or None))
+
     def dead_letters(request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, 1000)
         rows = store.dead_letters(limit)
@@ -336,6 +354,7 @@ def create_app(collector: Collector) -> Starlette:
             Route("/api/v1/alerts", alerts),
             Route("/api/v1/alerts/{id}/ack", acknowledge, methods=["POST"]),
             Route("/api/v1/series", series),
+            Route("/api/v1/accuracy", accuracy),
             Route("/api/v1/dead-letters", dead_letters),
             Route("/api/v1/references", references, methods=["GET"]),
             Route("/api/v1/references", add_reference, methods=["POST"]),

@@ -181,6 +181,12 @@ class AlertsConfig(_Section):
     default_window_s: float = Field(default=60.0, gt=0)
     webhook: str | None = None
     webhook_timeout_s: float = Field(default=5.0, gt=0)
+    # Real accuracy from late labels (edgedl.collector.accuracy_alerts): off unless a bound is
+    # set; judged once a device (or fleet) has accuracy_min_labels labels in the last
+    # accuracy_window_s seconds of windows.
+    accuracy_below: float | None = Field(default=None, ge=0.0, le=1.0)
+    accuracy_min_labels: int = Field(default=30, ge=1)
+    accuracy_window_s: float = Field(default=3600.0, gt=0)
 
 
 class FleetConfig(_Section):

@@ -159,6 +159,26 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/accuracy": {
+            "get": {
+                "summary": "Real accuracy, macro precision, recall and F1 from late labels",
+                "parameters": [
+                    _query("fleet", "only this fleet"),
+                    _query("device", "only this device"),
+                    _query("model", "only this model"),
+                    _query("version", "only this model version"),
+                    _query(
+                        "since", "windows that ended at or after, seconds since the epoch", _NUM
+                    ),
+                    _query("until", "windows that ended before, seconds since the epoch", _NUM),
+                    _query("bucket_s", "also a series in buckets of this many seconds", _NUM),
+                ],
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    "400": _json(_ref("Error"), "A bad number"),
+                },
+            }
+        },
         "/api/v1/dead-letters": {
             "get": {
                 "summary": "Messages refused by validation, newest first",

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from edgedl.bundle import MANIFEST_FILE, Bundle, Manifest
+from edgedl.calibration import Calibration
 from edgedl.errors import BundleError, DataError
 from edgedl.profile import Profile
 
@@ -47,6 +48,7 @@ class ReferenceModel:
     mean: NDArray[np.float64]
     class_counts: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     samples: int = 0
+    calibration: Calibration | None = None  # for accuracy estimates (edgedl.calibration)
 
     @property
     def edge_lists(self) -> list[list[float]]:
@@ -78,7 +80,10 @@ class ReferenceModel:
                 f"{manifest.name} {manifest.version}: the manifest has no reference profile "
                 "(the bundle was converted without data)"
             )
-        return cls.from_profile(manifest.name, manifest.version, manifest.sha256, profile)
+        reference = cls.from_profile(manifest.name, manifest.version, manifest.sha256, profile)
+        if manifest.calibration is not None:
+            reference.calibration = Calibration.from_dict(manifest.calibration)
+        return reference
 
     @classmethod
     def from_profile(cls, name: str, version: str, sha256: str, profile: Profile) -> ReferenceModel:

@@ -226,6 +226,43 @@ drift_sequential = Table(
 )
 
 
+# Late labels (edgedl.collector.accuracy): one row per cell of a window's confusion matrix,
+# so real accuracy, precision, recall and F1 over any span are sums in SQL.
+label_confusion = Table(
+    "label_confusion",
+    metadata,
+    Column("window_id", BigInteger, nullable=False),
+    Column("fleet", String(128), nullable=False),
+    Column("device", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("actual", Integer, nullable=False),
+    Column("predicted", Integer, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Index("ix_label_confusion_fleet_end", "fleet", "window_end"),
+)
+
+
+# Accuracy estimated without labels (edgedl.calibration): per window and model version, the
+# expected number of correct predictions and its variance, which add up over any span.
+accuracy_estimates = Table(
+    "accuracy_estimates",
+    metadata,
+    Column("window_id", BigInteger, nullable=False),
+    Column("fleet", String(128), nullable=False),
+    Column("device", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("predictions", BigInteger, nullable=False),
+    Column("expected_correct", Float, nullable=False),
+    Column("variance", Float, nullable=False),
+    Column("extrapolated", BigInteger, nullable=False),
+    Index("ix_accuracy_estimates_fleet_end", "fleet", "window_end"),
+)
+
+
 # Leases (edgedl.collector.leader): one row per job that one collector of a group may run at
 # a time (the fleet's wave controller), held by the collector that renewed it last until it
 # expires; ``term`` counts the hands it has passed through.
@@ -334,6 +371,10 @@ def _v6(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE alerts ADD COLUMN acknowledged_at {kind}")
 
 
+def _v7(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[label_confusion, accuracy_estimates])
+
+
 _EPOCH_COLUMNS = (
     ("epoch_first_seq", "BIGINT"),
     ("epoch_windows", "BIGINT NOT NULL DEFAULT 0"),
@@ -398,6 +439,7 @@ MIGRATIONS: list[Migration] = [
     (3, "devices keyed by (fleet, device), spool epochs, device_epochs, registered_devices", _v3),
     (5, "drift_sequential (CUSUM state per device and model version)", _v5),
     (6, "alerts.acknowledged_at (acknowledged from the dashboard)", _v6),
+    (7, "label_confusion, accuracy_estimates (real and estimated accuracy per window)", _v7),
     (8, "leases (one wave controller per group); current epoch counters on devices", _v8),
     (9, "pipeline_references (stage-health reference profiles of pipelines)", _v9),
 ]

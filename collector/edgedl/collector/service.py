@@ -18,6 +18,8 @@ import uvicorn
 
 from edgedl.errors import ConfigError
 
+from . import estimates
+from .accuracy_alerts import AccuracyWatch
 from .alerts import AlertBook
 from .api import create_app, is_online
 from .config import CollectorConfig
@@ -29,7 +31,7 @@ from .monitor import DriftMonitor
 from .mqtt import MqttConsumer
 from .pipeline_health import PipelineHealthBook
 from .references import ReferenceBook
-from .store import Store
+from .store import Store, StoredWindow
 
 log = logging.getLogger("edgedl.collector")
 
@@ -93,10 +95,11 @@ class Collector:
                 max_series=config.http.metrics_max_series,
             )
         )
+        self.accuracy = AccuracyWatch(self.store, self.alerts, config.alerts)
         self.ingestor = Ingestor(
             self.store,
             config.mqtt.max_payload_bytes,
-            on_stored=self.monitor.submit,
+            on_stored=self._stored,
             registry_required=config.registry.required,
             clock=config.ingest,
         )
@@ -107,6 +110,15 @@ class Collector:
         self._http_thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self.http_port = config.http.port
+
+    def _stored(self, stored: list[StoredWindow]) -> None:
+        """New windows: to the drift monitor, and their labels to the accuracy alerts."""
+        self.monitor.submit(stored)
+        try:
+            estimates.record(self.store, stored, self.references)
+            self.accuracy.observe(stored)
+        except Exception:  # the windows are committed; estimates and alerts are derived
+            log.exception("estimating or judging accuracy failed")
 
     def _publish(self, topic: str, data: bytes) -> None:
         if self.mqtt is not None:

@@ -22,13 +22,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from edgedl.errors import ConfigError, EdgeDLError
 
 from . import lives, schema
+from .accuracy import confusion_rows
 from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
 from .schema import (
+    accuracy_estimates,
     alerts,
     dead_letter,
     device_epochs,
     devices,
     drift_sequential,
+    label_confusion,
     model_references,
     pipeline_references,
     windows,
@@ -129,6 +132,9 @@ class Store:
                     earlier = self._upsert_devices(conn, inserted)
                     if earlier:
                         lives.upsert_epochs(conn, self.insert, earlier)
+                    cells = confusion_rows(inserted)
+                    if cells:
+                        conn.execute(label_confusion.insert(), cells)
                 for st in statuses:
                     self._upsert_status(conn, st)
                 if dead or refused:
@@ -429,6 +435,8 @@ class Store:
         """Delete windows and dead letters received before ``before``; how many rows went."""
         with self.write_lock, self.engine.begin() as conn:
             gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
+            for derived in (label_confusion, accuracy_estimates):
+                conn.execute(derived.delete().where(derived.c.window_end < before))
             gone += conn.execute(
                 dead_letter.delete().where(dead_letter.c.received_at < before)
             ).rowcount

@@ -7,7 +7,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -25,9 +25,10 @@ from edgedl.bundle import (
     sha256_file,
     write_bundle,
 )
+from edgedl.calibration import fit_calibration
 from edgedl.devices import DeviceProfile, get_device
 from edgedl.errors import DataError, UsageError, ValidationFailed
-from edgedl.profile import Profile
+from edgedl.profile import Profile, batch_statistics
 
 from .artifact import describe
 from .data import Dataset, load_dataset, stored_sample_shape
@@ -270,9 +271,14 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
                 checked = validate(source, runner, validation, advance=advance)
             report.update(checked.report)
             warnings += checked.warnings
-            manifest.profile = Profile.from_reference(
+            reference = Profile.from_reference(
                 {source.inputs[0].name: validation.x}, checked.artifact_outputs
-            ).to_dict()
+            )
+            manifest.profile = reference.to_dict()
+            if validation.y is not None:
+                manifest.calibration = _calibration(
+                    reference, checked.artifact_outputs, validation.y
+                )
             report["validation"] = {
                 "samples": len(validation),
                 "source": validation.source,
@@ -415,3 +421,24 @@ def _base_report(
         "sha256": manifest.sha256,
         "threads": threads,
     }
+
+
+def _calibration(
+    reference: Profile, outputs: Mapping[str, np.ndarray[Any, Any]], y: np.ndarray[Any, Any]
+) -> dict[str, Any] | None:
+    """P(correct) per top-1 confidence bin of the first classification output, fitted on the
+    validation set (edgedl.calibration); None without one or without integer labels."""
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return None
+    stats, classes = batch_statistics({}, outputs)
+    for key, predicted in classes.items():
+        statistic = f"{key}/top1_confidence"
+        hist = reference.histograms.get(statistic)
+        if hist is None or predicted.shape[0] != labels.shape[0]:
+            continue
+        width = int(np.asarray(outputs[key.removeprefix("output/")]).shape[1])
+        return fit_calibration(
+            statistic, hist.edges, stats[statistic], predicted == labels, width
+        ).to_dict()
+    return None

@@ -19,9 +19,14 @@ Routes::
     GET  /v2/models/{name}[/versions/{v}]       model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer JSON tensors or binary tensor data
+    POST /v2/labels                             late labels (edgedl.agent.labels_http)
     GET  /metrics                               Prometheus text
     .../v2/systemsharedmemory/...               Triton's system shared memory extension
                                                 (:mod:`edgedl.agent.shared_memory_api`)
+
+With label tracking on (``[labels]``, the default) every infer answer (HTTP and gRPC) carries
+an ``id``: the request's, or one the agent makes; the predicted classes are remembered under
+it (:func:`edgedl.agent.labels.remember`).
 
 Errors are ``{"error": "<what was wrong>"}`` with the status of the
 :class:`~edgedl.errors.ServingError` raised (400, 404, 408, 413, 429, 500, 503, 504).
@@ -52,6 +57,8 @@ from edgedl.errors import ServingError
 
 from .answer import answer, off_loop
 from .batcher import ShuttingDown
+from .labels import remember
+from .labels_http import label_routes
 from .metrics import CONTENT_TYPE
 from .oip import BadRequest, InferenceRequest, decode_request, encode_response
 from .repository import ModelNotFound
@@ -90,6 +97,7 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/infer", api.infer, methods=["POST"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         *shared_memory_routes(runtime),
+        *label_routes(),
         *extra_routes,
     ]
     if admin_routes:
@@ -220,6 +228,7 @@ class _Api:
         decoded = await off_loop(decode, len(body))
         del body, decode
         outputs = await answer(model, decoded.inputs, decoded.timeout_s)
+        remember(self.runtime.predictions, model.name, model.version, decoded, outputs)
         decoded.inputs.clear()  # answered: only the outputs are needed from here on
         return await _encode(model, decoded, outputs, reservation, self.runtime)
 

@@ -11,6 +11,7 @@ One pydantic model per section; :class:`AgentConfig` composes them::
     [telemetry]     MQTT telemetry (edgedl.agent.telemetry)
     [security]      trusted signing keys for bundles (edgedl.agent.security)
     [fleet]         over-the-air updates from the collector (edgedl.agent.fleet)
+    [labels]        predictions remembered for late labels (edgedl.agent.labels)
 
 Environment variables override the file: ``EDGEDL_AGENT__SERVER__PORT=8081`` sets
 ``server.port``; a list element is addressed by its index
@@ -33,6 +34,7 @@ from edgedl.config import load_toml_config
 from edgedl.errors import ConfigError
 
 from .fleet.config import FleetUpdatesConfig
+from .labels import LabelsConfig
 from .pipeline.config import PipelineConfig
 from .rollout.config import RolloutConfig, StoreConfig
 from .security import SecurityConfig
@@ -107,6 +109,7 @@ class AgentConfig(BaseModel):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     fleet: FleetUpdatesConfig = Field(default_factory=FleetUpdatesConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
 
 
 def load_config(

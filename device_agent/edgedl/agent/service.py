@@ -16,6 +16,9 @@ agent share. Seams for the other components:
 * ``runtime.metrics.profile(name, version)`` is the live input/output profile of a version.
 * ``runtime.shared_memory`` (:class:`~edgedl.agent.shared_memory.SharedMemoryRegions`, or
   ``None`` unless ``server.shared_memory``) holds the regions clients registered.
+* ``runtime.predictions`` (:class:`~edgedl.agent.labels.PredictionLog`, None when
+  ``[labels] max_predictions = 0``) remembers answered predictions for late labels;
+  ``runtime.predictions.add_listener`` hears every label.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from edgedl.bundle import Bundle
 from edgedl.errors import ConfigError
 
 from .config import AgentConfig, ModelConfig
+from .labels import PredictionLog
 from .metrics import AgentMetrics
 from .observe import InferenceObserver
 from .repository import ModelConflict, ModelRepository
@@ -63,6 +67,12 @@ class AgentRuntime:
         self.metrics = AgentMetrics(self.repository, profile_max_cpu=config.server.profile_max_cpu)
         self.observers.add(self.metrics)
         self.in_flight = 0  # HTTP requests being answered (touched on the event loop only)
+        labels = config.labels
+        self.predictions: PredictionLog | None = (
+            PredictionLog(labels.max_predictions, labels.max_age_s, self._serves)
+            if labels.enabled
+            else None
+        )
         self._draining = threading.Event()
         self._components: list[Component] = []
         self._started = False
@@ -70,6 +80,10 @@ class AgentRuntime:
         self.rollouts: Rollouts | None = None
         # The shared memory regions clients registered (HTTP and gRPC alike), when allowed.
         self.shared_memory = SharedMemoryRegions() if config.server.shared_memory else None
+
+    def _serves(self, name: str, version: str) -> bool:
+        """Whether ``version`` of ``name`` is still served."""
+        return name in self.repository.names() and version in self.repository.versions(name)
 
     @property
     def draining(self) -> bool:

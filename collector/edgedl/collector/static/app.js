@@ -1,6 +1,7 @@
 // The edgedl dashboard: polls the collector's JSON API and draws what it says.
 "use strict";
 import { barChart, fmt, lineChart } from "/static/charts.js";
+import { renderAccuracy } from "/static/accuracy.js";
 import { renderRollouts } from "/static/rollouts.js";
 
 const REFRESH_MS = 3000;
@@ -345,10 +346,11 @@ async function renderFleetDrift() {
 
 async function refresh() {
   try {
-    const [allDevices, alerts, history, deadLetters, rollouts] = await Promise.all([
+    const [allDevices, alerts, history, deadLetters, rollouts, accuracy] = await Promise.all([
       getJSON("/api/v1/devices"), getJSON(`/api/v1/alerts?state=open${fleetParam("&")}`),
       getJSON(`/api/v1/alerts?limit=100${fleetParam("&")}`), getJSON("/api/v1/dead-letters?limit=50"),
       getJSON("/api/v1/rollouts"),
+      getJSON(`/api/v1/accuracy?since=${Date.now() / 1000 - state.rangeS}&bucket_s=${Math.max(60, state.rangeS / 60)}${fleetParam("&")}`),
     ]);
     renderFleetOptions(allDevices);
     const devices = allDevices.filter((d) => !state.fleet || d.fleet === state.fleet);
@@ -363,6 +365,7 @@ async function refresh() {
     renderAlertHistory(history);
     renderDeadLetters(deadLetters);
     renderRollouts(rollouts);
+    renderAccuracy(accuracy);
     await Promise.all([renderDevice(state.selected), renderFleetDrift()]);
     document.getElementById("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.loaded = "true";

@@ -49,6 +49,7 @@ from edgedl.errors import ServingError
 
 from ..answer import answer, model_timeout, off_loop
 from ..batcher import DeadlineExceeded, QueueFull, ShuttingDown
+from ..labels import remember
 from ..oip import BadRequest, InferenceRequest, shared
 from ..repository import ModelNotFound
 from ..request_body import ClientGone, RequestLimits
@@ -197,6 +198,7 @@ class InferenceService:
             decoded = await off_loop(decode, len(message))
             del request, decode
             outputs = await answer(model, decoded.inputs, _deadline(decoded, model, context))
+            remember(self.runtime.predictions, model.name, model.version, decoded, outputs)
             encoded: bytes = await self._encode(model, decoded, outputs, reservation)
         except ServingError as exc:
             if model is not None:

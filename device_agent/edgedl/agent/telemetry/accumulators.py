@@ -17,8 +17,11 @@ from edgedl.profile import Profile
 from edgedl.telemetry import (
     BATCH_SIZE_EDGES,
     LATENCY_EDGES_MS,
+    MAX_CONFUSION_CELLS,
     Counts,
     HistogramData,
+    LabelCounts,
+    ModelLabels,
     ModelWindow,
     ProfileData,
 )
@@ -128,6 +131,8 @@ class ModelAccumulator:
     pending: list[Batch] = field(default_factory=list)
     pending_samples: int = 0
     busy: int = 0  # folds of this model's batches running outside the lock
+    confusion: dict[tuple[int, int], int] = field(default_factory=dict)
+    confusion_overflow: int = 0
 
     def __post_init__(self) -> None:
         if self.info.reference is not None:
@@ -138,6 +143,18 @@ class ModelAccumulator:
         batches, self.pending, self.pending_samples = self.pending, [], 0
         self.busy += 1
         return batches
+
+    def add_labels(self, pairs: list[tuple[int, int]]) -> None:
+        """Count (actual, predicted) pairs into the confusion matrix (at most
+        :data:`MAX_CONFUSION_CELLS` cells; pairs of further cells only in the overflow)."""
+        cells = self.confusion
+        for pair in pairs:
+            if pair in cells:
+                cells[pair] += 1
+            elif len(cells) < MAX_CONFUSION_CELLS:
+                cells[pair] = 1
+            else:
+                self.confusion_overflow += 1
 
     def to_window(self) -> ModelWindow:
         """This model version's part of the window, as the contract carries it."""
@@ -154,6 +171,14 @@ class ModelAccumulator:
             latency_ms=self.latency.to_data(),
             batch_size=self.batch_size.to_data(),
             profile=profile,
+            labels=(
+                ModelLabels(
+                    confusion=[(a, p, c) for (a, p), c in sorted(self.confusion.items())],
+                    overflow=self.confusion_overflow,
+                )
+                if self.confusion or self.confusion_overflow
+                else None
+            ),
         )
 
 
@@ -163,3 +188,8 @@ class WindowState:
     models: dict[tuple[str, str], ModelAccumulator] = field(default_factory=dict)
     inferences: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)  # LabelCounts field -> count
+
+    def label_counts(self) -> LabelCounts | None:
+        """The window's label outcomes as the contract carries them (None when none came)."""
+        return LabelCounts(**self.labels) if self.labels else None

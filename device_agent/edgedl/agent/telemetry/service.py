@@ -84,6 +84,8 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     if pipelines is not None and hasattr(pipelines, "add_listener"):
         pipelines.add_listener(service.on_events)
     runtime.add_observer(service.observer)
+    if getattr(runtime, "predictions", None) is not None:
+        runtime.predictions.add_listener(service.builder)  # late labels into the windows
     runtime.add_component(service)
     return service
 

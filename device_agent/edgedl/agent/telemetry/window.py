@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from edgedl.profile import FloatArray, batch_statistics
 from edgedl.telemetry import (
     MAX_MODELS,
     MAX_SAMPLES,
+    WINDOW_SCHEMA_VERSION,
     SpoolFigures,
     TelemetryWindow,
 )
@@ -229,6 +230,30 @@ class WindowBuilder:
     def on_queue_depth(self, model: str, depth: int) -> None:
         """Queue depth is a Prometheus gauge, not a window figure."""
 
+    # ------------------------------------------------------------ LabelListener
+
+    def on_label(
+        self,
+        status: str,
+        model: str | None,
+        version: str | None,
+        pairs: Sequence[tuple[int, int]],
+        replaced: bool,
+    ) -> None:
+        """Count a late label's outcome; an accepted one goes into its version's confusion."""
+        with self._lock:
+            counts = self._window.labels
+            counts["received"] = counts.get("received", 0) + 1
+            outcome = "matched" if status == "accepted" else str(status)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if status != "accepted" or model is None or version is None:
+                return
+            if replaced:
+                counts["replaced"] = counts.get("replaced", 0) + 1
+            acc = self._model(model, version)
+            if acc is not None:
+                acc.add_labels(list(pairs))
+
     # ------------------------------------------------------------ the window
 
     @property
@@ -255,7 +280,13 @@ class WindowBuilder:
         for acc, batches in leftovers:
             self._fold(finished, acc, batches)
         models = sorted(finished.models.values(), key=lambda a: (a.info.name, a.info.version))
+        model_windows = [acc.to_window() for acc in models]
+        labels = finished.label_counts()
+        labelled = labels is not None or any(m.labels is not None for m in model_windows)
         return TelemetryWindow(
+            # Version 1 unless the window carries labels: collectors that read only 1 keep
+            # taking the windows of an agent that receives no labels.
+            schema_version=WINDOW_SCHEMA_VERSION if labelled else 1,
             fleet=self.fleet,
             device=self.device,
             epoch=epoch,
@@ -263,11 +294,12 @@ class WindowBuilder:
             window_start=finished.start,
             window_end=max(now, finished.start),
             agent_version=__version__,
-            models=[acc.to_window() for acc in models],
+            models=model_windows,
             system=system_figures(),
             pipelines=pipeline_figures(self._pipelines() if self._pipelines else {}),
             spool=SpoolFigures(pending=pending, dropped=dropped),
             samples=finished.samples or None,
+            labels=labels,
         )
 
     def _model(self, name: str, version: str) -> ModelAccumulator | None:
