@@ -72,6 +72,7 @@ class ConvertOptions:
     force: bool = False
     tar: bool = False
     show_progress: bool = False
+    log: Callable[[str], None] | None = None  # progress lines of a long search (--target auto)
 
 
 @dataclass
@@ -207,10 +208,9 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
 
     with tempfile.TemporaryDirectory(prefix="edgedl-convert-") as tmp:
         workdir = Path(tmp)
-        source = load_source(
-            model_path, workdir, options.state_dict, _torch_sample_shape(kind, options)
+        source, calibration, validation, warnings = load_inputs(
+            model_path, options, target, workdir
         )
-        calibration, validation, warnings = _load_data(source, options, target)
         diagnostics = _diagnose(calibration, validation) if target.needs_calibration else None
         if diagnostics:
             warnings += [f["message"] for f in diagnostics["findings"]]
@@ -310,6 +310,17 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
         tar_path=tar_path,
         warnings=warnings,
     )
+
+
+def load_inputs(
+    model: Path, options: ConvertOptions, target: Target, workdir: Path
+) -> tuple[SourceModel, Dataset | None, Dataset | None, list[str]]:
+    """The source model (exported into ``workdir`` as needed) and its calibration and
+    validation data, as ``convert`` reads them; plus the warnings reading them raised."""
+    kind = detect_kind(model)
+    source = load_source(model, workdir, options.state_dict, _torch_sample_shape(kind, options))
+    calibration, validation, warnings = _load_data(source, options, target)
+    return source, calibration, validation, warnings
 
 
 def _diagnose(calibration: Dataset | None, validation: Dataset | None) -> dict[str, Any] | None:
