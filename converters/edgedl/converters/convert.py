@@ -344,7 +344,10 @@ def _check_source_fits(
         return
     hint = "use an onnx-* target"
     if kind == "torch":
-        hint += "; PyTorch → TFLite is not supported yet"
+        hint += (
+            "; PyTorch → TFLite is not built in: litert-torch and onnx2tf pin releases of "
+            "typing-extensions, TensorFlow, NumPy and ONNX that clash with edgedl[convert]"
+        )
     raise UsageError(
         f"{target.name} needs a Keras or SavedModel source; {model.name} is "
         f"{KIND_NAMES[kind]} ({hint})"
