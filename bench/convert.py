@@ -14,8 +14,8 @@ Models:
                are edgedl.converters.efficientnet_lite0), as package.module:factory, on
                224x224 augmented crops (random position, scale, flip, brightness and
                contrast) of the photographs scikit-image and scikit-learn ship, scaled
-               (x - 127) / 128 as the Lite models expect: calibration and 200 validation
-               crops drawn apart. No labels: quality is top-1 agreement with the PyTorch
+               (x - 127) / 128 as the Lite models expect: calibration and validation crops
+               (--validation-samples, 200) drawn apart. No labels: quality is top-1 agreement with the PyTorch
                model and SQNR of the logits. onnx-* targets, then --target auto.
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
@@ -126,7 +126,11 @@ def mobilenet_sources(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path, P
 
 
 def run(
-    models: list[str], out_json: Path, cal_samples: int, only: set[str] | None = None
+    models: list[str],
+    out_json: Path,
+    cal_samples: int,
+    only: set[str] | None = None,
+    val_samples: int = 200,
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
@@ -144,7 +148,7 @@ def run(
         if "efficientnet-lite0" in models:
             from edgedl.converters.efficientnet_lite0 import write_photo_sets
 
-            c, v = write_photo_sets(work, cal_samples, 200)
+            c, v = write_photo_sets(work, cal_samples, val_samples)
             sources["efficientnet-lite0"] = (EFFL0, c, v, None, None)
         if "mobilenetv2" in models:
             m, c, v = mobilenet_sources(work, cal_samples, 64)
@@ -251,9 +255,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/convert.json"))
     parser.add_argument("--calibration-samples", type=int, default=200)
     parser.add_argument("--targets", default="", help="comma-separated subset; auto is 'auto'")
+    parser.add_argument("--validation-samples", type=int, default=200, help="photo crops")
     args = parser.parse_args()
     only = set(args.targets.split(",")) - {""}
-    rows = run(args.models.split(","), args.out, args.calibration_samples, only)
+    rows = run(
+        args.models.split(","), args.out, args.calibration_samples, only, args.validation_samples
+    )
     print(markdown(rows))
     print(f"\nJSON written to {args.out}")
 
