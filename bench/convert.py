@@ -210,7 +210,7 @@ def auto_row(
     result = convert_auto(model, ConvertOptions(
         target="auto", calibration=cal, validation=val, labels=labels, state_dict=state_dict,
         output=work / "bundles" / model_name / "auto", max_accuracy_drop=1.0,
-        calibration_samples=cal_samples,
+        calibration_samples=cal_samples, log=print,
     ))  # fmt: skip
     seconds = time.perf_counter() - started
     auto = result.report["auto"]
