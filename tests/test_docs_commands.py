@@ -171,6 +171,11 @@ SKIPS: dict[tuple[str, str], str] = {
         "docs/performance.md",
         ".venv/bin/python bench/convert.py --models torch-digits",
     ): "a benchmark",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models efficientnet-lite0 --targets auto "
+        "--calibration-samples 100 --validation-samples 100",
+    ): "a benchmark (40 minutes on a loaded 2-core machine)",
     ("docs/performance.md", ".venv/bin/python bench/telemetry.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",

@@ -132,6 +132,8 @@ def test_int8_over_the_bound_gives_way_to_a_float_candidate(
     # Mixed precision: the two convs around the wide channel, the worst first, kept in float.
     mixed = rows["onnx-int8-mixed"]
     assert mixed["float_layers"] == ["/2/Conv", "/0/Conv"]
+    probes = [(p["float_layers"], p["within_bound"]) for p in mixed["search"]["probes"]]
+    assert probes == [(1, False), (2, True)]
     assert mixed["within_bound"] and mixed["drop_pts"] <= 1.0
     assert mixed["size_bytes"] < rows["onnx-fp32"]["size_bytes"]  # the Gemms stay int8
     assert auto["chosen"] in ("onnx-int8-mixed", "onnx-fp16", "onnx-dynamic", "onnx-fp32")
@@ -164,6 +166,9 @@ def test_a_bound_nothing_meets_writes_the_best_shows_the_table_exits_3(
     assert "Traceback" not in result.stderr
     assert "no candidate is within --max-accuracy-drop -1" in result.last_error_line
     assert "--target auto: candidates, ranked" in result.stdout
+    # The mixed-precision search printed each probe, and nothing in it met the bound.
+    assert "mixed precision, probe 1: 1 of 4 layers in float" in result.stderr
+    assert "onnx-int8-mixed: bisect search over 4 layers, 3 probes" in result.stdout
     for target in ("onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32", "onnx-int8-mixed"):
         assert target in result.stdout
     bundle = Bundle.open(out)  # never "no model": the best candidate is there

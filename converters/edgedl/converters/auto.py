@@ -2,8 +2,8 @@
 
 The candidates are the int8, fp16, dynamic and fp32 targets of the device's runtime family
 (LiteRT or ONNX Runtime); when ``onnx-int8`` exceeds the bound, mixed precision joins them:
-``onnx-int8`` with its most sensitive layers kept in float, added one at a time in the order
-of their measured error until the candidate is within the bound. Each is converted and validated like a single target; then their
+``onnx-int8`` with the fewest of its most sensitive layers kept in float that bring it within
+the bound, found by bisection over the order of their measured error (:mod:`.mixed_precision`). Each is converted and validated like a single target; then their
 latencies are measured again, round-robin, so that a noisy neighbour slows all of them alike.
 The drop a candidate is judged by is absolute, in percentage points: the accuracy drop when
 the validation data has labels, else the top-1 disagreement with the source.
@@ -32,9 +32,10 @@ from edgedl.errors import ConversionError, UsageError, ValidationFailed
 
 from .convert import ConvertOptions, ConvertResult, convert, default_name
 from .data import load_dataset
+from .mixed_precision import search_float_layers
 from .sources import detect_kind
 from .targets import TARGETS
-from .validate import measure_latency
+from .validate import drop_pts, measure_latency
 
 AUTO = "auto"
 CANDIDATES = {
@@ -42,7 +43,6 @@ CANDIDATES = {
     "onnx": ["onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"],
 }
 MIXED = "onnx-int8-mixed"  # onnx-int8 with its most sensitive layers kept in float
-MAX_FLOAT_LAYERS = 8
 SLOWER_MARGIN = 0.10  # slower than fp32 by more than this share of its p50
 LATENCY_ROUNDS = 5
 LATENCY_RUNS = 40
@@ -141,28 +141,30 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
 def _mixed_precision(
     model: str | Path, options: ConvertOptions, results: dict[str, ConvertResult], tmp: Path
 ) -> ConvertResult | None:
-    """onnx-int8 over the bound: keep its worst layers in float, one more at a time.
+    """onnx-int8 over the bound: keep the fewest of its worst layers in float.
 
-    Layers go in the order of their measured error (:mod:`.sensitivity`), until the
-    candidate is within the bound or :data:`MAX_FLOAT_LAYERS` are float; the last try is
-    the candidate either way, so the table shows how far mixed precision got.
+    :func:`.mixed_precision.search_float_layers` finds the prefix of the sensitivity order
+    (each probe printed as it ends); that prefix is then converted and validated like any
+    candidate, with the search's probes in its report. When even every layer in float stays
+    over the bound, that last try is the candidate, so the table shows how far it got.
     """
     int8 = results.get("onnx-int8")
-    if int8 is None or _drop(int8.report) <= options.max_accuracy_drop:
+    if int8 is None or drop_pts(int8.report) <= options.max_accuracy_drop:
         return None
     order = [r["node"] for r in (int8.report.get("calibration") or {}).get("layer_errors", [])]
-    tried = None
-    for k in range(1, min(len(order), MAX_FLOAT_LAYERS) + 1):
-        tried = convert(
-            model,
-            replace(
-                options, target="onnx-int8", float_nodes=tuple(order[:k]), force=False,
-                tar=False, output=tmp / f"{MIXED}-{k}", max_accuracy_drop=math.inf,
-            ),
-        )  # fmt: skip
-        if _drop(tried.report) <= options.max_accuracy_drop:
-            break
-    return tried
+    if not order:
+        raise ConversionError("no quantized layer to keep in float")
+    search = search_float_layers(model, options, order, log=options.log)
+    chosen = order if search.float_layers is None else search.float_layers
+    result = convert(
+        model,
+        replace(
+            options, target="onnx-int8", float_nodes=tuple(chosen), force=False,
+            tar=False, output=tmp / MIXED, max_accuracy_drop=math.inf,
+        ),
+    )  # fmt: skip
+    result.report["mixed_search"] = search.to_dict()
+    return result
 
 
 def _reasons(rows: list[dict[str, Any]]) -> str:
@@ -171,12 +173,6 @@ def _reasons(rows: list[dict[str, Any]]) -> str:
 
 def _measure(report: dict[str, Any]) -> str:
     return "accuracy" if report.get("accuracy_drop_pts") is not None else "agreement"
-
-
-def _drop(report: dict[str, Any]) -> float:
-    if report.get("accuracy_drop_pts") is not None:
-        return float(report["accuracy_drop_pts"])
-    return round((1.0 - float(report["top1_agreement"])) * 100.0, 4)
 
 
 def _latencies(
@@ -218,7 +214,7 @@ def _row(name: str, result: ConvertResult, latency: dict[str, float]) -> dict[st
     return {
         "target": name,
         "size_bytes": r["artifact_size_bytes"],
-        "drop_pts": _drop(r),
+        "drop_pts": drop_pts(r),
         "accuracy": r.get("artifact_accuracy"),
         "top1_agreement": r.get("top1_agreement"),
         "sqnr_db": r.get("sqnr_db"),
@@ -227,6 +223,7 @@ def _row(name: str, result: ConvertResult, latency: dict[str, float]) -> dict[st
         "float_ops": sum(int(o["count"]) for o in r.get("float_ops") or []),
         "inserted_nodes": _inserted_nodes(result),
         "float_layers": list((r.get("calibration") or {}).get("float_nodes") or []),
+        **({"search": r["mixed_search"]} if "mixed_search" in r else {}),
     }
 
 

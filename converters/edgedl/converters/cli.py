@@ -135,6 +135,7 @@ def convert(
         show_progress=not as_json and sys.stderr.isatty(),
     )
     console = Console(stderr=as_json)
+    options.log = Console(stderr=True).print
     try:
         result = (convert_auto if target == AUTO else run_convert)(model, options)
     except ValidationFailed as exc:

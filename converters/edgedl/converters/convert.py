@@ -74,6 +74,7 @@ class ConvertOptions:
     tar: bool = False
     readiness: Path | None = None
     show_progress: bool = False
+    log: Callable[[str], None] | None = None  # progress lines of a long search (--target auto)
 
 
 @dataclass
@@ -209,10 +210,9 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
 
     with tempfile.TemporaryDirectory(prefix="edgedl-convert-") as tmp:
         workdir = Path(tmp)
-        source = load_source(
-            model_path, workdir, options.state_dict, _torch_sample_shape(kind, options)
+        source, calibration, validation, warnings = load_inputs(
+            model_path, options, target, workdir
         )
-        calibration, validation, warnings = _load_data(source, options, target)
         diagnostics = _diagnose(calibration, validation) if target.needs_calibration else None
         if diagnostics:
             warnings += [f["message"] for f in diagnostics["findings"]]
@@ -345,6 +345,17 @@ def _write_readiness(
     return []
 
 
+def load_inputs(
+    model: Path, options: ConvertOptions, target: Target, workdir: Path
+) -> tuple[SourceModel, Dataset | None, Dataset | None, list[str]]:
+    """The source model (exported into ``workdir`` as needed) and its calibration and
+    validation data, as ``convert`` reads them; plus the warnings reading them raised."""
+    kind = detect_kind(model)
+    source = load_source(model, workdir, options.state_dict, _torch_sample_shape(kind, options))
+    calibration, validation, warnings = _load_data(source, options, target)
+    return source, calibration, validation, warnings
+
+
 def _diagnose(calibration: Dataset | None, validation: Dataset | None) -> dict[str, Any] | None:
     """The calibration data's value summary and what :func:`diagnose` found wrong with it."""
     if calibration is None:
@@ -366,7 +377,10 @@ def _check_source_fits(
         return
     hint = "use an onnx-* target"
     if kind == "torch":
-        hint += "; PyTorch → TFLite is not supported yet"
+        hint += (
+            "; PyTorch → TFLite is not built in: litert-torch and onnx2tf pin releases of "
+            "typing-extensions, TensorFlow, NumPy and ONNX that clash with edgedl[convert]"
+        )
     raise UsageError(
         f"{target.name} needs a Keras or SavedModel source; {model.name} is "
         f"{KIND_NAMES[kind]} ({hint})"

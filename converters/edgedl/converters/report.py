@@ -90,6 +90,16 @@ def render_candidates(auto: dict[str, Any], console: Console) -> None:
             verdict or "within the bound",
         )
     console.print(table)
+    for r in auto["candidates"]:
+        if r.get("search"):
+            probes = ", ".join(
+                f"{p['float_layers']} → {p['drop_pts']:.2f}" for p in r["search"]["probes"]
+            )
+            console.print(
+                f"{r['target']}: {r['search']['strategy']} search over "
+                f"{r['search']['layers']} layers, {len(r['search']['probes'])} probes "
+                f"(float layers → drop pts): {probes}"
+            )
 
 
 def render_comparison(reports: Sequence[dict[str, Any]], console: Console) -> None:

@@ -36,7 +36,8 @@ def _with_outputs(model: Any, names: list[str]) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _run(model: bytes, names: list[str], feeds: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+def run_onnx(model: bytes, names: list[str], feeds: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+    """The ``names`` outputs of an ONNX model (as float64) on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -90,8 +91,8 @@ def layer_errors(
     f_names = list(dict.fromkeys(pairs[n.name][0] for n in layers))
     q_names = [next(q for f, q in pairs.values() if f == name) for name in f_names]
     feeds = {input_name: np.asarray(x[:_SAMPLES], np.float32)}
-    ref = _run(_with_outputs(fmodel, f_names), f_names, feeds)
-    art = _run(_with_outputs(qmodel, q_names), q_names, feeds)
+    ref = run_onnx(_with_outputs(fmodel, f_names), f_names, feeds)
+    art = run_onnx(_with_outputs(qmodel, q_names), q_names, feeds)
     sqnr = {f: _sqnr(r, a) for f, r, a in zip(f_names, ref, art, strict=True)}
     producer = {o: n for n in fmodel.graph.node for o in n.output}
     rows = []

@@ -32,6 +32,10 @@ class BuildContext:
     calibration_samples: int = 500
     advance: Callable[[int], None] = lambda n: None
     float_nodes: tuple[str, ...] = ()  # layers an int8 target keeps in float, by node name
+    # Where ONNX Runtime's calibration ranges are kept between builds of one exported model,
+    # so that rebuilding it with other float_nodes does not calibrate again.
+    calibration_cache: Path | None = None
+    measure_layers: bool = True  # rank the quantized layers by their error (onnx-int8)
 
 
 @dataclass

@@ -119,8 +119,11 @@ def _has_dynamic_batch(model_path: Path) -> bool:
 
 
 def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
+    """ONNX Runtime's shape inference and graph optimisation, once per exported model."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if dst.exists():
+        return dst
     try:
         quant_pre_process(str(src), str(dst))
         return dst
@@ -163,6 +166,7 @@ def onnx_int8(ctx: BuildContext) -> BuildResult:
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=list(ctx.float_nodes),
+            calibration_cache_path=ctx.calibration_cache,
         )
     except Exception as exc:
         raise ConversionError(f"ONNX static quantization failed: {_first_line(exc)}") from exc
@@ -179,7 +183,9 @@ def onnx_int8(ctx: BuildContext) -> BuildResult:
         "source": ctx.calibration.source,
         "float_nodes": list(ctx.float_nodes),
         # Per quantized layer, the worst first: what to keep in float if accuracy suffers.
-        "layer_errors": layer_errors(pre, out, ctx.calibration.x, ctx.source.inputs[0].name),
+        "layer_errors": layer_errors(pre, out, ctx.calibration.x, ctx.source.inputs[0].name)
+        if ctx.measure_layers
+        else None,
     }
     return BuildResult(model_path=out, calibration=calibration, warnings=notes)
 

