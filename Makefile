@@ -9,11 +9,12 @@ DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
 # dashboard, Prometheus for the Grafana queries, NATS as a second MQTT engine; debootstrap,
-# qemu-user-static (with binfmt-support), systemd-nspawn and podman for the platform checks in
-# tests/platform (docs/platforms.md). Installed only when missing (CI runs as root on Debian).
+# qemu-user-static (with binfmt-support), systemd-nspawn, podman and runc for the platform
+# checks in tests/platform (docs/platforms.md). Installed only when missing (CI runs as root
+# on Debian).
 DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium prometheus:prometheus \
   nats-server:nats-server debootstrap:debootstrap qemu-aarch64-static:qemu-user-static \
-  update-binfmts:binfmt-support systemd-nspawn:systemd-container podman:podman
+  update-binfmts:binfmt-support systemd-nspawn:systemd-container podman:podman runc:runc
 
 .PHONY: help venv sysdeps lint test test-repeat demo bench clean
 
