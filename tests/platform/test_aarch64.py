@@ -88,8 +88,8 @@ def arm64(edgedl_wheel: Path) -> Iterator[Arm64Root]:
     with locked(root.with_name(root.name + ".use.lock")):
         install_wheel(root, venv, edgedl_wheel)
         print(
-            f"\naarch64 root ready in {time.monotonic() - started:.1f} s "
-            f"(agent requirements installed under emulation in {install_s:.0f} s when cached)"
+            f"\naarch64 root ready in {time.monotonic() - started:.1f} s (the agent's "
+            f"requirements took {install_s:.0f} s to install under emulation, once)"
         )
         try:
             yield Arm64Root(root, venv, install_s)
@@ -181,8 +181,9 @@ def test_serve_answers_digits_like_x86(
     assert code == 0, agent.output
     np.testing.assert_array_equal(got.argmax(axis=1), expected.argmax(axis=1))
     diff = float(np.abs(got - expected).max())
-    # int8 kernels may round differently on arm64 (NEON) than on x86: at most one step.
-    assert diff <= 1 / 256 + 1e-6, diff
+    # int8 kernels accumulate and requantize differently on arm64 (NEON) than on x86: the
+    # softmax output (steps of 1/255) may move by a step or two, never the prediction.
+    assert diff <= 2 / 255 + 1e-6, diff
     print(
         f"\naarch64 {target}: ready in {ready_s:.1f} s under emulation, RSS {rss:.0f} MB "
         f"(qemu included), 32/32 predictions equal to x86, max |diff| {diff:.2g}"
