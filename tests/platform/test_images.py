@@ -33,7 +33,7 @@ from tests.platform.images import (
     podman,
     podman_argv,
 )
-from tests.platform.rootfs import missing_requirements
+from tests.platform.rootfs import host_arch, missing_requirements
 from tests.ports import free_port
 
 # The first run builds the root and installs the agent under emulation: far beyond the
@@ -57,6 +57,12 @@ def image(context: Path, containerfile: str, name: str, arch: str) -> str:
         f"\nimage {tag}: {image_size_mb(tag):.0f} MB, built in {time.monotonic() - started:.0f} s"
     )
     return tag
+
+
+def emulation_flags(arch: str) -> list[str]:
+    """Under qemu-user, hide the host's CPU topology in /sys (docs/platforms.md: cpuinfo in
+    ONNX Runtime and LiteRT crashes the emulated process on it); nothing on a real device."""
+    return [] if arch == host_arch() else ["--security-opt=mask=/sys/devices/system/cpu"]
 
 
 class Container:
@@ -148,6 +154,7 @@ def test_agent_image_serves_a_read_only_bundle_as_non_root(
         "/var/lib/edgedl",
         [
             f"--volume={bundle}:/bundles/digits:ro",
+            *emulation_flags(arch),
             f"--env=EDGEDL_AGENT__SERVER__PORT={port}",
             "--env=EDGEDL_AGENT__SERVER__HOST=127.0.0.1",
         ],
