@@ -8,10 +8,13 @@ N ?= 3
 DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
-# dashboard, Prometheus for the Grafana queries, NATS as a second MQTT engine. Installed only
-# when missing (CI runs as root on Debian).
+# dashboard, Prometheus for the Grafana queries, NATS as a second MQTT engine; debootstrap,
+# qemu-user-static (with binfmt-support), systemd-nspawn, podman and runc for the platform
+# checks in tests/platform (docs/platforms.md). Installed only when missing (CI runs as root
+# on Debian).
 DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium prometheus:prometheus \
-  nats-server:nats-server
+  nats-server:nats-server debootstrap:debootstrap qemu-aarch64-static:qemu-user-static \
+  update-binfmts:binfmt-support systemd-nspawn:systemd-container podman:podman runc:runc
 
 .PHONY: help venv sysdeps lint test test-repeat demo bench clean
 
@@ -38,6 +41,12 @@ sysdeps:
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# arm64 binaries through qemu (tests/platform/test_aarch64.py): binfmt_misc mounted and the
+	@# interpreter enabled, where this runs as root and a host without systemd left it off.
+	@if [ "$$(id -u)" = 0 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then \
+	  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true; \
+	  update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true; \
 	fi
 
 lint: $(STAMP)

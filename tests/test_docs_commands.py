@@ -55,7 +55,29 @@ ROLLOUT = (
     "the rollout story against a running agent with the page's agent.toml and tokens; "
     "tests/agent/test_rollout_api.py and test_rollout_docs.py run it"
 )
+PLATFORM = (
+    "builds Debian roots or container images as root (minutes, network at first run); "
+    "tests/platform runs the same"
+)
 SKIPS: dict[tuple[str, str], str] = {
+    **{
+        ("docs/platforms.md", command): PLATFORM
+        for command in (
+            "sudo .venv/bin/python -m tests.platform.rootfs --arch arm64 --agent",
+            "sudo .venv/bin/python -m tests.platform.rootfs --systemd --agent",
+            "sudo .venv/bin/python -m pytest tests/platform -s",
+            "sudo systemd-nspawn -D /var/cache/edgedl-tests/rootfs-bookworm-amd64-KEY "
+            "--volatile=overlay --register=no --keep-unit -b",
+            "python -m pip wheel --no-deps -w build/image/wheels . && cp pyproject.toml "
+            "build/image/",
+            "podman build -f containers/agent.Containerfile -t edgedl-agent build/image",
+            "podman build --platform linux/arm64 -f containers/agent.Containerfile "
+            "-t edgedl-agent:arm64 build/image",
+            "podman build -f containers/collector.Containerfile -t edgedl-collector build/image",
+            "podman run -d --network host -v ./bundles/digits:/bundles/digits:ro "
+            "-v edgedl-state:/var/lib/edgedl edgedl-agent --model /bundles/digits",
+        )
+    },
     **{
         ("docs/fleet.md", command): FLEET
         for command in (
