@@ -97,6 +97,11 @@ _DATA = ".npz (x, optional y labels), .npy (inputs only) or a folder of images /
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--learning-rate", type=float, help="Adam's (default: distill 3e-3, others 1e-3).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (runs repeat exactly).")
+@click.option(
+    "--state-dict",
+    type=click.Path(path_type=Path),
+    help="Weights (torch.save of a state dict) for a package.module:factory MODEL.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def compress(
@@ -118,10 +123,14 @@ def compress(
     batch_size: int,
     learning_rate: float | None,
     seed: int,
+    state_dict: Path | None,
     force: bool,
     as_json: bool,
 ) -> None:
-    """Make the Keras MODEL smaller by one METHOD and write it as a .keras file.
+    """Make MODEL smaller by one METHOD; write a trained model edgedl convert takes.
+
+    MODEL is a Keras .keras/.h5 file (written back as .keras), or a PyTorch nn.Sequential
+    as package.module:factory with --state-dict (written as TorchScript .pt).
 
     \b
     Example:
@@ -134,6 +143,7 @@ def compress(
         ratio=ratio, max_accuracy_drop=max_accuracy_drop, width=width, student=student,
         alpha=alpha, temperature=temperature, energy=energy, rank=rank, clusters=clusters,
         batch_size=batch_size, learning_rate=learning_rate, seed=seed, force=force,
+        state_dict=state_dict,
     )  # fmt: skip
     console = Console(stderr=True, highlight=False)
     if not as_json:

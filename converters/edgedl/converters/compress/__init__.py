@@ -8,7 +8,8 @@ Public API::
 """
 
 from .measure import artifact_parameters, keras_macs, keras_parameters
-from .run import METHODS, CompressOptions, CompressResult, compress
+from .outcome import CompressResult
+from .run import METHODS, CompressOptions, compress
 
 __all__ = [
     "METHODS",

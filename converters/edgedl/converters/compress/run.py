@@ -7,15 +7,16 @@ held-out accuracy before and after, training time and the method's own details.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from rich.console import Console
 
-from edgedl.errors import DataError, ModelError, UsageError, ValidationFailed
+from edgedl.errors import DataError, ModelError, UsageError
 
 from .._tf import import_tensorflow, seed_training
 from ..data import Dataset, load_dataset
@@ -25,6 +26,7 @@ from .cluster import cluster_chain
 from .distill import narrower, student_from_factory
 from .lowrank import factorize_chain
 from .measure import keras_macs, keras_parameters
+from .outcome import CompressResult, Measured, check_output, finish
 from .prune import prune_chain
 from .training import History, TrainingSpec, accuracy, fit
 
@@ -54,17 +56,10 @@ class CompressOptions:
     learning_rate: float | None = None  # default: distill 3e-3 (from scratch), others 1e-3
     seed: int = 0
     force: bool = False
+    state_dict: Path | None = None  # a PyTorch factory's weights
 
 
 DEFAULT_EPOCHS = {"prune": 5, "distill": 20, "lowrank": 5, "cluster": 0}
-
-
-@dataclass
-class CompressResult:
-    """The written model and the report (also written next to it as ``OUTPUT.json``)."""
-
-    output: Path
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,18 +82,20 @@ def compress(
     """
     if options.method not in METHODS:
         raise UsageError(f"unknown method {options.method!r} (choose from {', '.join(METHODS)})")
+    epochs = DEFAULT_EPOCHS[options.method] if options.epochs is None else options.epochs
+    if epochs < 0:
+        raise UsageError(f"--epochs must be 0 or more, not {epochs}")
     out = Path(options.output)
-    if out.suffix != ".keras":
-        raise UsageError(f"--output must be a .keras file, not {out.name!r}")
-    if out.exists() and not options.force:
-        raise UsageError(f"{out} exists; pass --force to replace it")
+    if detect_kind(Path(str(model_path))) == "torch":
+        from .torch_run import compress_torch
+
+        check_output(out, ".pt", options.force)
+        return compress_torch(str(model_path), options, epochs, console)
+    check_output(out, ".keras", options.force)
     teacher = _load_keras(Path(model_path))
     import_tensorflow().get_logger().setLevel("ERROR")  # retracing notices between epochs
     seed_training(options.seed)
     data = _load_data(teacher, options)
-    epochs = DEFAULT_EPOCHS[options.method] if options.epochs is None else options.epochs
-    if epochs < 0:
-        raise UsageError(f"--epochs must be 0 or more, not {epochs}")
     base_accuracy = accuracy(teacher, data.val_x, data.val_y)
     chain = read_chain(teacher)
     started = time.perf_counter()
@@ -106,37 +103,26 @@ def compress(
         teacher, chain, data, options, epochs, base_accuracy, console
     )
     seconds = time.perf_counter() - started
-    final_accuracy = accuracy(model, data.val_x, data.val_y)
-    report = {
+    common = {
         "method": options.method,
         "source": str(model_path),
-        "output": str(out),
         "seed": options.seed,
         "epochs": epochs,
-        "labels_used": data.train.y is not None and _alpha(options, data) > 0,
-        "parameters": {"before": keras_parameters(teacher), "after": keras_parameters(model)},
-        "macs": {"before": keras_macs(teacher), "after": keras_macs(model)},
-        "accuracy": {"before": round(base_accuracy, 3), "after": round(final_accuracy, 3)},
-        "accuracy_drop_pts": round(base_accuracy - final_accuracy, 3),
-        "training_seconds": round(seconds, 1),
-        "history": {"loss": history.loss, "accuracy": history.accuracy},
-        **details,
+        "labels_used": data.train.y is not None and label_weight(options, data.train) > 0,
     }
-    if (
-        options.max_accuracy_drop is not None
-        and report["accuracy_drop_pts"] > options.max_accuracy_drop
-    ):
-        raise ValidationFailed(
-            f"accuracy dropped {report['accuracy_drop_pts']:.2f} points "
-            f"({base_accuracy:.2f}% -> {final_accuracy:.2f}%), more than "
-            f"--max-accuracy-drop {options.max_accuracy_drop}; nothing written",
-            report,
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
-    report_path = out.with_suffix(".json")
-    report_path.write_text(json.dumps(report, indent=1))
-    return CompressResult(out, report)
+    return finish(
+        common,
+        Measured(keras_parameters(teacher), keras_macs(teacher), base_accuracy),
+        Measured(
+            keras_parameters(model), keras_macs(model), accuracy(model, data.val_x, data.val_y)
+        ),
+        history,
+        seconds,
+        details,
+        options.max_accuracy_drop,
+        out,
+        lambda path: model.save(path),
+    )
 
 
 def _load_keras(path: Path) -> Any:
@@ -155,8 +141,13 @@ def _load_keras(path: Path) -> Any:
         raise ModelError(f"cannot read Keras model {path}: {_first_line(exc)}") from exc
 
 
-def _load_data(teacher: Any, options: CompressOptions) -> _Data:
-    shape = [-1 if d is None else int(d) for d in teacher.input_shape[1:]]
+def load_data(
+    options: CompressOptions, shape: list[int], classes: int
+) -> tuple[Dataset, NDArray[np.float32], NDArray[np.int64]]:
+    """Training and validation data for an input of ``shape`` and ``classes`` outputs.
+
+    Validation must have labels; labels must name one of the model's classes.
+    """
     train = load_dataset(options.data, shape, role="training")
     val = load_dataset(options.validation, shape, role="validation")
     if val.y is None:
@@ -164,31 +155,40 @@ def _load_data(teacher: Any, options: CompressOptions) -> _Data:
             f"validation data {options.validation} has no labels (y): compress measures "
             "the accuracy it keeps against them"
         )
-    classes = int(teacher.output_shape[-1])
     for ds, role in ((train, "training"), (val, "validation")):
         if ds.y is not None and (ds.y.min() < 0 or ds.y.max() >= classes):
             raise DataError(
                 f"{role} data {ds.source}: labels run from {ds.y.min()} to {ds.y.max()}, "
                 f"the model has {classes} outputs (classes 0 to {classes - 1})"
             )
+    return train, val.x, val.y
+
+
+def _load_data(teacher: Any, options: CompressOptions) -> _Data:
+    shape = [-1 if d is None else int(d) for d in teacher.input_shape[1:]]
+    train, val_x, val_y = load_data(options, shape, int(teacher.output_shape[-1]))
     probabilities = is_softmax_output(read_chain(teacher).links[-1])
     teacher_train = teacher.predict(train.x, batch_size=256, verbose=0)
-    return _Data(train, val.x, val.y, teacher_train, probabilities)
+    return _Data(train, val_x, val_y, teacher_train, probabilities)
 
 
 def _alpha(options: CompressOptions, data: _Data) -> float:
+    return label_weight(options, data.train)
+
+
+def label_weight(options: CompressOptions, train: Dataset) -> float:
     """The weight of the labels in the loss: given, or 1 (0 for distill: 0.5) with labels, else 0."""
     if options.alpha is not None:
         if not 0.0 <= options.alpha <= 1.0:
             raise UsageError(f"--alpha must be in [0, 1], not {options.alpha}")
-        if options.alpha > 0 and data.train.y is None:
+        if options.alpha > 0 and train.y is None:
             raise DataError(
                 f"--alpha {options.alpha} weighs labels, but training data "
-                f"{data.train.source} has none (no y); use --alpha 0 to learn from the "
+                f"{train.source} has none (no y); use --alpha 0 to learn from the "
                 "teacher's outputs only"
             )
         return options.alpha
-    if data.train.y is None:
+    if train.y is None:
         return 0.0
     return 0.5 if options.method == "distill" else 1.0
 
