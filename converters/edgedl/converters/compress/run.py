@@ -121,8 +121,16 @@ def compress(
         details,
         options.max_accuracy_drop,
         out,
-        lambda path: model.save(path),
+        lambda path: _save_keras(model, path),
     )
+
+
+def _save_keras(model: Any, path: Path) -> None:
+    """Save the model uncompiled: no optimizer state (it would triple the file) and no
+    training loss (a closure Keras could not load back)."""
+    clean = type(model).from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    clean.save(path)
 
 
 def _load_keras(path: Path) -> Any:
