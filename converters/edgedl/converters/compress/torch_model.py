@@ -297,21 +297,25 @@ def parameters(model: Any) -> int:
 
 
 def macs(model: Any, sample: Any) -> int:
-    """Multiply-adds of one sample through Conv2d and Linear layers."""
+    """Multiply-adds of one sample through the Conv2d and Linear layers (forward hooks)."""
     import torch
     from torch import nn
 
-    total = 0
-    x = sample[:1]
-    with torch.no_grad():
-        for m in _layers(model):
-            y = m(x)
-            if isinstance(m, nn.Conv2d):
-                total += int(np.prod(y.shape[2:])) * m.weight.numel()
-            elif isinstance(m, nn.Linear):
-                total += m.weight.numel()
-            x = y
-    return total
+    counts: list[int] = []
+
+    def hook(module: Any, _inputs: Any, output: Any) -> None:
+        positions = int(np.prod(output.shape[2:])) if isinstance(module, nn.Conv2d) else 1
+        counts.append(positions * module.weight.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(counts)
 
 
 def save(model: Any, sample: Any, path: Any) -> None:

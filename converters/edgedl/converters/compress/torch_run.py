@@ -75,9 +75,21 @@ def compress_torch(
         details = {"ratio": ratio, "ratios_tried": tried,
                    "layers": {k: {"before": a, "after": b} for k, (a, b) in changes.items()}}  # fmt: skip
     elif options.method == "distill":
-        model = tm.narrower(teacher, options.width, sample)
+        if options.student is not None:
+            model = torch_source.load_module(options.student, None).module
+            with torch.no_grad():
+                got = tuple(model(sample).shape[1:])
+            if got != (classes,):
+                raise ModelError(
+                    f"the student from {options.student} outputs shape {list(got)}, the "
+                    f"teacher [{classes}]: they must match"
+                )
+            what: dict[str, Any] = {"student": options.student}
+        else:
+            model = tm.narrower(teacher, options.width, sample)
+            what = {"width": options.width}
         history = fit(model, "distill")
-        details = {"width": options.width, "temperature": options.temperature, "alpha": alpha}
+        details = {**what, "temperature": options.temperature, "alpha": alpha}
     elif options.method == "lowrank":
         model, layers = tm.factorize(teacher, options.energy, options.rank)
         history = fit(model, "low-rank") if any(f.factorized for f in layers) else History()
