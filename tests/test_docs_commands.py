@@ -181,6 +181,7 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/telemetry.py --only wire,agent_cpu",
     ): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/agent.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/compress.py"): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/drift_power.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",
