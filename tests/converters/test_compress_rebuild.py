@@ -109,3 +109,34 @@ def test_a_model_with_a_skip_connection_is_refused_by_name() -> None:
     model = keras.Model(inputs, keras.layers.Dense(2, name="head")(added))
     with pytest.raises(ModelError, match="layer 'skip' does not simply follow 'inner'"):
         read_chain(model)
+
+
+def test_pytorch_pruning_of_dead_filters_keeps_the_outputs_through_a_channel_first_flatten() -> (
+    None
+):
+    torch = pytest.importorskip("torch", reason="PyTorch sources need the edgedl[torch] extra")
+    from torch import nn
+
+    from edgedl.converters.compress import torch_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 3 * 3, 6), nn.ReLU(),
+                          nn.Linear(6, 3)).eval()  # fmt: skip
+    dead_filters, dead_units = [1, 4, 6, 7], [0, 2, 5]
+    with torch.no_grad():
+        model[0].weight[dead_filters] = 0.0
+        model[0].bias[dead_filters] = 0.0
+        model[1].running_mean.normal_(0, 0.1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].bias.normal_(0, 0.1)
+        model[1].bias[dead_filters] = 0.0
+        model[1].running_mean[dead_filters] = 0.0
+        model[5].weight[dead_units] = 0.0
+        model[5].bias[dead_units] = 0.0
+    x = torch.randn(16, 2, 6, 6)
+    pruned, changes = torch_model.prune(model, 0.5, x)
+    assert changes == {"0": (8, 4), "5": (6, 3)}
+    assert pruned[5].weight.shape == (3, 4 * 3 * 3)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-6)
