@@ -33,7 +33,7 @@ _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "compress": (
         "edgedl.converters.compress_cli:compress",
         "convert",
-        "Make a Keras model smaller: pruning, distillation, low rank, clustering.",
+        "Make a Keras or PyTorch model smaller: pruning, distillation, low rank, clustering.",
     ),
     "targets": (
         "edgedl.converters.cli:targets",
