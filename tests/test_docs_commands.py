@@ -217,6 +217,7 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/telemetry.py --only ingest_group --collectors 1,3 "
         "--devices 1000 --windows 10",
     ): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/compress.py"): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/drift_power.py"): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/vad.py"): "a benchmark (minutes)",
     (

@@ -51,7 +51,7 @@ TEST_SNRS_DB = (30, 20, 10)
 
 @dataclass
 class Size:
-    """How much data to make: ``full`` for the README's figures, ``small`` for the test."""
+    """How much data to make: ``full`` for the README's figures, ``small`` and ``tiny`` for tests."""
 
     keyword_voices: int  # voices per keyword (of the train combinations)
     unknown_per_word: int
@@ -66,6 +66,8 @@ class Size:
                         stream_words=120),
             "small": cls(keyword_voices=150, unknown_per_word=8, copies=2, background=400,
                          stream_words=50),
+            "tiny": cls(keyword_voices=60, unknown_per_word=3, copies=3, background=150,
+                        stream_words=40),
         }[name]  # fmt: skip
 
 

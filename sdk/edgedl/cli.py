@@ -30,6 +30,11 @@ _LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "convert",
         "Convert a trained model into a quantized, validated bundle.",
     ),
+    "compress": (
+        "edgedl.converters.compress_cli:compress",
+        "convert",
+        "Make a Keras or PyTorch model smaller: pruning, distillation, low rank, clustering.",
+    ),
     "targets": (
         "edgedl.converters.cli:targets",
         "convert",

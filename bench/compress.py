@@ -1,0 +1,184 @@
+"""Benchmark ``edgedl compress``: each method alone (float32) and with int8, against int8 alone.
+
+Models:
+  kws     the keyword-spotting CNN (examples/keyword_spotting/prepare.py: espeak-ng speech
+          and synthetic noise, --size small, 15 epochs). Accuracy on the held-out 15% of the
+          training windows (val) and on windows cut from the held-out stream (stream: voices,
+          speeds, pitches and words training never used), labelled from its true word times.
+  digits  the digits CNN (edgedl.converters.samples, scikit-learn's digits), 30 epochs;
+          accuracy on its held-out split (no stream: val is repeated there).
+
+For each model and method (none, prune, distill, lowrank, cluster; each seeded): the
+compressed Keras model's training time, then tflite-fp32, tflite-int8, onnx-fp32 and
+onnx-int8 bundles: file size, zipped size (zlib level 9), constant values in the file
+(parameters), multiply-adds, p50 latency of one sample at 1 thread (LiteRT for tflite, ONNX
+Runtime for onnx, 300 runs) and accuracy, with its drop from the float original.
+
+Usage: python bench/compress.py [--models kws,digits] [--out bench/results/compress.json]
+Prints a markdown table and the keyword-spotting goal check, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedl import runtime
+from edgedl.bundle import Bundle
+from edgedl.converters import ConvertOptions, convert
+from edgedl.converters.compress import (
+    CompressOptions,
+    artifact_parameters,
+    compress,
+    keras_macs,
+)
+from edgedl.converters.samples import train_digits
+from edgedl.converters.validate import measure_latency
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "prune": {"ratio": 0.5, "epochs": 10},
+    "distill": {"width": 0.5, "epochs": 30},
+    "lowrank": {"energy": 0.9, "epochs": 5},
+    "cluster": {"clusters": 16, "epochs": 0},
+}
+TARGETS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform()}  # fmt: skip
+
+
+def sources(name: str, work: Path) -> dict[str, Path]:
+    if name == "kws":
+        out = work / "kws"
+        subprocess.run([sys.executable, str(ROOT / "examples/keyword_spotting/prepare.py"),
+                        "--out", str(out), "--size", "small", "--epochs", "15"], check=True)  # fmt: skip
+        return {"model": out / "keywords.keras", "train": out / "train.npz",
+                "val": out / "val.npz", "stream": out / "stream.npz"}  # fmt: skip
+    d = train_digits(work / "digits", epochs=30)
+    return {"model": d.model, "train": d.train, "val": d.test, "stream": d.test}
+
+
+def bundle_accuracy(path: Path, data: Path) -> float:
+    d = np.load(data)
+    predicted = runtime.load(path, threads=1).predict(d["x"]).argmax(axis=1)
+    return float(np.mean(predicted == d["y"]) * 100)
+
+
+def latency_p50(path: Path, data: Path) -> float:
+    runner = runtime.load(path, threads=1)
+    (spec,) = Bundle.open(path).manifest.inputs
+    x = np.load(data)["x"][:64]
+    return measure_latency(runner.run, {spec.name: x}, runs=300, warmup=20).p50
+
+
+def run_model(name: str, work: Path) -> list[dict[str, Any]]:
+    import keras
+
+    src = sources(name, work)
+    rows = []
+    for method, params in METHODS.items():
+        model_path, train_s = src["model"], 0.0
+        if method != "none":
+            result = compress(src["model"], CompressOptions(
+                method=method, data=src["train"], validation=src["val"],
+                output=work / f"{name}-{method}.keras", **params))  # fmt: skip
+            model_path, train_s = result.output, result.report["training_seconds"]
+        macs = keras_macs(keras.models.load_model(model_path, compile=False))
+        for target in TARGETS:
+            bundle = work / f"{name}-{method}-{target}"
+            convert(model_path, ConvertOptions(target=target, output=bundle, force=True,
+                    calibration=src["train"], validation=src["val"], calibration_samples=400,
+                    max_accuracy_drop=100.0))  # fmt: skip
+            file = Bundle.open(bundle).model_path
+            data = file.read_bytes()
+            rows.append({
+                "model": name, "method": method, "target": target,
+                "size_bytes": len(data), "zipped_bytes": len(zlib.compress(data, 9)),
+                "parameters": artifact_parameters(file), "macs": macs,
+                "latency_p50_ms": round(latency_p50(bundle, src["val"]), 4),
+                "val_accuracy": round(bundle_accuracy(bundle, src["val"]), 2),
+                "stream_accuracy": round(bundle_accuracy(bundle, src["stream"]), 2),
+                "training_seconds": train_s,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    base = {
+        r["target"].split("-")[0]: r
+        for r in rows
+        if r["method"] == "none" and r["target"].endswith("fp32")
+    }
+    for r in rows:
+        ref = base[r["target"].split("-")[0]]
+        r["val_drop_pts"] = round(ref["val_accuracy"] - r["val_accuracy"], 2)
+        r["stream_drop_pts"] = round(ref["stream_accuracy"] - r["stream_accuracy"], 2)
+    return rows
+
+
+def goal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keyword CNN: pruning or distillation + int8 at <= 50% of int8 alone, <= 1 point drop."""
+    kws = [r for r in rows if r["model"] == "kws"]
+    if not kws:
+        return []
+    checks = []
+    for target in ("tflite-int8", "onnx-int8"):
+        int8 = next(r for r in kws if r["method"] == "none" and r["target"] == target)
+        for method in ("prune", "distill"):
+            r = next(r for r in kws if r["method"] == method and r["target"] == target)
+            share = r["size_bytes"] / int8["size_bytes"]
+            checks.append({"method": method, "target": target, "size_share": round(share, 3),
+                           "stream_drop_pts": r["stream_drop_pts"],
+                           "met": share <= 0.5 and r["stream_drop_pts"] <= 1.0})  # fmt: skip
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="kws,digits")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/compress.json")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgedl-compress-") as tmp:
+        for name in args.models.split(","):
+            rows += run_model(name, Path(tmp))
+    print("\n| model | method | target | size KB | zipped KB | params | MACs | p50 ms (1 thread) "
+          "| val acc | stream acc | stream drop | train s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['method']} | {r['target']} | {r['size_bytes'] / 1000:.1f} "
+              f"| {r['zipped_bytes'] / 1000:.1f} | {r['parameters']:,} | {r['macs']:,} "
+              f"| {r['latency_p50_ms']:.3f} | {r['val_accuracy']:.2f} | {r['stream_accuracy']:.2f} "
+              f"| {r['stream_drop_pts']:+.2f} | {r['training_seconds']:.0f} |")  # fmt: skip
+    checks = goal(rows)
+    for c in checks:
+        print(
+            f"goal ({c['method']} + {c['target']}): {c['size_share']:.0%} of int8 alone, "
+            f"stream drop {c['stream_drop_pts']:+.2f} pts -> {'met' if c['met'] else 'NOT met'}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine(), "rows": rows, "goal": checks,
+                                    "seconds": round(time.perf_counter() - t0)}, indent=1))  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
