@@ -297,7 +297,9 @@ def test_pipeline_detections_go_to_events(
     service.stop()
     message = json.loads(recorder.on("/events")[0].payload)
     assert message["pipeline"] == "keyword" and message["device"] == "pi-42"
-    assert message["events"] == [{"label": "yes", "start": 0.5, "end": 1.25, "score": 0.93}]
+    assert message["events"] == [
+        {"kind": "detection", "label": "yes", "start": 0.5, "end": 1.25, "score": 0.93}
+    ]
 
 
 @pytest.mark.slow

@@ -170,7 +170,8 @@ class TelemetryService:
         return seq
 
     def on_events(self, pipeline: str, events: list[Any]) -> None:
-        """Publish a pipeline's detections on ``/events`` (a PipelineSet listener)."""
+        """Publish a pipeline's outputs (detections, segments, transcripts) on ``/events``
+        (a PipelineSet listener)."""
         message = {
             "schema_version": 1,
             "fleet": self.config.fleet,
