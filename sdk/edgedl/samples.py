@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgedl.errors import TelemetryError
 from edgedl.telemetry import TOPIC_ROOT, validate_id
@@ -59,14 +59,22 @@ class SampleTensor(BaseModel):
             data=base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
         )
 
+    @model_validator(mode="after")
+    def _bytes_fit_the_shape(self) -> SampleTensor:
+        self.array()
+        return self
+
     def array(self) -> NDArray[Any]:
-        """The tensor as a numpy array; :class:`TelemetryError` when bytes and shape disagree."""
-        raw = base64.b64decode(self.data, validate=True)
+        """The tensor as a numpy array (ValueError when bytes and shape disagree)."""
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except ValueError:
+            raise ValueError("data is not base64") from None
         dtype = np.dtype(self.dtype).newbyteorder("<")
         count = int(np.prod(self.shape)) if self.shape else 1
         if len(raw) != count * dtype.itemsize:
-            raise TelemetryError(
-                f"tensor of shape {self.shape} and {self.dtype} needs "
+            raise ValueError(
+                f"a tensor of shape {self.shape} and {self.dtype} needs "
                 f"{count * dtype.itemsize} bytes, got {len(raw)}"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(self.shape).astype(self.dtype)
