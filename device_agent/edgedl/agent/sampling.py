@@ -170,22 +170,26 @@ class Sampler:
     ) -> None:
         if not inputs:
             return
-        batch = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+        batch = int(next(iter(inputs.values())).shape[0])
+        bound = self.config.low_confidence
+        by_rate = [self.config.rate > 0 and self._rng.random() < self.config.rate
+                   for _ in range(batch)]  # fmt: skip
+        with self._lock:
+            self.counts.offered += batch
+        if bound is None and not any(by_rate):
+            return  # the common case: nothing chosen, nothing computed
         found = predicted_classes(outputs)
         classes = found[0] if found is not None else None
         confidences = top1_confidence(outputs)
-        bound = self.config.low_confidence
         now = self._clock()
         for i in range(batch):
             conf = None
             if confidences is not None and np.isfinite(confidences[i]):
                 conf = float(confidences[i])
             predicted = int(classes[i]) if classes is not None else None
-            with self._lock:
-                self.counts.offered += 1
             if bound is not None and conf is not None and conf < bound:
                 reason = "low_confidence"
-            elif self.config.rate > 0 and self._rng.random() < self.config.rate:
+            elif by_rate[i]:
                 reason = "rate"
             else:
                 continue
