@@ -67,7 +67,10 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     every window and its outputs (detections, segments, transcripts) to ``/events``.
     """
     config: TelemetryConfig = runtime.config.telemetry
+    sampling: SamplingConfig | None = getattr(runtime.config, "sampling", None)
     if not config.enabled:
+        if sampling is not None and sampling.enabled:
+            log.warning("[sampling] is on but telemetry is off: no sample is kept or sent")
         return None
     repository = runtime.repository
 
@@ -89,7 +92,6 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     if getattr(runtime, "predictions", None) is not None:
         runtime.predictions.add_listener(service.builder)  # late labels into the windows
     runtime.add_component(service)
-    sampling: SamplingConfig | None = getattr(runtime.config, "sampling", None)
     if sampling is not None and sampling.enabled:
         sampler = service.sampler(sampling)
         runtime.sampler = sampler
