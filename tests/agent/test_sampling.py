@@ -1,8 +1,9 @@
 """The agent's sampler: the bounds of ``[sampling]`` hold under a burst ten times their size.
 
 Real digits go through a :class:`Sampler` writing to a real SQLite spool; the classifier
-outputs are synthetic scores whose top-1 confidence and class the test sets. No broker here:
-tests/e2e/test_sampling_e2e.py sends samples through Mosquitto to the collector.
+outputs are synthetic scores whose top-1 confidence and class the test sets. The last test
+sends samples through a real Mosquitto that goes away and comes back;
+tests/e2e/test_sampling_e2e.py runs real agents and a real collector.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from pydantic import ValidationError
+from tests import mqtt_broker
 from tests.agent.serving_helpers import digit_images
 
 from edgedl.agent.sampling import Sampler, SamplingConfig
+from edgedl.agent.telemetry.config import TelemetryConfig
+from edgedl.agent.telemetry.service import TelemetryService
 from edgedl.agent.telemetry.spool import Spool
-from edgedl.samples import SampleLabel, SampleMessage, decode_sample
+from edgedl.samples import SampleLabel, SampleMessage, decode_sample, samples_topic
 
 
 def scores(classes: list[int], confidence: float, width: int = 10) -> NDArray[np.float32]:
@@ -126,3 +130,45 @@ def test_a_late_label_follows_its_sample(tmp_path: Path) -> None:
     assert {(m.prediction_id, m.index) for m in samples} == {("abc", 0), ("abc", 1)}
     by_index = {m.index: m.id for m in samples}
     assert {(x.id, x.label) for x in labels} == {(by_index[0], 7), (by_index[1], 5)}
+
+
+mosquitto_broker = mqtt_broker.mosquitto_broker  # the fixture, for pytest to find
+
+
+def test_samples_kept_through_a_broker_outage_all_arrive(
+    mosquitto_broker: mqtt_broker.MosquittoBroker, tmp_path: Path
+) -> None:
+    recorder = mqtt_broker.Recorder(mosquitto_broker.url, ["edgedl/v1/#"])
+    config = TelemetryConfig(
+        mqtt=mosquitto_broker.url, fleet="f", device="d", interval_s=0.3,
+        spool_path=tmp_path / "spool.db", reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5,
+    )  # fmt: skip
+    service = TelemetryService(config)
+    s = service.sampler(SamplingConfig(rate=1.0, max_per_hour=1000))
+    service.start()
+    images = digit_images(30)
+
+    def offer(i: int) -> None:
+        s.offer("digits", "1", None, {"x": images[i : i + 1]}, {"y": scores([i % 10], 0.9)})
+
+    def received() -> set[str]:
+        topic = samples_topic("f", "d")
+        return {decode_sample(m.payload).id for m in list(recorder.messages) if m.topic == topic}
+
+    for i in range(10):
+        offer(i)
+    assert recorder.wait_for(lambda _: len(received()) == 10, 20)
+    mosquitto_broker.stop()
+    for i in range(10, 30):
+        offer(i)
+    assert s.drain(10) and len(s.spool) == 20  # on disk while the broker is away
+    mosquitto_broker.start()
+    assert recorder.wait_for(lambda _: len(s.spool) == 0, 30)
+    service.stop()
+    assert recorder.wait_for(lambda _: len(received()) == 30, 30)
+    # Every input arrived, each as it was sent.
+    sent = [decode_sample(m.payload) for m in list(recorder.messages)
+            if m.topic == samples_topic("f", "d")]  # fmt: skip
+    inputs = {m.id: m.inputs["x"].array().tobytes() for m in sent if isinstance(m, SampleMessage)}
+    assert sorted(inputs.values()) == sorted(images[i].tobytes() for i in range(30))
+    recorder.close()
