@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 from tests import mqtt_broker
 from tests.agent.serving_helpers import digit_images
 
-from edgedl.agent.sampling import Sampler, SamplingConfig
+from edgedl.agent.sampling import Sampler, SamplerMetrics, SamplingConfig
 from edgedl.agent.telemetry.config import TelemetryConfig
 from edgedl.agent.telemetry.service import TelemetryService
 from edgedl.agent.telemetry.spool import Spool
@@ -67,6 +68,11 @@ def test_a_burst_of_ten_times_the_hourly_bound_keeps_only_the_bound(tmp_path: Pa
     assert first.confidence == pytest.approx(0.9, abs=1e-6)
     np.testing.assert_array_equal(first.inputs["x"].array(), images[0])  # the real input
     assert len({m.id for m in messages}) == 20
+    registry = CollectorRegistry()
+    registry.register(SamplerMetrics(s))
+    text = generate_latest(registry).decode()
+    assert 'edgedl_samples_total{outcome="skipped_hourly"} 180.0' in text
+    assert "edgedl_samples_spooled 20.0" in text
 
 
 def test_quotas_per_class_and_low_confidence(tmp_path: Path) -> None:

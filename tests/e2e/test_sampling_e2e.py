@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from tests.agent.conftest import AgentProcess
@@ -93,6 +94,9 @@ def test_bounded_samples_reach_the_collector_export_and_train(
     assert len({s.id for s in sent}) == 30
     assert max(Counter(s.predicted for s in sent).values()) <= 4
     assert {s.reason for s in sent} == {"rate"}
+    metrics = httpx.get(f"{agents['pi-on'].url}/metrics", timeout=10).text
+    assert 'edgedl_samples_total{outcome="written"} 30.0' in metrics
+    assert 'edgedl_samples_total{outcome="offered"} 400.0' in metrics
 
     out = tmp_path / "data.npz"
 

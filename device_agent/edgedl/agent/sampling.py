@@ -29,13 +29,15 @@ import random
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgedl.profile import predicted_classes, top1_confidence
@@ -331,6 +333,33 @@ class Sampler:
         return seq
 
 
+class SamplerMetrics(Collector):
+    """The sampler's counts for ``GET /metrics``: ``edgedl_samples_total{outcome}`` (each
+    field of :class:`SamplerCounts`) and the spool's ``edgedl_samples_spooled`` messages and
+    ``edgedl_samples_spooled_bytes`` bytes waiting for the broker."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+
+    def collect(self) -> Iterator[Any]:
+        """The metric families, read at scrape time."""
+        counts = CounterMetricFamily(
+            "edgedl_samples", "Samples for retraining, by what became of them.", labels=["outcome"]
+        )
+        for outcome, value in asdict(self._sampler.counts).items():
+            counts.add_metric([outcome], value)
+        yield counts
+        spool = self._sampler.spool
+        yield GaugeMetricFamily(
+            "edgedl_samples_spooled", "Sample messages waiting for the broker.", value=len(spool)
+        )
+        yield GaugeMetricFamily(
+            "edgedl_samples_spooled_bytes",
+            "Payload bytes of sample messages waiting for the broker.",
+            value=spool.size_bytes,
+        )
+
+
 def offer(
     sampler: Sampler | None,
     model: str,
@@ -344,4 +373,11 @@ def offer(
         sampler.offer(model, version, prediction_id, inputs, outputs)
 
 
-__all__ = ["MAX_LABELLABLE", "Sampler", "SamplerCounts", "SamplingConfig", "offer"]
+__all__ = [
+    "MAX_LABELLABLE",
+    "Sampler",
+    "SamplerCounts",
+    "SamplerMetrics",
+    "SamplingConfig",
+    "offer",
+]

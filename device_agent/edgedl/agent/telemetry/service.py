@@ -27,7 +27,7 @@ from edgedl._version import __version__
 from edgedl.samples import samples_topic
 from edgedl.telemetry import DeviceStatus, ModelRef, encode_window
 
-from ..sampling import Sampler, SamplingConfig
+from ..sampling import Sampler, SamplerMetrics, SamplingConfig
 from .config import TelemetryConfig
 from .publisher import Publisher
 from .spool import Spool
@@ -95,6 +95,9 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     if sampling is not None and sampling.enabled:
         sampler = service.sampler(sampling)
         runtime.sampler = sampler
+        registry = getattr(getattr(runtime, "metrics", None), "registry", None)
+        if registry is not None:
+            registry.register(SamplerMetrics(sampler))
         if getattr(runtime, "predictions", None) is not None:
             runtime.predictions.add_id_listener(sampler.on_label)
     return service
