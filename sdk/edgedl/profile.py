@@ -191,6 +191,29 @@ def predicted_classes(outputs: Mapping[str, NDArray[Any]]) -> tuple[NDArray[np.i
     return None
 
 
+def _top1(y: FloatArray) -> FloatArray:
+    """Top-1 probability of each row of a classification output (softmax of logits; NaN for
+    a row holding a non-finite score)."""
+    finite_rows = np.all(np.isfinite(y), axis=1)
+    probs = np.full(y.shape, np.nan)
+    if finite_rows.any():
+        rows = y[finite_rows]
+        is_dist = np.all(rows >= -1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-2)
+        probs[finite_rows] = rows if is_dist else _softmax(rows)
+    with _quiet_nan_warnings():
+        return np.asarray(np.nanmax(probs, axis=1), dtype=np.float64)
+
+
+def top1_confidence(outputs: Mapping[str, NDArray[Any]]) -> FloatArray | None:
+    """The top-1 confidence of each sample in the first classification output (the one
+    :func:`predicted_classes` reads), as telemetry counts it; None without such an output."""
+    for arr in outputs.values():
+        y = np.asarray(arr)
+        if _is_classification(y):
+            return _top1(np.asarray(y, dtype=np.float64))
+    return None
+
+
 def batch_statistics(
     inputs: Mapping[str, NDArray[Any]],
     outputs: Mapping[str, NDArray[Any]],
@@ -226,14 +249,7 @@ def batch_statistics(
     for name, arr in outputs.items():
         y = np.asarray(arr, dtype=np.float64)
         if _is_classification(y):
-            finite_rows = np.all(np.isfinite(y), axis=1)
-            probs = np.full(y.shape, np.nan)
-            if finite_rows.any():
-                rows = y[finite_rows]
-                is_dist = np.all(rows >= -1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-2)
-                probs[finite_rows] = rows if is_dist else _softmax(rows)
-            with _quiet_nan_warnings():
-                stats[f"output/{name}/top1_confidence"] = np.nanmax(probs, axis=1)
+            stats[f"output/{name}/top1_confidence"] = _top1(y)
             classes[f"output/{name}"] = np.argmax(np.nan_to_num(y, nan=-np.inf), axis=1)
         else:
             flat = y.reshape(y.shape[0], -1)

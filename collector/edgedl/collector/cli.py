@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .devices_cli import devices
+from .export_cli import export
 
 
 @click.group()
@@ -153,5 +154,6 @@ def run(
 
 
 collector.add_command(devices)
+collector.add_command(export)
 
 __all__ = ["collector"]

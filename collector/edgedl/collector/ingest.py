@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from edgedl.errors import TelemetryError
+from edgedl.samples import SampleLabel, SampleMessage, decode_sample
 from edgedl.telemetry import (
     LATENCY_EDGES_MS,
     MAX_PAYLOAD_BYTES,
@@ -33,6 +34,7 @@ from edgedl.telemetry import (
 from .config import IngestConfig
 from .drift import percentiles
 from .registry import DeviceRegistry
+from .samples import store_samples
 from .store import DeadLetter, ReceivedStatus, StorageError, Store, StoredWindow
 
 log = logging.getLogger("edgedl.collector.ingest")
@@ -62,6 +64,7 @@ class IngestResult:
     statuses: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     ignored: int = 0
+    samples: int = 0  # samples (retraining) new to the database
 
 
 class Ingestor:
@@ -87,8 +90,19 @@ class Ingestor:
         result = IngestResult()
         windows: list[StoredWindow] = []
         statuses: list[ReceivedStatus] = []
+        sampled: list[tuple[SampleMessage | SampleLabel, float]] = []
         for msg in messages:
-            self._classify(msg, windows, statuses, result)
+            if msg.topic.endswith("/samples"):
+                self._sample(msg, sampled, result)
+            else:
+                self._classify(msg, windows, statuses, result)
+        if sampled:
+            try:
+                result.samples = store_samples(self.store, sampled)
+            except (OperationalError, InterfaceError) as exc:
+                raise StorageError(f"database unavailable: {_first_line(exc)}") from exc
+            except SQLAlchemyError as exc:
+                raise StorageError(f"database error: {_first_line(exc)}") from exc
         if self.registry_required:
             windows, statuses = self._enrolled_only(windows, statuses, result)
         try:
@@ -145,6 +159,25 @@ class Ingestor:
             log.exception("unexpected error reading a message on %s", msg.topic[:200])
             reason = f"unreadable message ({type(exc).__name__}: {exc})"
             result.dead.append(DeadLetter(msg.topic, reason, msg.payload, msg.received_at))
+
+    def _sample(
+        self,
+        msg: Message,
+        sampled: list[tuple[SampleMessage | SampleLabel, float]],
+        result: IngestResult,
+    ) -> None:
+        """A samples-topic message, or a dead letter when it is malformed."""
+        try:
+            fleet, device, _ = parse_topic(msg.topic)
+            message = decode_sample(msg.payload)
+            _same_device(message.fleet, message.device, fleet, device)
+            if self.registry_required and (fleet, device) not in self._registry.among(
+                {(fleet, device)}
+            ):
+                raise TelemetryError(UNKNOWN_DEVICE)
+            sampled.append((message, msg.received_at))
+        except TelemetryError as exc:
+            result.dead.append(DeadLetter(msg.topic, str(exc), msg.payload, msg.received_at))
 
     def _enrolled_only(
         self,

@@ -36,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgedl.errors import ConfigError
+from edgedl.samples import samples_subscription
 from edgedl.telemetry import status_subscription, telemetry_subscription
 
 from .config import MqttConfig, StorageConfig
@@ -249,9 +250,11 @@ class MqttConsumer:
                 group = self.cfg.group if self.cfg.shared else None
                 topics.append((telemetry_subscription(fleet, group), options))
                 topics.append((status_subscription(fleet), options))
+                topics.append((samples_subscription(fleet), options))
             else:  # 3.1.1: QoS numbers, and no shared subscriptions
                 topics.append((telemetry_subscription(fleet, None), 1))
                 topics.append((status_subscription(fleet), 1))
+                topics.append((samples_subscription(fleet), 1))
         client.subscribe(topics)
         self.connected.set()
         log.info(

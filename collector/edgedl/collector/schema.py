@@ -290,6 +290,38 @@ pipeline_references = Table(
 )
 
 
+# Samples for retraining (edgedl.collector.samples): one row per sample a device sent with
+# [sampling] on, its input tensors as the JSON of the message (``inputs``); ``sample_id`` makes
+# a message the broker delivers twice a no-op. A late label is its own row in
+# ``sample_labels``, so that it may arrive before or after its sample.
+samples = Table(
+    "samples",
+    metadata,
+    Column("sample_id", String(300), primary_key=True),
+    Column("fleet", String(128), nullable=False),
+    Column("device", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("prediction_id", String(160)),
+    Column("batch_index", Integer, nullable=False),
+    Column("predicted", Integer),
+    Column("confidence", Float),
+    Column("inputs", LargeBinary, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_samples_fleet_time", "fleet", "time"),
+)
+
+sample_labels = Table(
+    "sample_labels",
+    metadata,
+    Column("sample_id", String(300), primary_key=True),
+    Column("label", Integer, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
@@ -432,6 +464,10 @@ def _v9(conn: Connection) -> None:
     metadata.create_all(conn, tables=[pipeline_references])
 
 
+def _v10(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[samples, sample_labels])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
@@ -442,6 +478,7 @@ MIGRATIONS: list[Migration] = [
     (7, "label_confusion, accuracy_estimates (real and estimated accuracy per window)", _v7),
     (8, "leases (one wave controller per group); current epoch counters on devices", _v8),
     (9, "pipeline_references (stage-health reference profiles of pipelines)", _v9),
+    (10, "samples, sample_labels (samples for retraining)", _v10),
 ]
 
 

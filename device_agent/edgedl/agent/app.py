@@ -64,6 +64,7 @@ from .oip import BadRequest, InferenceRequest, decode_request, encode_response
 from .repository import ModelNotFound
 from .request_body import RequestLimits, read_body
 from .request_budget import JSON_OUTPUT_BYTE_COST, Reservation
+from .sampling import offer
 from .served import InferenceFailed, Servable, Tensors
 from .service import AgentRuntime
 from .shared_memory_api import shared_memory_routes
@@ -229,6 +230,7 @@ class _Api:
         del body, decode
         outputs = await answer(model, decoded.inputs, decoded.timeout_s)
         remember(self.runtime.predictions, model.name, model.version, decoded, outputs)
+        offer(self.runtime.sampler, model.name, model.version, decoded.id, decoded.inputs, outputs)
         decoded.inputs.clear()  # answered: only the outputs are needed from here on
         return await _encode(model, decoded, outputs, reservation, self.runtime)
 

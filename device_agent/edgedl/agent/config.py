@@ -12,6 +12,7 @@ One pydantic model per section; :class:`AgentConfig` composes them::
     [security]      trusted signing keys for bundles (edgedl.agent.security)
     [fleet]         over-the-air updates from the collector (edgedl.agent.fleet)
     [labels]        predictions remembered for late labels (edgedl.agent.labels)
+    [sampling]      inputs kept for retraining, off by default (edgedl.agent.sampling)
 
 Environment variables override the file: ``EDGEDL_AGENT__SERVER__PORT=8081`` sets
 ``server.port``; a list element is addressed by its index
@@ -37,6 +38,7 @@ from .fleet.config import FleetUpdatesConfig
 from .labels import LabelsConfig
 from .pipeline.config import PipelineConfig
 from .rollout.config import RolloutConfig, StoreConfig
+from .sampling import SamplingConfig
 from .security import SecurityConfig
 from .telemetry.config import TelemetryConfig
 
@@ -110,6 +112,7 @@ class AgentConfig(BaseModel):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     fleet: FleetUpdatesConfig = Field(default_factory=FleetUpdatesConfig)
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 
 def load_config(

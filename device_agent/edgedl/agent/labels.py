@@ -153,12 +153,17 @@ class PredictionLog:
         self._forgotten: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[LabelListener] = []
+        self._id_listeners: list[Callable[[str, Sequence[int]], None]] = []
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count()
 
     def add_listener(self, listener: LabelListener) -> None:
         """Tell ``listener`` of every label from now on."""
         self._listeners.append(listener)
+
+    def add_id_listener(self, listener: Callable[[str, Sequence[int]], None]) -> None:
+        """Call ``listener(id, labels)`` for every accepted label (the sampler's labels)."""
+        self._id_listeners.append(listener)
 
     def __len__(self) -> int:
         return len(self._predictions)
@@ -204,6 +209,9 @@ class PredictionLog:
         result, pairs = self._match(request_id, label)
         for listener in self._listeners:
             listener.on_label(result.status, result.model, result.version, pairs, result.replaced)
+        if result.status is LabelStatus.ACCEPTED:
+            for id_listener in self._id_listeners:
+                id_listener(result.id, [actual for actual, _ in pairs])
         return result
 
     def _match(self, request_id: Any, label: Any) -> tuple[LabelResult, list[tuple[int, int]]]:

@@ -35,6 +35,7 @@ from .labels import PredictionLog
 from .metrics import AgentMetrics
 from .observe import InferenceObserver
 from .repository import ModelConflict, ModelRepository
+from .sampling import Sampler
 from .security import BundleAdmission
 from .served import Observers, ServedModel
 from .shared_memory import SharedMemoryRegions
@@ -73,6 +74,8 @@ class AgentRuntime:
             if labels.enabled
             else None
         )
+        # Keeps inputs for retraining when [sampling] is on (set by telemetry.attach).
+        self.sampler: Sampler | None = None
         self._draining = threading.Event()
         self._components: list[Component] = []
         self._started = False

@@ -54,6 +54,7 @@ from ..oip import BadRequest, InferenceRequest, shared
 from ..repository import ModelNotFound
 from ..request_body import ClientGone, RequestLimits
 from ..request_budget import JSON_OUTPUT_BYTE_COST, MemoryBusy, PayloadTooLarge, Reservation
+from ..sampling import offer
 from ..served import InferenceFailed, Servable, Tensors
 from ..service import AgentRuntime
 from ..shared_memory import SharedMemoryRegions
@@ -199,6 +200,9 @@ class InferenceService:
             del request, decode
             outputs = await answer(model, decoded.inputs, _deadline(decoded, model, context))
             remember(self.runtime.predictions, model.name, model.version, decoded, outputs)
+            offer(
+                self.runtime.sampler, model.name, model.version, decoded.id, decoded.inputs, outputs
+            )
             encoded: bytes = await self._encode(model, decoded, outputs, reservation)
         except ServingError as exc:
             if model is not None:

@@ -100,7 +100,8 @@ class Publisher:
         """Event messages dropped because more than MAX_QUEUED_EVENTS waited."""
         self._protocol = MQTTProtocolVersion.MQTTv5
         self._client: mqtt.Client | None = None
-        self._inflight: dict[int, int] = {}  # paho mid -> window seq
+        self._inflight: dict[int, tuple[Spool, int]] = {}  # paho mid -> (spool, seq)
+        self._spools: list[tuple[str, Spool]] = [(self._topic, spool)]
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = threading.Event()
@@ -163,6 +164,11 @@ class Publisher:
                 self.events_dropped += 1
             self._events.append(payload)
         self._wake.set()
+
+    def add_spool(self, topic: str, spool: Spool) -> None:
+        """Also drain ``spool`` to ``topic``, the same way, after the windows (call before
+        :meth:`start`). The samples of ``[sampling]`` travel so."""
+        self._spools.append((topic, spool))
 
     def notify(self) -> None:
         """A window was spooled: send it without waiting for the next poll."""
@@ -246,7 +252,7 @@ class Publisher:
             return True
         if time.monotonic() >= self._stop_deadline:
             return False
-        return self.inflight > 0 or bool(self.spool.pending(1))
+        return self.inflight > 0 or any(s.pending(1) for _, s in self._spools)
 
     def _pause(self, seconds: float) -> None:
         if self._stopping.is_set():
@@ -338,7 +344,8 @@ class Publisher:
                 client.username_pw_set(self._broker.username, self._broker.password)
             with self._lock:
                 self._inflight.clear()  # a new client has no session: resend from the spool
-            self.spool.release()
+            for _, spool in self._spools:
+                spool.release()
             self._client = client
         client.will_set(
             self._status_topic, encode_status(self._current_status(False)), qos=1, retain=True
@@ -396,46 +403,56 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         with self._lock:
-            seq = self._inflight.pop(mid, None)
-        if seq is None:
+            found = self._inflight.pop(mid, None)
+        if found is None:
             return  # a status message
+        spool, seq = found
         if reason_code.is_failure:
-            # Refused, not lost: the window stays spooled and is offered again later.
-            log.warning("broker refused telemetry window %d: %s", seq, reason_code)
-            self.spool.release({seq})
+            # Refused, not lost: the message stays spooled and is offered again later.
+            log.warning("broker refused spooled message %d: %s", seq, reason_code)
+            spool.release({seq})
             self._hold_until = time.monotonic() + self.config.reconnect_max_s
             return
-        self.spool.remove(seq)
-        self.acknowledged += 1
+        spool.remove(seq)
+        if spool is self.spool:
+            self.acknowledged += 1
 
     def _drain(self, client: mqtt.Client) -> None:
-        """Publish spooled windows in order while fewer than ``max_inflight`` are unacked."""
+        """Publish spooled messages in order while fewer than ``max_inflight`` are unacked:
+        the windows first, then the other spools (:meth:`add_spool`)."""
         if time.monotonic() < self._hold_until:
             return
+        for topic, spool in self._spools:
+            if not self._drain_one(client, topic, spool):
+                return
+
+    def _drain_one(self, client: mqtt.Client, topic: str, spool: Spool) -> bool:
+        """Publish from one spool; False when the connection failed on the way."""
         with self._lock:
             room = self.config.max_inflight - len(self._inflight)
         if room <= 0:
-            return
-        batch = self.spool.take(room)
+            return True
+        batch = spool.take(room)
         for i, window in enumerate(batch):
             props: Properties | None = None
             if self._protocol == MQTTProtocolVersion.MQTTv5:
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.ContentType = content_type(window.payload)
-            info = client.publish(self._topic, window.payload, qos=1, properties=props)
+            info = client.publish(topic, window.payload, qos=1, properties=props)
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 # paho keeps a QoS 1 message it could not send and sends it on reconnect.
                 with self._lock:
-                    self._inflight[info.mid] = window.seq
-                self.spool.release({w.seq for w in batch[i + 1 :]})
+                    self._inflight[info.mid] = (spool, window.seq)
+                spool.release({w.seq for w in batch[i + 1 :]})
                 self._lost("connection lost while publishing")
-                return
+                return False
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self.spool.release({w.seq for w in batch[i:]})
+                spool.release({w.seq for w in batch[i:]})
                 self._lost(f"publish failed ({mqtt.error_string(info.rc)})")
-                return
+                return False
             with self._lock:
-                self._inflight[info.mid] = window.seq
+                self._inflight[info.mid] = (spool, window.seq)
+        return True
 
     def _send_events(self, client: mqtt.Client) -> None:
         while True:

@@ -24,8 +24,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgedl._version import __version__
+from edgedl.samples import samples_topic
 from edgedl.telemetry import DeviceStatus, ModelRef, encode_window
 
+from ..sampling import Sampler, SamplerMetrics, SamplingConfig
 from .config import TelemetryConfig
 from .publisher import Publisher
 from .spool import Spool
@@ -65,7 +67,10 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     every window and its outputs (detections, segments, transcripts) to ``/events``.
     """
     config: TelemetryConfig = runtime.config.telemetry
+    sampling: SamplingConfig | None = getattr(runtime.config, "sampling", None)
     if not config.enabled:
+        if sampling is not None and sampling.enabled:
+            log.warning("[sampling] is on but telemetry is off: no sample is kept or sent")
         return None
     repository = runtime.repository
 
@@ -87,6 +92,14 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     if getattr(runtime, "predictions", None) is not None:
         runtime.predictions.add_listener(service.builder)  # late labels into the windows
     runtime.add_component(service)
+    if sampling is not None and sampling.enabled:
+        sampler = service.sampler(sampling)
+        runtime.sampler = sampler
+        registry = getattr(getattr(runtime, "metrics", None), "registry", None)
+        if registry is not None:
+            registry.register(SamplerMetrics(sampler))
+        if getattr(runtime, "predictions", None) is not None:
+            runtime.predictions.add_id_listener(sampler.on_label)
     return service
 
 
@@ -119,8 +132,21 @@ class TelemetryService:
         self._cut_requested = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sampler: Sampler | None = None
         self.windows = 0
         """Windows spooled since :meth:`start`."""
+
+    def sampler(self, sampling: SamplingConfig) -> Sampler:
+        """A :class:`Sampler` whose samples this service's publisher sends (started with it)."""
+        path = sampling.spool_for(self.config.spool_path)
+        spool = Spool(path, sampling.max_disk_bytes)
+        self._sampler = Sampler(
+            sampling, spool, self.config.fleet, self.config.device, notify=self.publisher.notify
+        )
+        self.publisher.add_spool(samples_topic(self.config.fleet, self.config.device), spool)
+        if self._thread is not None:
+            self._sampler.start()
+        return self._sampler
 
     @property
     def observer(self) -> WindowBuilder:
@@ -132,6 +158,8 @@ class TelemetryService:
         if self._thread is not None:
             return
         self._stopping.clear()
+        if self._sampler is not None:
+            self._sampler.start()
         self.publisher.start()
         self._thread = threading.Thread(
             target=self._run, name="edgedl-telemetry-window", daemon=True
@@ -151,8 +179,12 @@ class TelemetryService:
         thread.join()
         self._thread = None
         self.flush()
+        if self._sampler is not None:
+            self._sampler.stop()
         self.publisher.stop(flush_timeout_s)
         self.spool.close()
+        if self._sampler is not None:
+            self._sampler.spool.close()
 
     def flush(self) -> int:
         """Cut the current window now and spool it; its sequence number."""
