@@ -210,6 +210,19 @@ SKIPS: dict[tuple[str, str], str] = {
     ("docs/performance.md", ".venv/bin/python bench/agent.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",
+        ".venv/bin/python bench/protocols.py --seconds 3 --models image-224",
+    ): "a benchmark",
+    ("docs/performance.md", ".venv/bin/python bench/json_decode.py --seconds 3"): "a benchmark",
+    (
+        "docs/performance.md",
+        "EDGEDL_MLSERVER=/opt/mlserver/bin/mlserver .venv/bin/python bench/peer_mlserver.py "
+        "--seconds 3 --rounds 2",
+    ): "a benchmark against MLServer, installed in a venv of its own (not here)",
+    ("docs/performance.md", "sudo .venv/bin/python -m pytest tests/platform -s"): (
+        "the platform tests run in make test (tests/platform)"
+    ),
+    (
+        "docs/performance.md",
         ".venv/bin/python bench/telemetry.py --only ingest_direct --out /tmp/ingest.json",
     ): "a benchmark (minutes)",
     (
