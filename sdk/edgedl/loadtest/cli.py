@@ -74,6 +74,11 @@ def render(result: dict[str, Any], console: Console) -> None:
     type=click.Path(path_type=Path),
     help="Real inputs: .npy or .npz (x), one request per sample (default: random).",
 )
+@click.option(
+    "--input-name",
+    help="The input to send (default: the first in the model's metadata); with --inputs, "
+    "loads a server whose metadata lists no inputs.",
+)
 @click.option("--binary", is_flag=True, help="Send tensors with the binary data extension.")
 @click.option(
     "--p99-bound",
@@ -89,6 +94,7 @@ def loadtest(
     duration: float | None,
     limit: int | None,
     inputs: Path | None,
+    input_name: str | None,
     binary: bool,
     p99_bound: float | None,
     as_json: bool,
@@ -111,7 +117,7 @@ def loadtest(
     endpoint = Endpoint.parse(url)
     x = load_inputs(inputs) if inputs else None
     metadata = asyncio.run(model_metadata(endpoint, model))
-    prepared = infer_requests(endpoint, model, metadata, x, binary=binary)
+    prepared = infer_requests(endpoint, model, metadata, x, binary=binary, input_name=input_name)
     steps = run_load(endpoint, prepared, concurrency=levels, rates=rates, duration=duration,
                      limit=limit)  # fmt: skip
     result = {

@@ -40,11 +40,30 @@ def load_inputs(path: Path) -> NDArray[Any]:
     return np.asarray(x)
 
 
-def sample_shape(metadata: dict[str, Any], x: NDArray[Any] | None) -> tuple[str, str, list[int]]:
-    """The first input's name, datatype and per-request shape (batch 1)."""
+def sample_shape(
+    metadata: dict[str, Any], x: NDArray[Any] | None, input_name: str | None = None
+) -> tuple[str, str, list[int]]:
+    """The first input's name, datatype and per-request shape (batch 1).
+
+    A server whose metadata lists no inputs (MLServer, unless a model's settings declare
+    them) is loaded with the input named ``input_name``, typed and shaped as the samples ``x``.
+    """
+    inputs = metadata.get("inputs") if isinstance(metadata, dict) else None
+    if not inputs:
+        if input_name is None or x is None:
+            raise DataError(
+                "the server's model metadata lists no inputs: give --input-name NAME and "
+                "--inputs FILE (MLServer lists inputs only when the model's settings declare them)"
+            )
+        datatype = next((k for k, v in _NUMPY.items() if np.dtype(v) == x.dtype), None)
+        if datatype is None:
+            raise DataError(f"inputs of dtype {x.dtype} cannot be sent; convert them to float32")
+        return input_name, datatype, [1, *x.shape[1:]]
     try:
-        spec = metadata["inputs"][0]
+        spec = next(i for i in inputs if input_name in (None, i["name"]))
         name, datatype, shape = str(spec["name"]), str(spec["datatype"]), list(spec["shape"])
+    except StopIteration as exc:
+        raise DataError(f"the model has no input named {input_name!r}") from exc
     except (KeyError, IndexError, TypeError) as exc:
         raise DataError(f"model metadata has no usable inputs: {metadata!r:.200}") from exc
     if datatype not in _NUMPY:
@@ -61,9 +80,10 @@ def infer_requests(
     x: NDArray[Any] | None,
     binary: bool = False,
     count: int = 64,
+    input_name: str | None = None,
 ) -> list[bytes]:
     """Prepared ``POST /v2/models/MODEL/infer`` requests, one per sample (``count`` random)."""
-    name, datatype, shape = sample_shape(metadata, x)
+    name, datatype, shape = sample_shape(metadata, x, input_name)
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.random((count, *shape[1:])).astype(_NUMPY[datatype])
