@@ -33,7 +33,7 @@ from edgedl.converters.torch_source import INPUT_NAME, TorchModule, export_onnx
 
 S8, U8 = QuantType.QInt8, QuantType.QUInt8
 VARIANTS: dict[str, dict[str, Any]] = {
-    "S8S8 (the converter before)": {"activation_type": S8, "weight_type": S8},
+    "S8S8 (onnx-int8)": {"activation_type": S8, "weight_type": S8},
     "S8S8 reduce_range": {"activation_type": S8, "weight_type": S8, "reduce_range": True},
     "U8S8": {"activation_type": U8, "weight_type": S8},
     "U8S8 reduce_range": {"activation_type": U8, "weight_type": S8, "reduce_range": True},
@@ -46,7 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "U8U8 percentile": {
         "activation_type": U8, "weight_type": U8, "calibrate_method": CalibrationMethod.Percentile,
     },
-    "U8U8 (the converter now)": {"activation_type": U8, "weight_type": U8},
+    "U8U8 (onnx-int8-u8u8)": {"activation_type": U8, "weight_type": U8},
 }  # fmt: skip
 
 
