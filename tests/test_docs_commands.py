@@ -215,6 +215,11 @@ SKIPS: dict[tuple[str, str], str] = {
     ("docs/performance.md", ".venv/bin/python bench/json_decode.py --seconds 3"): "a benchmark",
     (
         "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models efficientnet-lite0 --targets "
+        "onnx-fp32,onnx-int8,onnx-int8-u8u8 --calibration-samples 100 --validation-samples 100",
+    ): "a benchmark (minutes)",
+    (
+        "docs/performance.md",
         "EDGEDL_MLSERVER=/opt/mlserver/bin/mlserver .venv/bin/python bench/peer_mlserver.py "
         "--seconds 3 --rounds 2",
     ): "a benchmark against MLServer, installed in a venv of its own (not here)",
