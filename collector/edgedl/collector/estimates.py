@@ -9,6 +9,7 @@ predictions and variances add up).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
     from .accuracy import LabelScope
     from .references import ReferenceBook
     from .store import Store
+
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, str, str]] = set()
+
+
+def _skipped(model: str, version: str, why: str) -> None:
+    """Say once per model version and reason why its windows get no estimate."""
+    if (model, version, why) not in _warned:
+        _warned.add((model, version, why))
+        log.warning("no accuracy estimate for %s %s: %s", model, version, why)
 
 
 def estimate_rows(
@@ -41,11 +52,16 @@ def estimate_rows(
             if calibration is None:
                 continue
             hist = m.profile.histograms.get(calibration.statistic)
-            if hist is None or tuple(hist.edges) != calibration.edges or not hist.count:
+            if hist is None or not hist.count:
+                continue  # no top-1 histogram or no predictions in this window: nothing to estimate
+            if tuple(hist.edges) != calibration.edges:
+                _skipped(m.name, m.version, f"its windows' {calibration.statistic} bins differ "
+                         "from the calibration's")  # fmt: skip
                 continue
             try:
                 guess = calibration.estimate(hist.counts)
-            except DataError:
+            except DataError as exc:
+                _skipped(m.name, m.version, str(exc))
                 continue
             rows.append(
                 {
