@@ -49,14 +49,14 @@ def test_samples_are_stored_once_labelled_late_and_exported(db_url: str, tmp_pat
         Message(TOPIC, encode_sample(sample(8, images[0])).replace(b'"data":"', b'"data":"AAAA')),
     ]
     result = ingest.ingest([*first, label_early, *hostile])
-    assert result.samples == 4 and len(result.dead) == 3
+    assert result.samples == 4 and result.samples_duplicate == 0 and len(result.dead) == 3
     # Delivered again (QoS 1), plus the rest: each sample once, labels before or after it.
     again = ingest.ingest([
         *first, Message(TOPIC, encode_sample(sample(4, images[4], "low_confidence"))),
         Message(TOPIC, encode_sample(sample(5, images[5]))),
         Message(TOPIC, encode_sample(SampleLabel(id="f:d:e:0", fleet="f", device="d", label=0))),
     ])  # fmt: skip
-    assert again.samples == 2
+    assert again.samples == 2 and again.samples_duplicate == len(first)  # counted, not stored
     everything = export_samples(store, fleet="f")
     assert len(everything) == 6 and everything.labelled == 2
     np.testing.assert_array_equal(everything.x, images)

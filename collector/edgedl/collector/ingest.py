@@ -65,6 +65,7 @@ class IngestResult:
     dead: list[DeadLetter] = field(default_factory=list)
     ignored: int = 0
     samples: int = 0  # samples (retraining) new to the database
+    samples_duplicate: int = 0  # samples received again (redelivery) and not stored twice
 
 
 class Ingestor:
@@ -99,6 +100,8 @@ class Ingestor:
         if sampled:
             try:
                 result.samples = store_samples(self.store, sampled)
+                received = sum(isinstance(m, SampleMessage) for m, _ in sampled)
+                result.samples_duplicate = received - result.samples
             except (OperationalError, InterfaceError) as exc:
                 raise StorageError(f"database unavailable: {_first_line(exc)}") from exc
             except SQLAlchemyError as exc:

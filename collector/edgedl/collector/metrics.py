@@ -22,6 +22,14 @@ class CollectorMetrics:
             "Windows received again and not stored twice (redelivery, agent resend)",
             registry=r,
         )
+        self.samples = Counter(
+            "edgedl_collector_samples_stored", "Samples for retraining stored", registry=r
+        )
+        self.samples_duplicate = Counter(
+            "edgedl_collector_samples_duplicate",
+            "Samples received again and not stored twice (redelivery)",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "edgedl_collector_dead_letters", "Messages refused by validation", registry=r
         )

@@ -382,6 +382,8 @@ class MqttConsumer:
         self.metrics.messages.inc(len(batch))
         self.metrics.windows.inc(len(result.stored))
         self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.samples.inc(result.samples)
+        self.metrics.samples_duplicate.inc(result.samples_duplicate)
         self.metrics.dead_letters.inc(len(result.dead))
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
