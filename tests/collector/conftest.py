@@ -62,6 +62,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     proc.wait(timeout=10)
 
 
+#: The admin URL of the machine's PostgreSQL (trust auth, database ``test``).
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str | None]:
     """Admin URL of PostgreSQL on 127.0.0.1:5432, or None (with the reason printed)."""
@@ -69,10 +73,12 @@ def postgres_server() -> Iterator[str | None]:
         print("PostgreSQL does not answer on 127.0.0.1:5432: PostgreSQL variants are skipped")
         yield None
         return
-    yield "postgresql://postgres@127.0.0.1:5432/test"
+    yield PG_ADMIN
 
 
-def _create_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+def create_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty database on the server of ``admin_url``: its URL and a function that
+    drops it."""
     import psycopg
 
     name = f"edgedl_collector_{uuid.uuid4().hex[:10]}"
@@ -99,7 +105,7 @@ def db_url(
         return
     if postgres_server is None:
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
-    url, drop = _create_pg_database(postgres_server)
+    url, drop = create_pg_database(postgres_server)
     yield url
     drop()
 

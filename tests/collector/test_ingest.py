@@ -234,11 +234,11 @@ def test_lost_database_connections_lose_no_window(
 
     import psycopg
     import pytest
-    from tests.collector.conftest import _create_pg_database
+    from tests.collector.conftest import create_pg_database
 
     if postgres_server is None:
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
-    url, drop = _create_pg_database(postgres_server)
+    url, drop = create_pg_database(postgres_server)
     try:
         collector = start_collector(collector_config(broker, url, windows.fleet))
         name = url.rsplit("/", 1)[1]

@@ -182,11 +182,11 @@ def test_mqtt311_windows_received_but_not_committed_come_back_after_a_crash(
     """The database is locked while the windows arrive, then the collector is SIGKILLed:
     nothing was acknowledged, so the broker delivers all of it to the next run."""
     import psycopg
-    from tests.collector.conftest import _create_pg_database
+    from tests.collector.conftest import create_pg_database
 
     if postgres_server is None:
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
-    db_url, drop = _create_pg_database(postgres_server)
+    db_url, drop = create_pg_database(postgres_server)
     client_id = f"c311-{uuid.uuid4().hex[:6]}"
     args = [
         str(Path(sys.executable).with_name("edgedl")), "collector", "run",

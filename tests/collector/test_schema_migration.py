@@ -182,11 +182,11 @@ def test_collectors_starting_together_on_an_empty_database_migrate_it_once(
     """A group's collectors started at once: one migrates, the others wait and find it done."""
     import threading
 
-    from tests.collector.conftest import _create_pg_database
+    from tests.collector.conftest import create_pg_database
 
     if postgres_server is None:
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
-    url, drop = _create_pg_database(postgres_server)
+    url, drop = create_pg_database(postgres_server)
     opened: list[Store] = []
     failed: list[BaseException] = []
     barrier = threading.Barrier(4)

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.agent.conftest import AgentProcess
+from tests.collector.conftest import PG_ADMIN, create_pg_database
 from tests.conftest import run_edgedl
 from tests.e2e.conftest import CollectorProcess
 from tests.e2e.fleet_harness import (
@@ -43,7 +43,6 @@ from tests.mqtt_broker import MosquittoBroker, port_answers
 
 pytestmark = pytest.mark.slow
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DEVICES = ["pi-0", "pi-1", "pi-2"]
 LEASE_S = 3.0
 
@@ -54,14 +53,9 @@ def pg_url() -> Iterator[str]:
     if not port_answers("127.0.0.1", 5432):
         print("PostgreSQL does not answer on 127.0.0.1:5432: the collector group test is skipped")
         pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
-    import psycopg
-
-    name = f"edgedl_group_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    url, drop = create_pg_database(PG_ADMIN)
+    yield url
+    drop()
 
 
 class Group:
