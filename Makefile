@@ -8,13 +8,14 @@ N ?= 3
 DEMO_ARGS ?=
 
 # Debian packages the tests use: a broker, speech for the keyword example, a browser for the
-# dashboard, Prometheus for the Grafana queries, NATS as a second MQTT engine; debootstrap,
-# qemu-user-static (with binfmt-support), systemd-nspawn, podman and runc for the platform
-# checks in tests/platform (docs/platforms.md). Installed only when missing (CI runs as root
-# on Debian).
+# dashboard, Prometheus for the Grafana queries, NATS and RabbitMQ (its MQTT plugin) as other
+# MQTT engines; debootstrap, qemu-user-static (with binfmt-support), systemd-nspawn, podman,
+# runc and catatonit (the pause container of `podman kube play`) for the platform checks in
+# tests/platform (docs/platforms.md). Installed only when missing (CI runs as root on Debian).
 DEBIAN_PACKAGES := mosquitto:mosquitto espeak-ng:espeak-ng chromium:chromium prometheus:prometheus \
   nats-server:nats-server debootstrap:debootstrap qemu-aarch64-static:qemu-user-static \
-  update-binfmts:binfmt-support systemd-nspawn:systemd-container podman:podman runc:runc
+  update-binfmts:binfmt-support systemd-nspawn:systemd-container podman:podman runc:runc \
+  catatonit:catatonit rabbitmq-server:rabbitmq-server
 
 .PHONY: help venv sysdeps lint test test-repeat demo bench clean
 

@@ -74,6 +74,10 @@ SKIPS: dict[tuple[str, str], str] = {
             "podman build --platform linux/arm64 -f containers/agent.Containerfile "
             "-t edgedl-agent:arm64 build/image",
             "podman build -f containers/collector.Containerfile -t edgedl-collector build/image",
+            "podman build -f containers/mosquitto.Containerfile -t edgedl-mosquitto containers",
+            "podman build -f containers/postgres.Containerfile -t edgedl-postgres containers",
+            "podman kube play --configmap containers/stack-ports.yaml containers/stack.pod.yaml",
+            "edgedl demo --collector http://127.0.0.1:8090 --mqtt mqtt://127.0.0.1:1883",
             "podman run -d --network host -v ./bundles/digits:/bundles/digits:ro "
             "-v edgedl-state:/var/lib/edgedl edgedl-agent --model /bundles/digits",
         )

@@ -251,3 +251,12 @@ def test_a_broker_named_with_mqtt_that_does_not_answer_is_one_line(tmp_path: Pat
     result = run_demo_fast("--mqtt", url, "--http-port", "0", "--agent-port", "0",
                            "--workdir", str(tmp_path / "w"))  # fmt: skip
     assert_one_line_error(result, f"no MQTT broker answers at {url}")
+
+
+def test_a_collector_named_with_collector_that_does_not_answer_is_one_line(
+    tmp_path: Path,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_demo_fast("--collector", url, "--agent-port", "0",
+                           "--workdir", str(tmp_path / "w"))  # fmt: skip
+    assert_one_line_error(result, f"no collector subscribed to its broker answers at {url}")

@@ -30,6 +30,12 @@ import click
     "installed, amqtt).",
 )
 @click.option(
+    "--collector",
+    "collector_url",
+    help="URL of a running collector (e.g. http://127.0.0.1:8090) to use instead of starting "
+    "one; --mqtt names its broker (the demo then starts none). --http-port is not used.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the model, bundle, database and logs go (kept afterwards; "
@@ -47,14 +53,16 @@ def demo(
     http_port: int,
     agent_port: int,
     mqtt_url: str | None,
+    collector_url: str | None,
     workdir: Path | None,
     keep: bool,
     epochs: int,
 ) -> None:
     """Train, convert, serve and watch the digits model; shift its inputs; see the drift alert.
 
-    Starts a collector, an agent and (when no broker answers) mosquitto or, where it is not
-    installed, an embedded amqtt broker, and stops them all at the end.
+    Starts a collector (unless --collector names one), an agent and (when no broker answers
+    and no --collector is given) mosquitto or, where it is not installed, an embedded amqtt
+    broker, and stops them all at the end.
     """
     from .story import Demo, DemoOptions
 
@@ -64,6 +72,7 @@ def demo(
             http_port=http_port,
             agent_port=agent_port,
             mqtt_url=mqtt_url,
+            collector_url=collector_url,
             keep=keep,
             epochs=epochs,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -61,6 +62,8 @@ class DemoOptions:
     http_port: int = 8090
     agent_port: int = 8080
     mqtt_url: str | None = None
+    #: A running collector to use (its broker is ``mqtt_url``) instead of starting one.
+    collector_url: str | None = None
     keep: bool = False
     epochs: int = 20
 
@@ -78,6 +81,11 @@ class Demo:
         self.children: list[Child] = []
         self.step = 0
         self._temporary = options.workdir is None
+        # A collector of its own sees one demo device; a shared one gets a new device each run,
+        # so that alerts of earlier runs are not taken for this run's.
+        self.device = (
+            DEVICE if options.collector_url is None else f"{DEVICE}-{secrets.token_hex(3)}"
+        )
 
     def say(self, text: str) -> None:
         """Print the next numbered step."""
@@ -107,7 +115,13 @@ class Demo:
 
     def _prepare(self) -> Path:
         """Check ports and the work folder before anything slow happens."""
-        check_port_free(self.options.http_port, "--http-port")
+        if self.options.collector_url is None:
+            check_port_free(self.options.http_port, "--http-port")
+        elif not _subscribed(self.options.collector_url.rstrip("/")):
+            raise ConfigError(
+                f"no collector subscribed to its broker answers at "
+                f"{self.options.collector_url} (--collector)"
+            )
         check_port_free(self.options.agent_port, "--agent-port")
         if self.options.workdir is not None:
             folder = check_writable(self.options.workdir)
@@ -189,6 +203,10 @@ class Demo:
         if broker_answers(url):
             self.say(f"using the MQTT broker at [bold]{url}[/]")
             return url
+        if self.options.collector_url is not None:
+            raise ConfigError(
+                f"no MQTT broker answers at {url}: name the collector's broker with --mqtt"
+            )
         broker, started, what = start_broker(workdir)
         self.children.append(broker)
         self.say(f"no MQTT broker answers at {url}: started [bold]{what}[/]")
@@ -196,6 +214,8 @@ class Demo:
         return started
 
     def _collector(self, workdir: Path, mqtt_url: str) -> str:
+        if self.options.collector_url is not None:
+            return self._existing_collector(self.options.collector_url.rstrip("/"))
         port = pick_port(self.options.http_port)
         db = workdir / "collector.db"
         config = workdir / "collector.toml"
@@ -217,6 +237,10 @@ class Demo:
         self.say(
             f"collector up (pid {collector.pid}): SQLite {db}, dashboard and API on [bold]{url}[/]"
         )
+        return url
+
+    def _existing_collector(self, url: str) -> str:
+        self.say(f"using the collector at [bold]{url}[/] (not started by the demo)")
         return url
 
     def _register_reference(self, collector_url: str, bundle: Path) -> None:
@@ -241,7 +265,7 @@ class Demo:
             [
                 *edgedl_command(), "agent", "serve", "--config", str(config),
                 "--model", str(bundle), "--port", str(port), "--mqtt", mqtt_url,
-                "--fleet", FLEET, "--device", DEVICE,
+                "--fleet", FLEET, "--device", self.device,
                 "--telemetry-interval", str(TELEMETRY_INTERVAL_S),
             ],
             workdir / "agent.log",
@@ -250,7 +274,7 @@ class Demo:
         url = f"http://127.0.0.1:{port}"
         agent.wait_until(lambda: _answers(f"{url}/v2/health/ready"), timeout=60)
         self.say(
-            f"agent up (pid {agent.pid}) on [bold]{url}[/]: fleet {FLEET}, device {DEVICE}, "
+            f"agent up (pid {agent.pid}) on [bold]{url}[/]: fleet {FLEET}, device {self.device}, "
             f"a telemetry window every {TELEMETRY_INTERVAL_S} s"
         )
         return url
@@ -268,7 +292,7 @@ class Demo:
                 predictions.append(np.argmax(next(iter(outputs.values())), axis=-1))
         accuracy = float(np.mean(np.concatenate(predictions) == y))
         self.note(f"agent accuracy: {accuracy:.1%} (int8 on LiteRT)")
-        result = _wait_for(lambda: _judged(collector_url), 30)
+        result = _wait_for(lambda: _judged(collector_url, self.device), 30)
         if result is None:
             self.note("the collector has not judged drift yet")
             return
@@ -276,7 +300,7 @@ class Demo:
         self.note(
             f"collector: {result['samples']} samples judged against the reference, PSI at most "
             f"{max(psis):.3f} over {len(psis)} statistics (alert above 0.2), "
-            f"drift alerts: {len(_drift_alerts(collector_url))} "
+            f"drift alerts: {len(_drift_alerts(collector_url, self.device))} "
             "(the reference was profiled on these same digits)"
         )
 
@@ -301,7 +325,7 @@ class Demo:
                     sent += len(shifted[i : i + 8])
                     if time.monotonic() >= next_poll:
                         next_poll = time.monotonic() + 1.0
-                        alerts = _drift_alerts(collector_url)
+                        alerts = _drift_alerts(collector_url, self.device)
                         if alerts:
                             self.note(f"{sent} shifted digits sent")
                             return alerts[0]
@@ -349,9 +373,9 @@ def _subscribed(collector_url: str) -> bool:
     return bool(health.get("mqtt_subscribed"))
 
 
-def _judged(collector_url: str) -> dict[str, Any] | None:
+def _judged(collector_url: str, device: str) -> dict[str, Any] | None:
     results = httpx.get(
-        f"{collector_url}/api/v1/drift", params={"device": DEVICE}, timeout=10
+        f"{collector_url}/api/v1/drift", params={"device": device}, timeout=10
     ).json()
     for result in results:
         if any(s["judged"] for s in result.get("statistics", [])):
@@ -359,9 +383,9 @@ def _judged(collector_url: str) -> dict[str, Any] | None:
     return None
 
 
-def _drift_alerts(collector_url: str) -> list[dict[str, Any]]:
+def _drift_alerts(collector_url: str, device: str) -> list[dict[str, Any]]:
     alerts = httpx.get(f"{collector_url}/api/v1/alerts", timeout=10).json()
-    return [a for a in alerts if a["kind"] == "drift" and a["device"] == DEVICE]
+    return [a for a in alerts if a["kind"] == "drift" and a["device"] == device]
 
 
 def _wait_for(check: Any, timeout: float) -> Any:
