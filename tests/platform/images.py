@@ -34,14 +34,19 @@ def podman_argv(*args: str) -> list[str]:
     return ["podman", *runtime, *args]
 
 
-def limit_flags() -> list[str]:
-    """``--ulimit`` flags for open files and processes, within the host's hard limits."""
-    flags = []
+def container_limits() -> list[str]:
+    """``NAME=SOFT:HARD`` limits of open files and processes, within the host's hard limits."""
+    limits = []
     for name, kind in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
         hard = resource.getrlimit(kind)[1]
         value = 16384 if hard == resource.RLIM_INFINITY else min(16384, hard // 2)
-        flags.append(f"--ulimit={name}={value}:{value}")
-    return flags
+        limits.append(f"{name}={value}:{value}")
+    return limits
+
+
+def limit_flags() -> list[str]:
+    """``--ulimit`` flags for open files and processes, within the host's hard limits."""
+    return [f"--ulimit={limit}" for limit in container_limits()]
 
 
 def podman(*args: str, timeout: float = 1800, check: bool = True) -> str:

@@ -14,7 +14,6 @@ open-file limits below the host's hard limits, as ``podman run`` gets them from
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import time
 import uuid
@@ -22,7 +21,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.platform.images import CONTAINERS, build_image, image_size_mb, podman_argv
+from tests.platform.images import (
+    CONTAINERS,
+    build_image,
+    container_limits,
+    image_size_mb,
+    podman_argv,
+)
 
 CHECKOUT = CONTAINERS.parent
 POD_YAML = CONTAINERS / "stack.pod.yaml"
@@ -43,15 +48,9 @@ def build_stack_images(collector_context: Path, tag: str, arch: str = "amd64") -
 
 def containers_conf(folder: Path) -> Path:
     """A containers.conf with runc and ulimits within the host's hard limits."""
-    limits = []
-    for name, kind in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
-        hard = resource.getrlimit(kind)[1]
-        value = 16384 if hard == resource.RLIM_INFINITY else min(16384, hard // 2)
-        limits.append(f'"{name}={value}:{value}"')
+    limits = ", ".join(f'"{limit}"' for limit in container_limits())
     path = folder / "containers.conf"
-    path.write_text(
-        f'[containers]\ndefault_ulimits = [{", ".join(limits)}]\n[engine]\nruntime = "runc"\n'
-    )
+    path.write_text(f'[containers]\ndefault_ulimits = [{limits}]\n[engine]\nruntime = "runc"\n')
     return path
 
 
