@@ -191,14 +191,25 @@ def predicted_classes(outputs: Mapping[str, NDArray[Any]]) -> tuple[NDArray[np.i
     return None
 
 
+#: How far from 1 the scores of one row of probabilities may sum, per class: an int8 output
+#: dequantizes each score to a multiple of 1/256, so ten rounded scores can miss 1 by 10/512.
+_SUM_SLACK_PER_CLASS = 1 / 256
+
+
 def _top1(y: FloatArray) -> FloatArray:
     """Top-1 probability of each row of a classification output (softmax of logits; NaN for
-    a row holding a non-finite score)."""
+    a row holding a non-finite score). Rows in [0, 1] that sum to 1 within the rounding of
+    int8 scores (:data:`_SUM_SLACK_PER_CLASS`, at least 0.01) are probabilities already."""
     finite_rows = np.all(np.isfinite(y), axis=1)
     probs = np.full(y.shape, np.nan)
     if finite_rows.any():
         rows = y[finite_rows]
-        is_dist = np.all(rows >= -1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-2)
+        slack = max(1e-2, _SUM_SLACK_PER_CLASS * rows.shape[1])
+        is_dist = (
+            np.all(rows >= -1e-6)
+            and np.all(rows <= 1 + 1e-6)
+            and np.allclose(rows.sum(axis=1), 1.0, atol=slack)
+        )
         probs[finite_rows] = rows if is_dist else _softmax(rows)
     with _quiet_nan_warnings():
         return np.asarray(np.nanmax(probs, axis=1), dtype=np.float64)

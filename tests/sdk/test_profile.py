@@ -441,3 +441,20 @@ def test_profile_from_dict_rejects_unknown_schema_and_bad_histograms():
         Profile.from_dict({"histograms": {"k": {"edges": [1.0, 0.0], "counts": [0, 0, 0]}}})
     with pytest.raises(DataError, match="malformed"):
         Profile.from_dict({"histograms": []})
+
+
+def test_int8_probabilities_that_miss_one_by_their_rounding_are_not_softmaxed_again():
+    """A full-integer model's softmax dequantizes to multiples of 1/256: ten rounded scores
+    can sum to 0.98. They are probabilities: their top-1 is the largest score, not the
+    largest score of a softmax over them (about 0.23 for a sure answer)."""
+    from edgedl.profile import top1_confidence
+
+    sure = np.array([[249, 0, 0, 0, 0, 0, 0, 0, 0, 2]]) / 256  # sums to 0.9805
+    unsure = np.array([[100, 90, 10, 10, 10, 10, 10, 10, 0, 0]]) / 256  # sums to 0.977
+    batch = np.concatenate([sure, np.tile(unsure, (3, 1))])
+    assert top1_confidence({"probs": sure})[0] == pytest.approx(249 / 256)
+    assert top1_confidence({"probs": batch}) == pytest.approx([249 / 256] + [100 / 256] * 3)
+    # Logits stay logits: a softmax is taken.
+    logits = np.array([[4.0, 1.0, 0.5, 0, 0, 0, 0, 0, 0, 0]])
+    e = np.exp(logits - logits.max())
+    assert top1_confidence({"logits": logits})[0] == pytest.approx((e / e.sum()).max())
