@@ -352,3 +352,53 @@ def test_a_restarted_collector_picks_up_each_devices_sliding_window(
         what="cam evaluated after the restart",
     )
     assert result["samples"] == 7 * 50  # six windows from before the restart, one after
+
+
+def test_retire_resolves_the_alerts_of_a_replaced_version_and_nothing_else(
+    sqlite_url: str,
+) -> None:
+    """What a completed rollout does (edgedl.collector.fleet.waves): the replaced version's
+    drift and accuracy alerts on its devices, and fleet-wide when no other device runs it, are
+    resolved; other devices, versions, models and kinds stay open."""
+    from edgedl.collector.alerts import AlertBook, AlertSubject
+    from edgedl.collector.store import Store
+
+    store = Store(sqlite_url)
+    announced: list[dict[str, Any]] = []
+    book = AlertBook(store, on_change=announced.append)
+
+    def raise_(kind: str, scope: str, device: str | None, model: str, version: str) -> None:
+        subject = AlertSubject(kind, scope, "plant", device, model, version, f"{kind}-metric")
+        book.observe(subject, 0.5, 0.2, breached=True, now=100.0)
+
+    raise_("drift", "device", "pi-1", "digits", "1")
+    raise_("accuracy", "device", "pi-1", "digits", "1")
+    raise_("drift", "fleet", None, "digits", "1")
+    raise_("drift", "device", "pi-2", "digits", "1")  # not in the rollout
+    raise_("drift", "device", "pi-1", "digits", "2")  # the new version
+    raise_("drift", "device", "pi-1", "kws", "1")  # another model
+    raise_("offline", "device", "pi-1", "digits", "1")  # not about what the version answers
+    announced.clear()
+
+    done = book.retire("plant", "digits", {"pi-1": "1"}, fleet_versions=set(), now=200.0)
+
+    assert sorted((a["kind"], a["scope"], a["device"]) for a in done) == [
+        ("accuracy", "device", "pi-1"),
+        ("drift", "device", "pi-1"),
+    ]
+    assert [a["state"] for a in announced] == ["resolved", "resolved"]
+    still = {(a["kind"], a["scope"], a["device"], a["model"], a["version"])
+             for a in store.alerts(state="open")}  # fmt: skip
+    assert still == {
+        ("drift", "fleet", None, "digits", "1"),  # pi-2 still runs version 1
+        ("drift", "device", "pi-2", "digits", "1"),
+        ("drift", "device", "pi-1", "digits", "2"),
+        ("drift", "device", "pi-1", "kws", "1"),
+        ("offline", "device", "pi-1", "digits", "1"),
+    }
+    assert (
+        book.retire("plant", "digits", {}, fleet_versions={"1"}, now=300.0)[0]["scope"] == "fleet"
+    )
+    # A breach after retirement opens a new alert (the version answers again).
+    raise_("drift", "device", "pi-1", "digits", "1")
+    assert len([a for a in store.alerts(state="open") if a["device"] == "pi-1"]) == 4

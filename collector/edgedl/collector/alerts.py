@@ -25,6 +25,8 @@ from .store import Store
 log = logging.getLogger("edgedl.collector.alerts")
 
 Publish = Callable[[str, bytes], None]
+#: Kinds of alert about what a model version answers: moot once it no longer answers.
+RETIRED_KINDS = ("drift", "accuracy", "latency", "errors")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,39 @@ class AlertBook:
             resolved = self._store.resolve_alert(key, float(value), now)
             if resolved is not None:
                 self._announce(resolved)
+
+    def retire(
+        self,
+        fleet: str,
+        model: str,
+        versions: dict[str, str],
+        fleet_versions: set[str],
+        kinds: tuple[str, ...] = RETIRED_KINDS,
+        now: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Resolve the open ``kinds`` alerts of versions that no longer answer: per device
+        (``versions``: device -> the version replaced there) and fleet-wide (``fleet_versions``:
+        versions no device of the fleet runs any more). Returns the alerts resolved."""
+        now = time.time() if now is None else now
+        done = []
+        for row in self._store.alerts(state="open", fleet=fleet):
+            if row["kind"] not in kinds or row["model"] != model:
+                continue
+            replaced = (
+                versions.get(row["device"] or "") == row["version"]
+                if row["scope"] == "device"
+                else row["version"] in fleet_versions
+            )
+            key = row.get("open_key")
+            if not replaced or not key:
+                continue
+            self._open.discard(key)
+            self._current.pop(key, None)
+            resolved = self._store.resolve_alert(key, float(row["value"]), now)
+            if resolved is not None:
+                self._announce(resolved)
+                done.append(resolved)
+        return done
 
     def _announce(self, row: dict[str, Any]) -> None:
         body = alert_json(row)

@@ -9,7 +9,9 @@ the wave's devices to promote and waits for them. Only then does the next wave s
 
 On a breach, a device refusing the version, a device rolling it back itself, or devices not
 arriving in time, the rollout is halted: every device it touched gets the previous version
-back as its desired state, and an alert of kind ``rollout`` is raised.
+back as its desired state, and an alert of kind ``rollout`` is raised. When a rollout
+completes, the drift, accuracy, latency and error alerts still open for the versions it
+replaced are resolved (:meth:`AlertBook.retire`): those versions no longer answer there.
 """
 
 from __future__ import annotations
@@ -190,12 +192,39 @@ class WaveController:
                 r, state="completed", phase="done", phase_since=now, reason="every wave passed"
             )
             log.info("rollout %s of %s %s completed", r["id"], r["model"], r["version"])
+            self._retire_replaced(r, now)
             return
         r["wave"] += 1
         # Only the devices the wave adds: the earlier ones keep their (promoted) state.
         devices = plan["devices"][plan["sizes"][r["wave"] - 1] : plan["sizes"][r["wave"]]]
         self._write_desired(r, devices, promote=False)
         self._move(r, wave=r["wave"], phase="arriving", phase_since=now)
+
+    def _retire_replaced(self, r: dict[str, Any], now: float) -> None:
+        """Resolve the alerts of the versions a completed rollout replaced: on its devices,
+        and fleet-wide for a version that no device of the fleet outside it still runs."""
+        replaced = {
+            device: prev["version"]
+            for device, prev in r["plan"]["previous"].items()
+            if prev and prev.get("version") and prev["version"] != r["version"]
+        }
+        if not replaced:
+            return
+        others = device_reports(self.store.devices(), r["fleet"])
+        still = {
+            v
+            for device, report in others.items()
+            if device not in r["plan"]["devices"]
+            for name, v in report["models"].items()
+            if name == r["model"]
+        }
+        for alert in self.alerts.retire(
+            r["fleet"], r["model"], replaced, set(replaced.values()) - still, now=now
+        ):
+            log.info(
+                "rollout %s replaced %s %s: alert %s (%s %s) resolved",
+                r["id"], r["model"], alert["version"], alert["id"], alert["kind"], alert["metric"],
+            )  # fmt: skip
 
     def _move(self, r: dict[str, Any], **values: Any) -> None:
         r.update(values)
