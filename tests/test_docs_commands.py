@@ -59,6 +59,10 @@ PLATFORM = (
     "builds Debian roots or container images as root (minutes, network at first run); "
     "tests/platform runs the same"
 )
+LOOP = (
+    "what `edgedl demo --loop` runs, in its work folder, minutes long; "
+    "tests/e2e/test_demo_loop.py runs the demo"
+)
 SKIPS: dict[tuple[str, str], str] = {
     **{
         ("docs/platforms.md", command): PLATFORM
@@ -80,6 +84,25 @@ SKIPS: dict[tuple[str, str], str] = {
             "edgedl demo --collector http://127.0.0.1:8090 --mqtt mqtt://127.0.0.1:1883",
             "podman run -d --network host -v ./bundles/digits:/bundles/digits:ro "
             "-v edgedl-state:/var/lib/edgedl edgedl-agent --model /bundles/digits",
+        )
+    },
+    **{
+        ("docs/loop.md", command): LOOP
+        for command in (
+            "edgedl demo --loop --workdir loop",
+            "edgedl collector export --db sqlite:///loop/collector.db --fleet demo --device "
+            "demo-pi --since 1796070380 --labelled --output loop/export/labelled.npz",
+            "edgedl collector export --db sqlite:///loop/collector.db --fleet demo --device "
+            "demo-pi --since 1796070380 --output loop/export/field.npz",
+            "edgedl convert loop/retrain/digits.keras --target tflite-int8 --name digits "
+            "--version 2 --calibration loop/retrain/calibration.npz --validation "
+            "loop/retrain/validation.npz --labels loop/digits/labels.txt --max-accuracy-drop 5 "
+            "--output loop/bundles/digits-v2",
+            "edgedl sign loop/bundles/digits-v2 --key loop/keys/release.key",
+            "edgedl fleet publish loop/bundles/digits-v2 --collector http://127.0.0.1:8090",
+            "edgedl fleet rollout digits 2 --fleet demo --strategy canary --waves 100% "
+            "--probation 5 --option share=0.5 --option promote_after=30 --wait --collector "
+            "http://127.0.0.1:8090",
         )
     },
     **{

@@ -49,6 +49,12 @@ import click
     show_default=True,
     help="Training epochs of the digits CNN.",
 )
+@click.option(
+    "--loop",
+    is_flag=True,
+    help="Go on to the fix: samples and late labels, accuracy falling, retraining on the "
+    "exported samples, a signed canary rollout, accuracy recovering (docs/loop.md).",
+)
 def demo(
     http_port: int,
     agent_port: int,
@@ -57,16 +63,32 @@ def demo(
     workdir: Path | None,
     keep: bool,
     epochs: int,
+    loop: bool,
 ) -> None:
     """Train, convert, serve and watch the digits model; shift its inputs; see the drift alert.
 
     Starts a collector (unless --collector names one), an agent and (when no broker answers
     and no --collector is given) mosquitto or, where it is not installed, an embedded amqtt
-    broker, and stops them all at the end.
+    broker, and stops them all at the end. With --loop it goes on: sampled inputs and late
+    labels, real and estimated accuracy falling, a fine-tuned model converted, signed and
+    rolled out as a canary, accuracy recovering.
     """
     from .story import Demo, DemoOptions
 
-    Demo(
+    if loop and collector_url is not None:
+        from edgedl.errors import ConfigError
+
+        raise ConfigError(
+            "--loop starts its own collector (fleet rollouts, and its database for the "
+            "export): leave out --collector"
+        )
+    if loop:
+        from .loop import LoopDemo
+
+        story: type[Demo] = LoopDemo
+    else:
+        story = Demo
+    story(
         DemoOptions(
             workdir=workdir,
             http_port=http_port,

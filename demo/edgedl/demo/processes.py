@@ -196,6 +196,32 @@ def broker_answers(url: str, timeout: float = 3.0) -> bool:
         client.loop_stop()
 
 
+def clear_retained(url: str, topic: str, timeout: float = 10.0) -> bool:
+    """Remove the retained message of ``topic`` on the broker at ``url`` (an empty retained
+    publish, QoS 1, MQTT 3.1.1 so that every broker takes it); whether the broker acknowledged."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    parts = urlsplit(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+    if parts.scheme == "mqtts":
+        client.tls_set()
+    try:
+        client.connect(parts.hostname or "127.0.0.1", parts.port or 1883, keepalive=10)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        info = client.publish(topic, b"", qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 BROKER_CONFIG = """\
 # Written by `edgedl demo`: a throwaway broker on localhost, tuned as docs/collector.md says.
 listener {port} 127.0.0.1
@@ -270,6 +296,7 @@ __all__ = [
     "broker_answers",
     "check_port_free",
     "check_writable",
+    "clear_retained",
     "edgedl_command",
     "find_mosquitto",
     "free_port",
