@@ -18,12 +18,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.e2e.test_demo import DemoRun, demo_run  # noqa: F401 - the fixture
+from tests.e2e.test_demo import (  # noqa: F401 - demo_run is the fixture
+    DemoRun,
+    assert_one_line_error,
+    demo_run,
+    run_demo_fast,
+)
 from tests.ports import free_port
 
 from edgedl.bundle import Bundle
-
-pytestmark = pytest.mark.slow
 
 
 def api(port: int, path: str, **params: Any) -> Any:
@@ -32,6 +35,7 @@ def api(port: int, path: str, **params: Any) -> Any:
     return response.json()
 
 
+@pytest.mark.slow
 def test_the_loop_retrains_on_field_samples_and_accuracy_recovers(
     demo_run: list[DemoRun],  # noqa: F811
     tmp_path: Path,
@@ -114,3 +118,8 @@ def test_the_loop_retrains_on_field_samples_and_accuracy_recovers(
 
     # The figure of docs/performance.md was printed.
     assert re.search(r"accuracy recovered (\d+) s after the drift alert", run.output), run.output
+
+
+def test_the_loop_with_a_collector_of_its_own_is_one_line_and_a_non_zero_exit() -> None:
+    result = run_demo_fast("--loop", "--collector", "http://127.0.0.1:8090")
+    assert_one_line_error(result, "--loop starts its own collector", "--collector")

@@ -442,7 +442,7 @@ class LoopDemo(Demo):
                     self._ask_one(client, xs[i : i + 4], y[i : i + 4], asked)
                     if time.monotonic() >= next_poll:
                         next_poll = time.monotonic() + 1.0
-                        alerts = _drift_alerts(collector_url)
+                        alerts = _drift_alerts(collector_url, DEVICE)
                         if alerts:
                             self.note(f"{asked.samples} shifted digits sent")
                             return asked, alerts[-1]
