@@ -1,4 +1,4 @@
-"""The learning-rate schedule of ``edgedl compress``: cosine decay for distillation by default."""
+"""The learning-rate schedule of ``edgedl compress``: cosine decay by default, or constant."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.conftest import run_edgedl
 from edgedl.converters.compress import CompressOptions
 from edgedl.converters.compress.run import schedule
 from edgedl.converters.compress.training import TrainingSpec, fit
+from edgedl.errors import UsageError
 
 pytestmark = pytest.mark.slow  # imports TensorFlow
 
@@ -41,14 +42,16 @@ def test_the_rate_ends_where_its_schedule_says(name: str, end: float) -> None:
     assert float(model.optimizer.learning_rate) == pytest.approx(end, abs=1e-6)
 
 
-def test_distillation_decays_by_default_and_the_others_keep_their_rate() -> None:
-    def options(method: str, given: str | None = None) -> CompressOptions:
+def test_every_method_decays_by_default_and_constant_is_kept_when_asked() -> None:
+    def options(method: str, **given: str) -> CompressOptions:
         return CompressOptions(method=method, data=Path("t.npz"), validation=Path("v.npz"),
-                               output=Path("o.keras"), schedule=given)  # fmt: skip
+                               output=Path("o.keras"), **given)  # type: ignore[arg-type]  # fmt: skip
 
-    assert schedule(options("distill")) == "cosine"
-    assert [schedule(options(m)) for m in ("prune", "lowrank", "cluster")] == ["constant"] * 3
-    assert schedule(options("distill", "constant")) == "constant"
+    methods = ("prune", "distill", "lowrank", "cluster")
+    assert [schedule(options(m)) for m in methods] == ["cosine"] * 4
+    assert schedule(options("prune", schedule="constant")) == "constant"
+    with pytest.raises(UsageError, match="unknown --schedule 'linear'"):
+        schedule(options("prune", schedule="linear"))
 
 
 def test_an_unknown_schedule_is_one_line(tmp_path: Path) -> None:
@@ -56,4 +59,4 @@ def test_an_unknown_schedule_is_one_line(tmp_path: Path) -> None:
                         "--data", "t.npz", "--validation", "v.npz",
                         "--output", tmp_path / "o.keras")  # fmt: skip
     assert result.code != 0 and "Traceback" not in result.stderr
-    assert "'linear' is not one of 'constant', 'cosine'" in result.stderr
+    assert "'linear' is not one of 'cosine', 'constant'" in result.stderr

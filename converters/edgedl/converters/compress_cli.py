@@ -98,9 +98,10 @@ _DATA = ".npz (x, optional y labels), .npy (inputs only) or a folder of images /
 @click.option("--learning-rate", type=float, help="Adam's (default: distill 3e-3, others 1e-3).")
 @click.option(
     "--schedule",
-    type=click.Choice(["constant", "cosine"]),
-    help="Learning rate: constant, or decaying to 0 along a cosine (default: distill "
-    "cosine, others constant).",
+    type=click.Choice(["cosine", "constant"]),
+    default="cosine",
+    show_default=True,
+    help="Learning rate: decaying to 0 along a half cosine over the training, or constant.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (runs repeat exactly).")
 @click.option(
@@ -128,7 +129,7 @@ def compress(
     clusters: int,
     batch_size: int,
     learning_rate: float | None,
-    schedule: str | None,
+    schedule: str,
     seed: int,
     state_dict: Path | None,
     force: bool,

@@ -54,7 +54,7 @@ class CompressOptions:
     clusters: int = 16
     batch_size: int = 64
     learning_rate: float | None = None  # default: distill 3e-3 (from scratch), others 1e-3
-    schedule: str | None = None  # "constant" or "cosine"; default: distill cosine, others constant
+    schedule: str = "cosine"  # the learning rate: "cosine" (decays to 0) or "constant"
     seed: int = 0
     force: bool = False
     state_dict: Path | None = None  # a PyTorch factory's weights
@@ -187,9 +187,7 @@ SCHEDULES = ("constant", "cosine")
 
 
 def schedule(options: CompressOptions) -> str:
-    """The learning-rate schedule: given, else cosine for distill (from scratch), else constant."""
-    if options.schedule is None:
-        return "cosine" if options.method == "distill" else "constant"
+    """The learning-rate schedule, checked: "cosine" (the default) or "constant"."""
     if options.schedule not in SCHEDULES:
         raise UsageError(
             f"unknown --schedule {options.schedule!r} (choose from {', '.join(SCHEDULES)})"
