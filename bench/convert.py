@@ -17,6 +17,13 @@ Models:
                (x - 127) / 128 as the Lite models expect: calibration and validation crops
                (--validation-samples, 200) drawn apart. No labels: quality is top-1 agreement with the PyTorch
                model and SQNR of the logits. onnx-* targets, then --target auto.
+  kws          the keyword-spotting CNN (examples/keyword_spotting/prepare.py --size small
+               --epochs 15 --stream-words 200: espeak-ng speech, 19k parameters), trained
+               here in about a minute; calibration on its training windows, accuracy on the
+               400 windows of its held-out stream (voices, speeds, pitches and words training
+               never used); every target, then --target auto --max-accuracy-drop 1 (LiteRT
+               candidates: a Keras source). bench/onnx_int8_cpus.py explains its onnx-int8
+               row on x86 CPUs without VNNI.
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
@@ -25,7 +32,7 @@ Models:
                and flip) of the two real photographs scikit-learn ships
                (sklearn.datasets.load_sample_images), scaled to [-1, 1] as MobileNetV2 expects.
 
-Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2,efficientnet-lite0]
+Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2,efficientnet-lite0,kws]
                                [--targets onnx-int8,onnx-fp32,auto,...]
                                [--out bench/results/convert.json]
 Latency: p50/p95 as each conversion measured it (runtime default threads), then p50 again
@@ -39,6 +46,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -125,6 +134,18 @@ def mobilenet_sources(work: Path, n_cal: int, n_val: int) -> tuple[Path, Path, P
     return path, work / "mnv2_cal.npz", work / "mnv2_val.npz"
 
 
+def kws_sources(work: Path) -> tuple[Path, Path, Path, Path]:
+    """The keyword CNN trained by its example: model, calibration, validation, labels.
+
+    ``EDGEDL_BENCH_KWS`` names a prepare.py output (the same options) to reuse instead."""
+    out = Path(os.environ.get("EDGEDL_BENCH_KWS", work / "kws"))
+    prepare = Path(__file__).resolve().parents[1] / "examples/keyword_spotting/prepare.py"
+    if not (out / "stream.npz").exists():
+        subprocess.run([sys.executable, str(prepare), "--out", str(out), "--size", "small",
+                        "--epochs", "15", "--stream-words", "200"], check=True)  # fmt: skip
+    return out / "keywords.keras", out / "train.npz", out / "stream.npz", out / "labels.txt"
+
+
 def run(
     models: list[str],
     out_json: Path,
@@ -150,6 +171,9 @@ def run(
 
             c, v = write_photo_sets(work, cal_samples, val_samples)
             sources["efficientnet-lite0"] = (EFFL0, c, v, None, None)
+        if "kws" in models:
+            m, c, v, labels = kws_sources(work)
+            sources["kws"] = (m, c, v, labels, None)
         if "mobilenetv2" in models:
             m, c, v = mobilenet_sources(work, cal_samples, 64)
             sources["mobilenetv2"] = (m, c, v, None, None)
@@ -184,7 +208,7 @@ def run(
                     **thread_latencies(result.bundle.path, val),
                 })  # fmt: skip
                 print(f"  {model_name:<12} {target:<22} {seconds:6.1f} s", flush=True)
-            if torch_source and (not only or "auto" in only):
+            if (torch_source or model_name == "kws") and (not only or "auto" in only):
                 rows.append(
                     auto_row(model_name, model, cal, val, labels, state_dict, work, cal_samples)
                 )

@@ -263,6 +263,9 @@ SKIPS: dict[tuple[str, str], str] = {
         "--devices 1000 --windows 10",
     ): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/compress.py"): "a benchmark (minutes)",
+    ("docs/performance.md", ".venv/bin/python bench/compress.py --models kws"): "a benchmark",
+    ("docs/performance.md", ".venv/bin/python bench/convert.py --models kws"): "a benchmark",
+    ("docs/performance.md", ".venv/bin/python bench/onnx_int8_cpus.py"): "a benchmark",
     ("docs/performance.md", ".venv/bin/python bench/drift_power.py"): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/vad.py"): "a benchmark (minutes)",
     (

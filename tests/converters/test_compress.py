@@ -200,6 +200,7 @@ def test_distillation_without_labels_is_within_two_points_of_with_labels(
     )  # fmt: skip
     labelled = compressed[("digits", "distill")].report
     assert labelled["labels_used"] and not unlabelled.report["labels_used"]
+    assert labelled["schedule"] == unlabelled.report["schedule"] == "cosine"
     assert unlabelled.report["parameters"] == labelled["parameters"]
     assert labelled["accuracy"]["after"] > 90.0
     assert unlabelled.report["accuracy"]["after"] >= labelled["accuracy"]["after"] - 2.0

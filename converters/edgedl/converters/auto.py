@@ -1,7 +1,9 @@
 """``--target auto``: build every candidate for the device, validate each, keep the fastest within the bound.
 
 The candidates are the int8, fp16, dynamic and fp32 targets of the device's runtime family
-(LiteRT or ONNX Runtime); when ``onnx-int8`` exceeds the bound, mixed precision joins them:
+(LiteRT or ONNX Runtime), and ``onnx-int8-u8u8`` too where this CPU is x86-64 without VNNI
+(there ONNX Runtime's S8S8 kernels saturate, so ``onnx-int8`` measures far below its graph,
+and U8U8 is the int8 model that keeps its accuracy); when ``onnx-int8`` exceeds the bound, mixed precision joins them:
 ``onnx-int8`` with the fewest of its most sensitive layers kept in float that bring it within
 the bound, found by bisection over the order of their measured error (:mod:`.mixed_precision`). Each is converted and validated like a single target; then their
 latencies are measured again, round-robin, so that a noisy neighbour slows all of them alike.
@@ -35,6 +37,7 @@ from .data import load_dataset
 from .mixed_precision import search_float_layers
 from .sources import detect_kind
 from .targets import TARGETS
+from .to_onnx import x86_without_vnni
 from .validate import drop_pts, measure_latency
 
 AUTO = "auto"
@@ -49,12 +52,19 @@ LATENCY_RUNS = 40
 
 
 def candidates_for(model: Path, device: str | None) -> list[str]:
-    """The targets ``auto`` tries: the device's runtime family, else the source's natural one."""
+    """The targets ``auto`` tries: the device's runtime family, else the source's natural one.
+
+    ONNX Runtime on an x86-64 CPU without VNNI adds ``onnx-int8-u8u8`` after ``onnx-int8``:
+    the candidates are validated on this CPU, where S8S8's int16 pair sums saturate.
+    """
     if device is not None:
         family = TARGETS[get_device(device).default_target].family
     else:
         family = "onnx" if detect_kind(model) in ("onnx", "torch") else "tflite"
-    return CANDIDATES[family]
+    names = list(CANDIDATES[family])
+    if family == "onnx" and x86_without_vnni():
+        names.insert(names.index("onnx-int8") + 1, "onnx-int8-u8u8")
+    return names
 
 
 def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:

@@ -96,6 +96,13 @@ _DATA = ".npz (x, optional y labels), .npy (inputs only) or a folder of images /
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--learning-rate", type=float, help="Adam's (default: distill 3e-3, others 1e-3).")
+@click.option(
+    "--schedule",
+    type=click.Choice(["cosine", "constant"]),
+    default="cosine",
+    show_default=True,
+    help="Learning rate: decaying to 0 along a half cosine over the training, or constant.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (runs repeat exactly).")
 @click.option(
     "--state-dict",
@@ -122,6 +129,7 @@ def compress(
     clusters: int,
     batch_size: int,
     learning_rate: float | None,
+    schedule: str,
     seed: int,
     state_dict: Path | None,
     force: bool,
@@ -142,7 +150,8 @@ def compress(
         method=method, data=data, validation=validation, output=output, epochs=epochs,
         ratio=ratio, max_accuracy_drop=max_accuracy_drop, width=width, student=student,
         alpha=alpha, temperature=temperature, energy=energy, rank=rank, clusters=clusters,
-        batch_size=batch_size, learning_rate=learning_rate, seed=seed, force=force,
+        batch_size=batch_size, learning_rate=learning_rate, schedule=schedule, seed=seed,
+        force=force,
         state_dict=state_dict,
     )  # fmt: skip
     console = Console(stderr=True, highlight=False)

@@ -54,6 +54,7 @@ class CompressOptions:
     clusters: int = 16
     batch_size: int = 64
     learning_rate: float | None = None  # default: distill 3e-3 (from scratch), others 1e-3
+    schedule: str = "cosine"  # the learning rate: "cosine" (decays to 0) or "constant"
     seed: int = 0
     force: bool = False
     state_dict: Path | None = None  # a PyTorch factory's weights
@@ -82,6 +83,7 @@ def compress(
     """
     if options.method not in METHODS:
         raise UsageError(f"unknown method {options.method!r} (choose from {', '.join(METHODS)})")
+    schedule(options)  # an unknown schedule fails before any work
     epochs = DEFAULT_EPOCHS[options.method] if options.epochs is None else options.epochs
     if epochs < 0:
         raise UsageError(f"--epochs must be 0 or more, not {epochs}")
@@ -109,6 +111,7 @@ def compress(
         "seed": options.seed,
         "epochs": epochs,
         "labels_used": data.train.y is not None and label_weight(options, data.train) > 0,
+        "schedule": schedule(options),
     }
     return finish(
         common,
@@ -180,6 +183,18 @@ def _load_data(teacher: Any, options: CompressOptions) -> _Data:
     return _Data(train, val_x, val_y, teacher_train, probabilities)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def schedule(options: CompressOptions) -> str:
+    """The learning-rate schedule, checked: "cosine" (the default) or "constant"."""
+    if options.schedule not in SCHEDULES:
+        raise UsageError(
+            f"unknown --schedule {options.schedule!r} (choose from {', '.join(SCHEDULES)})"
+        )
+    return options.schedule
+
+
 def _alpha(options: CompressOptions, data: _Data) -> float:
     return label_weight(options, data.train)
 
@@ -217,6 +232,7 @@ def _train(
         learning_rate=options.learning_rate or (3e-3 if options.method == "distill" else 1e-3),
         alpha=_alpha(options, data),
         temperature=options.temperature,
+        schedule=schedule(options),
     )
     return fit(
         model,

@@ -227,7 +227,8 @@ def train(
     console: Console | None,
     title: str,
 ) -> History:
-    """Adam on the labels' and the teacher's (temperature-softened) cross-entropy, seeded."""
+    """Adam on the labels' and the teacher's (temperature-softened) cross-entropy, seeded;
+    the rate constant or decaying along a cosine (``spec.schedule``)."""
     import torch
     import torch.nn.functional as F
 
@@ -239,6 +240,10 @@ def train(
     start = time.perf_counter()
     try:
         optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
+        steps = max(1, spec.epochs * -(-len(x) // spec.batch_size))
+        decay = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _rate_factor(spec.schedule, step, steps)
+        )
         xt = torch.from_numpy(np.ascontiguousarray(x))
         yt = None if labels is None else torch.from_numpy(labels)
         soft = F.softmax(torch.from_numpy(teacher_logits) / spec.temperature, dim=1)
@@ -258,6 +263,7 @@ def train(
                     loss = loss + (1 - spec.alpha) * t * t * kd
                 loss.backward()
                 optimizer.step()
+                decay.step()
                 total, batches = total + float(loss), batches + 1
             model.eval()
             acc = accuracy(model, *val)
@@ -274,6 +280,13 @@ def train(
         torch.use_deterministic_algorithms(False)
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _rate_factor(schedule: str, step: int, steps: int) -> float:
+    """The share of the learning rate at ``step`` of ``steps``: 1, or a half cosine to 0."""
+    if schedule != "cosine":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def logits(model: Any, x: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -19,7 +19,7 @@ from .. import torch_source
 from ..data import stored_sample_shape
 from . import torch_model as tm
 from .outcome import CompressResult, Measured, finish
-from .run import PRUNE_RATIOS, CompressOptions, label_weight, load_data
+from .run import PRUNE_RATIOS, CompressOptions, label_weight, load_data, schedule
 from .training import History, TrainingSpec
 
 
@@ -47,7 +47,9 @@ def compress_torch(
     base = tm.accuracy(teacher, val_x, val_y)
     alpha = label_weight(options, train)
     lr = options.learning_rate or (3e-3 if options.method == "distill" else 1e-3)
-    training = TrainingSpec(epochs, options.batch_size, lr, alpha, options.temperature)
+    training = TrainingSpec(
+        epochs, options.batch_size, lr, alpha, options.temperature, schedule(options)
+    )
 
     def fit(model: Any, title: str) -> History:
         if epochs == 0:
@@ -105,7 +107,8 @@ def compress_torch(
     seconds = time.perf_counter() - started
     model.eval()
     common = {"method": options.method, "source": spec, "seed": options.seed, "epochs": epochs,
-              "labels_used": train.y is not None and alpha > 0}  # fmt: skip
+              "labels_used": train.y is not None and alpha > 0,
+              "schedule": training.schedule}  # fmt: skip
     return finish(
         common,
         Measured(tm.parameters(teacher), tm.macs(teacher, sample), base),
