@@ -6,12 +6,15 @@ paths, without a runtime's time in them:
 
 * **CPU per inference** with label tracking on: what ``edgedl.agent.app`` adds to a batch-1
   request (``predicted_classes`` on the outputs, a new id, ``PredictionLog.record``), in
-  process CPU time per request, over ``--requests`` requests, against the same loop without it.
+  process CPU time per request, over ``--requests`` requests, against the same loop without it;
+  and the CPU of one label matched and counted into the window (its confusion cell and the
+  digest of its id), without HTTP.
 * **Memory per remembered prediction**: ``tracemalloc`` over a full log of
   ``--max-predictions`` predictions, and the forgotten-id list at its bound.
 * **Window size**: one telemetry window of ``--window`` inferences (reference profile of the
   digits, as an agent with a bundle sends it), zstd-encoded as published, with no labels, with
-  labels for 10% and for all of the inferences.
+  labels for 10% and for all of the inferences (the confusion cells and one 16-hex-digit id
+  digest per labelled prediction).
 
 Usage: python bench/labels.py [--requests 20000] [--max-predictions 10000] [--window 1000]
 """
@@ -50,6 +53,23 @@ def cpu_per_request(outputs: list[dict[str, Any]], track: bool) -> float:
             assert found is not None
             classes, width = found
             log.record(request_id, "digits", "1", classes.tolist(), width)
+    return (time.process_time() - start) / len(outputs)
+
+
+def cpu_per_label(outputs: list[dict[str, Any]], reference: Profile) -> float:
+    """Process CPU time of one accepted ``POST /v2/labels`` match: the log's lookup and the
+    window's count (the confusion cell and the id's digest), without HTTP."""
+    log = PredictionLog(max_predictions=len(outputs))
+    builder = WindowBuilder("bench", "pi-1")
+    builder.register(ModelInfo("digits", "1", "a" * 64, reference=reference))
+    log.add_listener(builder)
+    for i, out in enumerate(outputs):
+        log.record(f"r{i}", "digits", "1", [int(np.argmax(out["probs"][0]))], 10)
+    start = time.process_time()
+    for i in range(len(outputs)):
+        log.label(f"r{i}", i % 10)
+        if i % 4000 == 3999:
+            builder.cut(seq=i)  # as the window timer would: the ids stay within their cap
     return (time.process_time() - start) / len(outputs)
 
 
@@ -110,10 +130,12 @@ def main() -> None:
         )
         for share in (0.0, 0.1, 1.0)
     }
+    label_us = min(cpu_per_label(outputs, reference) for _ in range(3)) * 1e6
     added_us = (cpu_on - cpu_off) * 1e6
     print(
         f"label tracking: {added_us:.1f} us of CPU per batch-1 request ({args.requests} requests)"
     )
+    print(f"a label matched and counted in the window (digest included): {label_us:.1f} us")
     print(
         f"memory: {per_prediction:.0f} bytes per remembered prediction, "
         f"{per_forgotten:.0f} per forgotten id ({args.max_predictions} of each)"
@@ -129,6 +151,7 @@ def main() -> None:
                 "python": platform.python_version(),
                 "requests": args.requests,
                 "cpu_us_per_request_added": added_us,
+                "cpu_us_per_label": label_us,
                 "bytes_per_prediction": per_prediction,
                 "bytes_per_forgotten_id": per_forgotten,
                 "max_predictions": args.max_predictions,

@@ -25,7 +25,7 @@ from edgedl.telemetry import TOPIC_ROOT, validate_id
 #: Largest sample message the collector accepts (inputs included).
 MAX_SAMPLE_BYTES = 1_000_000
 #: Why a sample was chosen.
-Reason = Literal["rate", "low_confidence"]
+Reason = Literal["rate", "low_confidence", "drift"]
 _DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 SampleId = Annotated[str, Field(min_length=1, max_length=300, pattern=r"^[A-Za-z0-9._:-]+$")]
 

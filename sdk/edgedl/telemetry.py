@@ -17,6 +17,7 @@ too; over MQTT 5 the content type also goes in the message's content-type proper
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import operator
@@ -76,6 +77,8 @@ MAX_PIPELINE_FIGURES = 2048
 MAX_SAMPLES = 64
 #: Most cells of one model version's sparse confusion matrix in one window.
 MAX_CONFUSION_CELLS = 1024
+#: Most prediction-id digests of one model version's labels in one window.
+MAX_LABEL_IDS = 8192
 MAX_NAME = 128
 _MAX_INT = 2**63 - 1
 
@@ -335,18 +338,34 @@ class ShadowWindow(_Strict):
 ClassIndex = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
 
 
+#: A :func:`label_digest`: 16 lowercase hex digits.
+LabelDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+def label_digest(prediction_id: str) -> str:
+    """The 64-bit BLAKE2b digest (hex) of a prediction id: what a window carries of the ids
+    whose labels it counts, and what the collector compares labels sent to it directly with."""
+    return hashlib.blake2b(prediction_id.encode("utf-8"), digest_size=8).hexdigest()
+
+
 class ModelLabels(_Strict):
     """Late labels matched to this model version's predictions in the window (window v2).
 
     ``confusion`` is a sparse confusion matrix: ``[actual, predicted, count]`` cells, each
-    pair at most once, counts only (never an id or an input). Labels past
-    :data:`MAX_CONFUSION_CELLS` distinct cells are counted in ``overflow`` and in no cell.
+    pair at most once, counts only (never an input, and of each labelled prediction's id only
+    a 64-bit digest). Labels past :data:`MAX_CONFUSION_CELLS` distinct cells are counted in
+    ``overflow`` and in no cell.
     """
 
     confusion: list[tuple[ClassIndex, ClassIndex, Count]] = Field(
         default_factory=list, max_length=MAX_CONFUSION_CELLS
     )
     overflow: Count = 0
+    ids: list[LabelDigest] | None = Field(default=None, max_length=MAX_LABEL_IDS)
+    """:func:`label_digest` of the prediction ids whose labels are in the matrix (so that the
+    collector counts a label sent to it directly as well only once); absent from agents
+    that predate it. Labels past :data:`MAX_LABEL_IDS` in a window count in ``ids_overflow``."""
+    ids_overflow: Count = 0
 
     @model_validator(mode="after")
     def _unique_cells(self) -> ModelLabels:
@@ -741,6 +760,7 @@ __all__ = [
     "MAX_CONFUSION_CELLS",
     "MAX_COUNT",
     "MAX_DECODED_BYTES",
+    "MAX_LABEL_IDS",
     "MAX_PAYLOAD_BYTES",
     "MAX_TIMESTAMP",
     "MAX_VALUE",
@@ -756,6 +776,7 @@ __all__ = [
     "DeviceStatus",
     "HistogramData",
     "LabelCounts",
+    "LabelDigest",
     "ModelLabels",
     "ModelRef",
     "ModelWindow",
@@ -776,6 +797,7 @@ __all__ = [
     "encode_status",
     "encode_window",
     "events_topic",
+    "label_digest",
     "latency_histogram",
     "parse_topic",
     "shared_telemetry_subscription",

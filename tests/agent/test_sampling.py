@@ -21,10 +21,12 @@ from pydantic import ValidationError
 from tests import mqtt_broker
 from tests.agent.serving_helpers import digit_images
 
+from edgedl.agent.drift_state import DriftState
 from edgedl.agent.sampling import Sampler, SamplerMetrics, SamplingConfig
 from edgedl.agent.telemetry.config import TelemetryConfig
 from edgedl.agent.telemetry.service import TelemetryService
 from edgedl.agent.telemetry.spool import Spool
+from edgedl.drift_notice import DriftingVersion, DriftNotice, encode_notice
 from edgedl.samples import SampleLabel, SampleMessage, decode_sample, samples_topic
 
 
@@ -178,3 +180,40 @@ def test_samples_kept_through_a_broker_outage_all_arrive(
     inputs = {m.id: m.inputs["x"].array().tobytes() for m in sent if isinstance(m, SampleMessage)}
     assert sorted(inputs.values()) == sorted(images[i].tobytes() for i in range(30))
     recorder.close()
+
+
+def test_drift_rate_applies_only_while_a_fresh_notice_names_the_version(tmp_path: Path) -> None:
+    now = [1000.0]
+    drift = DriftState("d", clock=lambda: now[0])
+    s = sampler(tmp_path, during_drift_rate=1.0, max_per_hour=1000)
+    s.drift = drift
+    s.start()
+    images = digit_images(40)
+
+    def offer(n: int, version: str = "1") -> None:
+        for i in range(n):
+            s.offer("digits", version, None, {"x": images[i : i + 1]}, {"y": scores([i % 10], 0.9)})
+
+    def notice(device: str, *versions: str, ttl_s: float = 60.0) -> bytes:
+        drifting = [DriftingVersion(model="digits", version=v, opened_at=1.0) for v in versions]
+        return encode_notice(DriftNotice(fleet="f", device=device, time=now[0], ttl_s=ttl_s,
+                                         drifting=drifting))  # fmt: skip
+
+    offer(10)  # no notice: nothing
+    drift.on_notice(notice("other-device", "1"))  # another device's: ignored
+    drift.on_notice(b"{not a notice")  # malformed: ignored, the state stays
+    offer(10)
+    drift.on_notice(notice("d", "1"))
+    offer(10)  # drifting: every inference of version 1, none of version 2
+    offer(10, version="2")
+    now[0] += 61  # no fresh notice for longer than its ttl: forgotten
+    offer(10)
+    drift.on_notice(notice("d", "1"))
+    offer(5)
+    drift.on_notice(notice("d"))  # the alert resolved
+    offer(10)
+    s.stop()
+    messages = [m for m in spooled(s.spool) if isinstance(m, SampleMessage)]
+    assert [m.reason for m in messages] == ["drift"] * 15
+    assert {m.version for m in messages} == {"1"}
+    assert SamplingConfig(during_drift_rate=0.5).enabled

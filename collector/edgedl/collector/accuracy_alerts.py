@@ -1,7 +1,8 @@
 """Alerts on real accuracy: raised when the labelled accuracy falls below ``[alerts]
 accuracy_below``, per device and per fleet, for each model version that received labels.
 
-Judged after each stored batch that carries labels, over the windows that ended in the last
+Judged after each stored batch that carries labels (and after labels sent to the collector
+directly), over the windows that ended in the last
 ``accuracy_window_s`` seconds, once at least ``accuracy_min_labels`` labels are in that span;
 resolved when a later judgement is back at or above the bound.
 """
@@ -37,7 +38,12 @@ class AccuracyWatch:
             for m in item.window.models
             if m.labels is not None
         }
-        if not touched:
+        self.judge(touched, now)
+
+    def judge(self, touched: set[tuple[str, str, str, str]], now: float | None = None) -> None:
+        """Judge these (fleet, device, model, version) and their fleets' accuracy."""
+        bound = self._config.accuracy_below
+        if bound is None or not touched:
             return
         now = time.time() if now is None else now
         since = now - self._config.accuracy_window_s

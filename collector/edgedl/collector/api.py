@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from pathlib import Path
@@ -19,9 +18,11 @@ from edgedl.telemetry import decode_window
 
 from .accuracy import LabelScope, accuracy_report
 from .alerts import alert_json
+from .auth import admin_refusal
 from .fleet.api import fleet_routes
 from .jsonsafe import SafeJSONResponse as JSONResponse
 from .jsonsafe import finite_or_none
+from .labels_api import label_routes
 from .openapi import OPENAPI
 from .pipeline_health import parse_profile
 from .references import parse_manifest
@@ -61,17 +62,6 @@ def _float_param(request: Request, name: str, default: float) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise EdgeDLError(f"{name} must be finite")
     return value
-
-
-def admin_refusal(request: Request, token: str | None) -> JSONResponse | None:
-    """Why a write action is refused (403 without a configured token, 401 without the right
-    ``Authorization: Bearer`` header), or None when it is allowed."""
-    if not token:
-        return _error(403, "write actions are off: set [http] admin_token")
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        return _error(401, "needs the header Authorization: Bearer <[http] admin_token>")
-    return None
 
 
 def is_online(row: dict[str, Any], collector: Collector, now: float) -> bool:
@@ -364,6 +354,7 @@ def create_app(collector: Collector) -> Starlette:
             Route("/openapi.json", openapi),
             Route("/metrics", metrics),
             Route("/healthz", health),
+            *label_routes(collector),
             *fleet_routes(collector.fleet),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],

@@ -186,6 +186,10 @@ class AlertsConfig(_Section):
     # accuracy_window_s seconds of windows.
     accuracy_below: float | None = Field(default=None, ge=0.0, le=1.0)
     accuracy_min_labels: int = Field(default=30, ge=1)
+    # Drift notices (edgedl.collector.drift_notices): a device's retained notice of its open
+    # drift alerts is republished every drift_notice_ttl_s / 3 s; agents forget one older
+    # than drift_notice_ttl_s.
+    drift_notice_ttl_s: float = Field(default=600.0, ge=1.0, le=7 * 86_400.0)
     accuracy_window_s: float = Field(default=3600.0, gt=0)
 
 

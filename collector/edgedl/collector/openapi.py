@@ -179,6 +179,25 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/labels": {
+            "post": {
+                "summary": (
+                    "Late labels by prediction id, counted once with the devices' (needs "
+                    "Authorization: Bearer <[http] admin_token>); one label object, or "
+                    '{"labels": [...]}'
+                ),
+                "requestBody": _json({"type": "object"}),
+                "responses": {
+                    "200": _json({"type": "object"}, "Accepted (or, for a list, every result)"),
+                    "400": _json({"type": "object"}, "Malformed body or label"),
+                    "401": _json(_ref("Error"), "No or wrong token"),
+                    "403": _json(_ref("Error"), "No [http] admin_token configured"),
+                    "404": _json({"type": "object"}, "Unknown device, model version or id"),
+                    "409": _json({"type": "object"}, "The prediction's label is counted already"),
+                    "413": _json(_ref("Error"), "More than 1000 labels or 512 KiB"),
+                },
+            }
+        },
         "/api/v1/dead-letters": {
             "get": {
                 "summary": "Messages refused by validation, newest first",

@@ -240,7 +240,28 @@ label_confusion = Table(
     Column("actual", Integer, nullable=False),
     Column("predicted", Integer, nullable=False),
     Column("count", BigInteger, nullable=False),
+    # Set on the cells of a label sent to the collector directly (window_id 0): the
+    # label_digest of its prediction id, so that the agent's count of it can replace it.
+    Column("prediction", String(16)),
     Index("ix_label_confusion_fleet_end", "fleet", "window_end"),
+)
+
+
+# Which labelled predictions are counted, and through which route (edgedl.collector.
+# direct_labels): "agent" (a window's labels.ids) or "collector" (POST /api/v1/labels).
+# The key makes a prediction count once, whichever route brings its label first; the agent's
+# count replaces the collector's when both come.
+labelled_predictions = Table(
+    "labelled_predictions",
+    metadata,
+    Column("fleet", String(128), primary_key=True),
+    Column("device", String(128), primary_key=True),
+    Column("prediction", String(16), primary_key=True),
+    Column("route", String(16), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_labelled_predictions_received", "received_at"),
 )
 
 
@@ -468,6 +489,12 @@ def _v10(conn: Connection) -> None:
     metadata.create_all(conn, tables=[samples, sample_labels])
 
 
+def _v11(conn: Connection) -> None:
+    if "prediction" not in {c["name"] for c in inspect(conn).get_columns("label_confusion")}:
+        conn.exec_driver_sql("ALTER TABLE label_confusion ADD COLUMN prediction VARCHAR(16)")
+    metadata.create_all(conn, tables=[labelled_predictions])
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 MIGRATIONS: list[Migration] = [
     (1, "windows, devices, dead_letter, alerts, model_references", _v1),
@@ -479,6 +506,7 @@ MIGRATIONS: list[Migration] = [
     (8, "leases (one wave controller per group); current epoch counters on devices", _v8),
     (9, "pipeline_references (stage-health reference profiles of pipelines)", _v9),
     (10, "samples, sample_labels (samples for retraining)", _v10),
+    (11, "labelled_predictions, label_confusion.prediction (labels sent to the collector)", _v11),
 ]
 
 

@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -23,6 +24,7 @@ from .accuracy_alerts import AccuracyWatch
 from .alerts import AlertBook
 from .api import create_app, is_online
 from .config import CollectorConfig
+from .drift_notices import DriftNotices
 from .fleet.service import Fleet
 from .fleet_metrics import FleetMetrics
 from .ingest import Ingestor
@@ -67,7 +69,10 @@ class Collector:
             publish=self._publish,
             webhook=config.alerts.webhook,
             webhook_timeout_s=config.alerts.webhook_timeout_s,
-            on_change=lambda _alert: self.metrics.alerts_open.set(self.alerts.open_count),
+            on_change=self._alert_changed,
+        )
+        self.drift_notices = DriftNotices(
+            self.store, self._publish_retained, config.alerts.drift_notice_ttl_s
         )
         self.pipeline_health = PipelineHealthBook(
             self.store,
@@ -124,6 +129,14 @@ class Collector:
         if self.mqtt is not None:
             self.mqtt.publish(topic, data)
 
+    def _publish_retained(self, topic: str, data: bytes, retain: bool) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish(topic, data, retain=retain)
+
+    def _alert_changed(self, alert: dict[str, Any]) -> None:
+        self.metrics.alerts_open.set(self.alerts.open_count)
+        self.drift_notices.on_alert(alert)
+
     @property
     def url(self) -> str:
         """Base URL of the HTTP API and dashboard."""
@@ -140,12 +153,14 @@ class Collector:
         if self.mqtt is not None:
             self.mqtt.start()
         self.fleet.start()
+        self.drift_notices.start()
         log.info("collector listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Finish the batch in hand, acknowledge it, stop every thread, close the database."""
         self.fleet.stop()
+        self.drift_notices.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         self.monitor.stop()

@@ -24,6 +24,7 @@ from edgedl.errors import ConfigError, EdgeDLError
 from . import lives, schema
 from .accuracy import confusion_rows
 from .batch import Committed, DeadLetter, ReceivedStatus, StoredWindow, WindowKey, window_key
+from .direct_labels import claim_agent_labels
 from .schema import (
     accuracy_estimates,
     alerts,
@@ -32,6 +33,7 @@ from .schema import (
     devices,
     drift_sequential,
     label_confusion,
+    labelled_predictions,
     model_references,
     pipeline_references,
     windows,
@@ -135,6 +137,7 @@ class Store:
                     cells = confusion_rows(inserted)
                     if cells:
                         conn.execute(label_confusion.insert(), cells)
+                        claim_agent_labels(conn, self.insert, inserted)
                 for st in statuses:
                     self._upsert_status(conn, st)
                 if dead or refused:
@@ -437,6 +440,9 @@ class Store:
             gone = conn.execute(windows.delete().where(windows.c.received_at < before)).rowcount
             for derived in (label_confusion, accuracy_estimates):
                 conn.execute(derived.delete().where(derived.c.window_end < before))
+            conn.execute(
+                labelled_predictions.delete().where(labelled_predictions.c.received_at < before)
+            )
             gone += conn.execute(
                 dead_letter.delete().where(dead_letter.c.received_at < before)
             ).rowcount

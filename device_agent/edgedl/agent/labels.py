@@ -5,7 +5,9 @@ agent makes and returns); :meth:`PredictionLog.record` keeps ``id -> (model, ver
 predicted classes, time)`` for the last ``max_predictions`` requests, at most ``max_age_s``
 old. The application sends the true label later (``POST /v2/labels``);
 :meth:`PredictionLog.label` matches it and tells every listener, which folds it into the
-telemetry window as confusion-matrix counts. Nothing but counts leaves the device.
+telemetry window as confusion-matrix counts. Nothing but counts leaves the device, and of
+each labelled prediction's id a 64-bit digest (:func:`edgedl.telemetry.label_digest`), with
+which the collector counts a label also sent to it directly only once.
 
 What a label can come to (:class:`LabelStatus`):
 
@@ -131,8 +133,10 @@ class LabelListener(Protocol):
         version: str | None,
         pairs: Sequence[tuple[int, int]],
         replaced: bool,
+        request_id: str | None = None,
     ) -> None:
-        """One label: its outcome and, when accepted, its (actual, predicted) pairs."""
+        """One label: its outcome and, when accepted, its (actual, predicted) pairs and the
+        id of the prediction it labels."""
 
 
 class PredictionLog:
@@ -208,7 +212,14 @@ class PredictionLog:
         """Match the true ``label`` (a class index, or one per sample) to ``request_id``."""
         result, pairs = self._match(request_id, label)
         for listener in self._listeners:
-            listener.on_label(result.status, result.model, result.version, pairs, result.replaced)
+            listener.on_label(
+                result.status,
+                result.model,
+                result.version,
+                pairs,
+                result.replaced,
+                request_id=result.id if result.status is LabelStatus.ACCEPTED else None,
+            )
         if result.status is LabelStatus.ACCEPTED:
             for id_listener in self._id_listeners:
                 id_listener(result.id, [actual for actual, _ in pairs])

@@ -4,7 +4,10 @@ Off by default. With ``[sampling]`` on, every answered request is offered to the
 :class:`Sampler` (:func:`offer`, called by the HTTP and gRPC APIs after the answer is made):
 
 * a sample is *chosen* when its top-1 confidence is below ``low_confidence`` (reason
-  ``low_confidence``) or, failing that, with probability ``rate`` (reason ``rate``);
+  ``low_confidence``); failing that, while the collector has an open drift alert for this
+  device and the answering model version (:class:`~edgedl.agent.drift_state.DriftState`),
+  with probability ``during_drift_rate`` (reason ``drift``); failing that, with probability
+  ``rate`` (reason ``rate``);
 * a chosen sample is *kept* only while this clock hour has kept fewer than ``max_per_hour``
   and its predicted class fewer than ``class_quota``; the others are counted as skipped;
 * a kept sample is copied into a bounded in-memory queue (``queue_size``) and the request goes
@@ -43,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgedl.profile import predicted_classes, top1_confidence
 from edgedl.samples import SampleLabel, SampleMessage, SampleTensor, encode_sample
 
+from .drift_state import DriftState
 from .telemetry.spool import Spool
 
 log = logging.getLogger("edgedl.agent.sampling")
@@ -57,6 +61,9 @@ class SamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of inferences kept at random (0: none)."""
+    during_drift_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of inferences kept at random while the collector has an open drift alert for
+    this device and the model version that answered (reason ``drift``; 0: none)."""
     low_confidence: float | None = Field(default=None, gt=0.0, le=1.0)
     """Keep every inference whose top-1 confidence is below this (unset: none)."""
     class_quota: int | None = Field(default=None, ge=1)
@@ -73,7 +80,7 @@ class SamplingConfig(BaseModel):
     @property
     def enabled(self) -> bool:
         """Whether any sample can be chosen."""
-        return self.rate > 0 or self.low_confidence is not None
+        return self.rate > 0 or self.low_confidence is not None or self.during_drift_rate > 0
 
     def spool_for(self, telemetry_spool: Path) -> Path:
         """Where the samples' spool is, given the telemetry spool's path."""
@@ -128,8 +135,11 @@ class Sampler:
         notify: Any = None,
         clock: Any = time.time,
         rng: random.Random | None = None,
+        drift: DriftState | None = None,
     ) -> None:
         self.config = config
+        self.drift = drift
+        """What the collector said of open drift alerts (with ``during_drift_rate``)."""
         self.spool = spool
         self.fleet = fleet
         self.device = device
@@ -176,9 +186,12 @@ class Sampler:
         bound = self.config.low_confidence
         by_rate = [self.config.rate > 0 and self._rng.random() < self.config.rate
                    for _ in range(batch)]  # fmt: skip
+        drift_rate = self.config.during_drift_rate
+        drifting = drift_rate > 0 and self.drift is not None and self.drift.is_open(model, version)
+        by_drift = [drifting and self._rng.random() < drift_rate for _ in range(batch)]
         with self._lock:
             self.counts.offered += batch
-        if bound is None and not any(by_rate):
+        if bound is None and not any(by_rate) and not any(by_drift):
             return  # the common case: nothing chosen, nothing computed
         found = predicted_classes(outputs)
         classes = found[0] if found is not None else None
@@ -191,6 +204,8 @@ class Sampler:
             predicted = int(classes[i]) if classes is not None else None
             if bound is not None and conf is not None and conf < bound:
                 reason = "low_confidence"
+            elif by_drift[i]:
+                reason = "drift"
             elif by_rate[i]:
                 reason = "rate"
             else:

@@ -18,12 +18,14 @@ from edgedl.telemetry import (
     BATCH_SIZE_EDGES,
     LATENCY_EDGES_MS,
     MAX_CONFUSION_CELLS,
+    MAX_LABEL_IDS,
     Counts,
     HistogramData,
     LabelCounts,
     ModelLabels,
     ModelWindow,
     ProfileData,
+    label_digest,
 )
 
 from ..observe import Tensors
@@ -133,6 +135,8 @@ class ModelAccumulator:
     busy: int = 0  # folds of this model's batches running outside the lock
     confusion: dict[tuple[int, int], int] = field(default_factory=dict)
     confusion_overflow: int = 0
+    label_ids: list[str] = field(default_factory=list)  # label_digest of each labelled id
+    label_ids_overflow: int = 0
 
     def __post_init__(self) -> None:
         if self.info.reference is not None:
@@ -156,6 +160,14 @@ class ModelAccumulator:
             else:
                 self.confusion_overflow += 1
 
+    def add_label_id(self, request_id: str) -> None:
+        """Remember the digest of a labelled prediction's id (at most :data:`MAX_LABEL_IDS`;
+        further ones only counted)."""
+        if len(self.label_ids) < MAX_LABEL_IDS:
+            self.label_ids.append(label_digest(request_id))
+        else:
+            self.label_ids_overflow += 1
+
     def to_window(self) -> ModelWindow:
         """This model version's part of the window, as the contract carries it."""
         profile = (
@@ -175,6 +187,8 @@ class ModelAccumulator:
                 ModelLabels(
                     confusion=[(a, p, c) for (a, p), c in sorted(self.confusion.items())],
                     overflow=self.confusion_overflow,
+                    ids=self.label_ids or None,
+                    ids_overflow=self.label_ids_overflow,
                 )
                 if self.confusion or self.confusion_overflow
                 else None

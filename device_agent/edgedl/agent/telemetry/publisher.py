@@ -119,6 +119,7 @@ class Publisher:
         self.rollout: Callable[[], dict[str, Any] | None] | None = None
         """Supplies the ``rollout`` field of the status (set by the fleet updater)."""
         self._status_changed = threading.Event()
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
 
     # ------------------------------------------------------------------ public surface
 
@@ -164,6 +165,15 @@ class Publisher:
                 self.events_dropped += 1
             self._events.append(payload)
         self._wake.set()
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(payload)`` for every message on ``topic`` (subscribed at QoS 1 on
+        every connect, so a retained message arrives after each, and at once when connected).
+        The handler runs on the publishing thread and must not block."""
+        self._subscriptions[topic] = handler
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.subscribe(topic, qos=1)
 
     def add_spool(self, topic: str, spool: Spool) -> None:
         """Also drain ``spool`` to ``topic``, the same way, after the windows (call before
@@ -328,6 +338,7 @@ class Publisher:
             client.on_connect = self._on_connect
             client.on_publish = self._on_publish
             client.on_disconnect = self._on_disconnect
+            client.on_message = self._on_message
             client.max_inflight_messages_set(self.config.max_inflight)
             client.connect_timeout = 10.0
             if self._broker.tls:
@@ -376,6 +387,8 @@ class Publisher:
         client.publish(
             self._status_topic, encode_status(self._current_status(True)), qos=1, retain=True
         )
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
         self._connected.set()
         self._wake.set()
         log.info(
@@ -383,6 +396,15 @@ class Publisher:
             self.protocol,
             "resumed" if flags.session_present else "new",
         )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self._subscriptions.get(message.topic)
+        if handler is None:
+            return
+        try:
+            handler(bytes(message.payload))
+        except Exception:  # a bad message must never stop telemetry
+            log.exception("telemetry: could not handle a message on %s", message.topic)
 
     def _on_disconnect(
         self,

@@ -24,9 +24,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgedl._version import __version__
+from edgedl.drift_notice import drift_topic
 from edgedl.samples import samples_topic
 from edgedl.telemetry import DeviceStatus, ModelRef, encode_window
 
+from ..drift_state import DriftState
 from ..sampling import Sampler, SamplerMetrics, SamplingConfig
 from .config import TelemetryConfig
 from .publisher import Publisher
@@ -91,7 +93,6 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     runtime.add_observer(service.observer)
     if getattr(runtime, "predictions", None) is not None:
         runtime.predictions.add_listener(service.builder)  # late labels into the windows
-    runtime.add_component(service)
     if sampling is not None and sampling.enabled:
         sampler = service.sampler(sampling)
         runtime.sampler = sampler
@@ -100,6 +101,7 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
             registry.register(SamplerMetrics(sampler))
         if getattr(runtime, "predictions", None) is not None:
             runtime.predictions.add_id_listener(sampler.on_label)
+    runtime.add_component(service)  # after the sampler: its subscriptions go with the connect
     return service
 
 
@@ -140,9 +142,15 @@ class TelemetryService:
         """A :class:`Sampler` whose samples this service's publisher sends (started with it)."""
         path = sampling.spool_for(self.config.spool_path)
         spool = Spool(path, sampling.max_disk_bytes)
+        drift = None
+        if sampling.during_drift_rate > 0:
+            drift = DriftState(self.config.device)
+            self.publisher.subscribe(drift_topic(self.config.fleet, self.config.device),
+                                     drift.on_notice)  # fmt: skip
         self._sampler = Sampler(
-            sampling, spool, self.config.fleet, self.config.device, notify=self.publisher.notify
-        )
+            sampling, spool, self.config.fleet, self.config.device, notify=self.publisher.notify,
+            drift=drift,
+        )  # fmt: skip
         self.publisher.add_spool(samples_topic(self.config.fleet, self.config.device), spool)
         if self._thread is not None:
             self._sampler.start()

@@ -29,6 +29,7 @@ import numpy as np
 from edgedl._version import __version__
 from edgedl.profile import FloatArray, batch_statistics
 from edgedl.telemetry import (
+    MAX_LABEL_IDS,
     MAX_MODELS,
     MAX_SAMPLES,
     WINDOW_SCHEMA_VERSION,
@@ -239,8 +240,12 @@ class WindowBuilder:
         version: str | None,
         pairs: Sequence[tuple[int, int]],
         replaced: bool,
+        request_id: str | None = None,
     ) -> None:
-        """Count a late label's outcome; an accepted one goes into its version's confusion."""
+        """Count a late label's outcome; an accepted one goes into its version's confusion,
+        and the digest of its ``request_id`` into the version's ``labels.ids``. A version
+        holding half of :data:`MAX_LABEL_IDS` digests asks for the window to be cut."""
+        full = False
         with self._lock:
             counts = self._window.labels
             counts["received"] = counts.get("received", 0) + 1
@@ -253,6 +258,11 @@ class WindowBuilder:
             acc = self._model(model, version)
             if acc is not None:
                 acc.add_labels(list(pairs))
+                if request_id is not None:
+                    acc.add_label_id(request_id)
+                    full = len(acc.label_ids) == MAX_LABEL_IDS // 2
+        if full and self._on_full is not None:
+            self._on_full()
 
     # ------------------------------------------------------------ the window
 
