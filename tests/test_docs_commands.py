@@ -250,6 +250,9 @@ SKIPS: dict[tuple[str, str], str] = {
         "EDGEDL_MLSERVER=/opt/mlserver/bin/mlserver .venv/bin/python bench/peer_mlserver.py "
         "--seconds 3 --rounds 2",
     ): "a benchmark against MLServer, installed in a venv of its own (not here)",
+    ("docs/performance.md", "apt-get install wrk"): (
+        "installs a Debian package (root and the mirror); the MLServer benchmark's load generator"
+    ),
     ("docs/performance.md", "sudo .venv/bin/python -m pytest tests/platform -s"): (
         "the platform tests run in make test (tests/platform)"
     ),
