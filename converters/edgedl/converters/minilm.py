@@ -178,8 +178,9 @@ def write_example(out_dir: str | Path, n_cal: int = 200, n_val: int = 200) -> di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cal, val = text_sets(n_cal, n_val)
-    np.savez(out / "calibration.npz", **cal)
-    np.savez(out / "validation.npz", **val)
+    feeds: dict[str, dict[str, Any]] = {"calibration": cal, "validation": val}
+    for role, arrays in feeds.items():
+        np.savez(out / f"{role}.npz", **arrays)
     exporter = export_onnx(sentence_embedder(), out / "minilm.onnx")
     return {
         "model": str(out / "minilm.onnx"),
