@@ -246,6 +246,11 @@ def _static_qdq(ctx: BuildContext, kind: str) -> BuildResult:
     return BuildResult(model_path=out, calibration=calibration, warnings=notes)
 
 
+def _has_integer_inputs(ctx: BuildContext) -> bool:
+    """Whether the model takes integer inputs (token ids, masks): a transformer, most likely."""
+    return any(np.dtype(s.dtype).kind in "iu" for s in ctx.source.inputs)
+
+
 def _token_model_ops(ctx: BuildContext, notes: list[str]) -> list[str] | None:
     """MatMul/Gemm only for a model with integer inputs (a transformer on token ids); else all.
 
@@ -254,9 +259,9 @@ def _token_model_ops(ctx: BuildContext, notes: list[str]) -> list[str] | None:
     (all-MiniLM-L6-v2: embedding cosine to float 0.36 with every op quantized, 0.93 with
     its MatMuls only).
     """
-    integer = [s.name for s in ctx.source.inputs if np.dtype(s.dtype).kind in "iu"]
-    if not integer:
+    if not _has_integer_inputs(ctx):
         return None
+    integer = [s.name for s in ctx.source.inputs if np.dtype(s.dtype).kind in "iu"]
     notes.append(
         f"integer inputs ({', '.join(integer)}) pass unquantized; only MatMul/Gemm are "
         "quantized (attention masks, LayerNormalization and Softmax stay float32)"
@@ -264,10 +269,10 @@ def _token_model_ops(ctx: BuildContext, notes: list[str]) -> list[str] | None:
     return ["MatMul", "Gemm"]
 
 
-@register("onnx-dynamic", "onnx", "ONNX, dynamic int8 (MatMul/Gemm weights, per channel)")
+@register("onnx-dynamic", "onnx", "ONNX, dynamic int8 (MatMul/Gemm weights only)")
 def onnx_dynamic(ctx: BuildContext) -> BuildResult:
-    """Dynamic quantization: per-channel int8 MatMul/Gemm weights, activations quantized at
-    run time."""
+    """Dynamic quantization: int8 MatMul/Gemm weights (per channel for a model with integer
+    inputs), activations quantized at run time."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -278,14 +283,14 @@ def onnx_dynamic(ctx: BuildContext) -> BuildResult:
     try:
         # ConvInteger has no int8-weight CPU kernel, so Conv stays float: dynamic
         # quantization is for MatMul-heavy models (MLPs, transformers, RNNs).
-        # Per-channel weight scales: one outlier column (common in transformers' MatMuls)
-        # would otherwise crush every other column's resolution (all-MiniLM-L6-v2: embedding
-        # cosine to float 0.96 per tensor, 0.99 per channel).
+        # Per-channel weight scales for a model on token ids: one outlier column (common in
+        # transformers' MatMuls) would otherwise crush every other column's resolution
+        # (all-MiniLM-L6-v2: embedding cosine to float 0.96 per tensor, 0.99 per channel).
         quantize_dynamic(
             str(pre),
             str(out),
             weight_type=QuantType.QInt8,
-            per_channel=True,
+            per_channel=_has_integer_inputs(ctx),
             op_types_to_quantize=["MatMul", "Gemm"],
         )
     except Exception as exc:
