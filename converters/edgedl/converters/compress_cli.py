@@ -138,7 +138,9 @@ def compress(
     """Make MODEL smaller by one METHOD; write a trained model edgedl convert takes.
 
     MODEL is a Keras .keras/.h5 file (written back as .keras), or a PyTorch nn.Sequential
-    as package.module:factory with --state-dict (written as TorchScript .pt).
+    as package.module:factory with --state-dict (written as TorchScript .pt). A PyTorch
+    embedding model fed named inputs (an .npz of token ids and masks, no x) takes
+    --method lowrank and is written as .onnx, judged by embedding cosine.
 
     \b
     Example:
@@ -166,9 +168,19 @@ def compress(
     for col in ("", "before", "after"):
         table.add_column(col, justify="right")
     table.add_row("parameters", f"{r['parameters']['before']:,}", f"{r['parameters']['after']:,}")
-    table.add_row("multiply-adds", f"{r['macs']['before']:,}", f"{r['macs']['after']:,}")
-    table.add_row(
-        "held-out accuracy", f"{r['accuracy']['before']:.2f}%", f"{r['accuracy']['after']:.2f}%"
-    )
+    if "cosine" in r:  # an embedding model: no labels, judged against its own embeddings
+        cos = r["cosine"]
+        table.add_row(
+            "held-out cosine mean / worst",
+            "1 / 1",
+            f"{cos['after']['mean']:.4f} / {cos['after']['min']:.4f}",
+        )
+    else:
+        table.add_row("multiply-adds", f"{r['macs']['before']:,}", f"{r['macs']['after']:,}")
+        table.add_row(
+            "held-out accuracy",
+            f"{r['accuracy']['before']:.2f}%",
+            f"{r['accuracy']['after']:.2f}%",
+        )
     Console(file=sys.stdout).print(table)
     console.print(f"[green]model written:[/] {result.output} ({r['training_seconds']:.0f} s)")

@@ -31,7 +31,7 @@ from edgedl.errors import DataError, UsageError, ValidationFailed
 from edgedl.profile import Profile, batch_statistics
 
 from .artifact import describe
-from .data import Dataset, load_dataset, stored_sample_shape
+from .data import Dataset, load_dataset, load_named_inputs, stored_sample_shape
 from .diagnostics import diagnose, value_summary
 from .sources import KIND_NAMES, SourceKind, SourceModel, detect_kind, load_source
 from .targets import BuildContext, Target, get_target
@@ -162,9 +162,19 @@ def _load_data(
     source: SourceModel, options: ConvertOptions, target: Target
 ) -> tuple[Dataset | None, Dataset | None, list[str]]:
     warnings: list[str] = []
-    if (options.calibration or options.validation) and len(source.inputs) != 1:
-        raise UsageError("calibration/validation data is supported for single-input models only")
+    named = named_inputs(source)
+    if named and target.family != "onnx" and (options.calibration or options.validation):
+        raise UsageError(
+            f"{target.name} takes a model with one float input; this one takes "
+            f"{', '.join(f'{s.name} ({s.dtype})' for s in source.inputs)}: use an onnx-* target"
+        )
     sample_shape = source.inputs[0].sample_shape if source.inputs else ()
+
+    def load(path: Path, role: str) -> Dataset:
+        if named:
+            return load_named_inputs(path, source.inputs, role)
+        return load_dataset(path, sample_shape, role)
+
     calibration = None
     if target.needs_calibration and options.calibration is None:
         raise UsageError(
@@ -172,10 +182,10 @@ def _load_data(
             "(random data ruins int8 accuracy)"
         )
     if options.calibration is not None:
-        calibration = load_dataset(options.calibration, sample_shape, "calibration")
+        calibration = load(options.calibration, "calibration")
     validation = None
     if options.validation is not None:
-        validation = load_dataset(options.validation, sample_shape, "validation")
+        validation = load(options.validation, "validation")
     elif calibration is not None:
         validation = calibration
         warnings.append(
@@ -184,6 +194,11 @@ def _load_data(
     else:
         warnings.append("no --validation data: accuracy and output error were not measured")
     return calibration, validation, warnings
+
+
+def named_inputs(source: SourceModel) -> bool:
+    """Whether the model's data comes as one array per input name (several or integer inputs)."""
+    return len(source.inputs) != 1 or np.dtype(source.inputs[0].dtype).kind != "f"
 
 
 def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
@@ -213,7 +228,11 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
         source, calibration, validation, warnings = load_inputs(
             model_path, options, target, workdir
         )
-        diagnostics = _diagnose(calibration, validation) if target.needs_calibration else None
+        diagnostics = (
+            _diagnose(calibration, validation)
+            if target.needs_calibration and not named_inputs(source)
+            else None
+        )
         if diagnostics:
             warnings += [f["message"] for f in diagnostics["findings"]]
         n_cal = min(len(calibration), options.calibration_samples) if calibration else 0
@@ -272,7 +291,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
             report.update(checked.report)
             warnings += checked.warnings
             reference = Profile.from_reference(
-                {source.inputs[0].name: validation.x}, checked.artifact_outputs
+                validation.feeds(source.inputs[0].name), checked.artifact_outputs
             )
             manifest.profile = reference.to_dict()
             if validation.y is not None:
@@ -283,6 +302,7 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
                 "samples": len(validation),
                 "source": validation.source,
                 "labels": validation.y is not None,
+                "inputs": list(validation.feeds(source.inputs[0].name)),
             }
             if labels and (cls := _class_count(checked.artifact_outputs)) and cls != len(labels):
                 raise DataError(f"{len(labels)} labels given but the model outputs {cls} classes")

@@ -5,6 +5,10 @@
 and checks it against the model's input: numbers only, the right per-sample shape, no NaN or
 Inf (the error names the offending sample). Every format ends as one :class:`Dataset`, so a
 converter never cares where its samples came from.
+
+A model with several inputs, or with integer inputs (token ids and an attention mask), takes
+an ``.npz`` holding one array per input name (``load_named_inputs``); integer inputs keep
+their integer values, and the Dataset's ``inputs`` hold every array by name.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ class Dataset:
     source: str
     sample_names: list[str] | None = None
     class_names: list[str] | None = None
+    # Every input by name, in its own dtype, for a model with several or integer inputs.
+    inputs: dict[str, NDArray[Any]] | None = None
+
+    def feeds(self, name: str, start: int = 0, stop: int | None = None) -> dict[str, NDArray[Any]]:
+        """Samples ``start:stop`` of every input by name (``{name: x}`` for a single input)."""
+        arrays = self.inputs if self.inputs is not None else {name: self.x}
+        return {k: v[start:stop] for k, v in arrays.items()}
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -54,7 +65,79 @@ class Dataset:
             source=self.source,
             sample_names=None if self.sample_names is None else self.sample_names[:n],
             class_names=self.class_names,
+            inputs=None if self.inputs is None else {k: v[:n] for k, v in self.inputs.items()},
         )
+
+
+def load_named_inputs(path: str | Path, specs: Sequence[Any], role: str = "calibration") -> Dataset:
+    """Load an ``.npz`` holding one array per model input (``specs``: name, dtype, shape).
+
+    Integer inputs must hold integers and keep them; float inputs become float32. Every array
+    needs the input's per-sample shape and the same number of samples. Raises
+    :class:`DataError` naming the input at fault, e.g. one the file does not hold.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{role} data not found: {p}")
+    names = [s.name for s in specs]
+    if p.suffix != ".npz":
+        raise DataError(
+            f"{role} data {p}: this model takes inputs {', '.join(names)}; give an .npz "
+            "holding one array per input name"
+        )
+    with _np_load(p, role) as npz:
+        missing = [n for n in names if n not in npz.files]
+        if missing:
+            raise DataError(
+                f"{role} data {p}: no array for input {missing[0]!r} "
+                f"(the model takes {', '.join(names)}; the file holds "
+                f"{', '.join(sorted(npz.files)) or 'nothing'})"
+            )
+        arrays = {s.name: _input_array(npz[s.name], s, p, role) for s in specs}
+        y = None
+        if "y" in npz.files:
+            y_raw = np.asarray(npz["y"])
+            if y_raw.dtype.kind not in "iu" or y_raw.ndim != 1:
+                raise DataError(f"{role} data {p}['y']: labels must be a 1-D integer array")
+            y = y_raw.astype(np.int64)
+        class_names = [str(s) for s in npz["labels"]] if "labels" in npz.files else None
+    counts = {n: a.shape[0] for n, a in arrays.items()}
+    if len(set(counts.values())) != 1:
+        listed = ", ".join(f"{n} {c}" for n, c in counts.items())
+        raise DataError(f"{role} data {p}: the inputs hold different numbers of samples ({listed})")
+    first = next(iter(arrays.values()))
+    ds = Dataset(
+        x=first.astype(np.float32), y=y, source=str(p), class_names=class_names, inputs=arrays
+    )
+    if len(ds) == 0:
+        raise DataError(f"{role} data {p} holds no samples")
+    if y is not None and y.shape[0] != len(ds):
+        raise DataError(f"{role} data {p}: {len(ds)} samples but {y.shape[0]} labels")
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "f":
+            _check_finite(Dataset(x=arr, y=None, source=f"{p}[{name!r}]"), role)
+    return ds
+
+
+def _input_array(raw: Any, spec: Any, p: Path, role: str) -> NDArray[Any]:
+    """One input's array in the input's dtype, checked against its per-sample shape."""
+    dtype = np.dtype(spec.dtype)
+    arr = np.asarray(raw)
+    where = f"{p}[{spec.name!r}]"
+    if arr.dtype.kind not in "fiub" or arr.ndim == 0:
+        raise DataError(f"{role} data {where}: expected an array of numbers, found {arr.dtype}")
+    if dtype.kind in "iu" and arr.dtype.kind not in "iub":
+        raise DataError(
+            f"{role} data {where}: input {spec.name!r} takes {dtype.name}, the file holds "
+            f"{arr.dtype.name} (save token ids and masks as integers)"
+        )
+    want = tuple(spec.shape[1:]) if spec.shape else ()
+    if not _matches(arr.shape[1:], want):
+        raise DataError(
+            f"{role} data {where}: samples have shape {list(arr.shape[1:])}, input "
+            f"{spec.name!r} expects {['?' if d == -1 else d for d in want]}"
+        )
+    return arr.astype(dtype, copy=False)
 
 
 def load_dataset(

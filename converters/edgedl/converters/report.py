@@ -15,6 +15,17 @@ def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def _embedding_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cosine to the source's embeddings, for a model whose outputs are embeddings."""
+    if not report.get("embedding_outputs"):
+        return []
+    return [
+        ("cosine to source, mean", _fmt(report.get("cosine_mean"), ".4f")),
+        ("cosine to source, worst", _fmt(report.get("cosine_min"), ".4f")),
+        ("labels", "none (embeddings): judged by cosine and SQNR"),
+    ]
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print one conversion's report: sizes, errors, agreement, accuracy, latency, float ops."""
     title = f"{report['name']} {report['version']} → {report['target']}"
@@ -31,6 +42,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         ("artifact accuracy", _fmt(report.get("artifact_accuracy"), ".2f", " %")),
         ("accuracy drop", _fmt(report.get("accuracy_drop_pts"), ".2f", " pts")),
         ("SQNR (worst output)", _fmt(report.get("sqnr_db"), ".1f", " dB")),
+        *_embedding_rows(report),
         ("latency p50 / p95", f"{_fmt(lat.get('p50'), '.3f')} / {_fmt(lat.get('p95'), '.3f')} ms"),
     ]
     for name, out in (report.get("outputs") or {}).items():

@@ -11,6 +11,7 @@ layers are ranked by that loss, the worst first.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,15 @@ def _sqnr(ref: NDArray[Any], art: NDArray[Any]) -> float:
 
 
 def layer_errors(
-    float_model: Path, qdq_model: Path, x: NDArray[np.float32], input_name: str
+    float_model: Path,
+    qdq_model: Path,
+    x: NDArray[np.float32] | Mapping[str, NDArray[Any]],
+    input_name: str,
 ) -> list[dict[str, Any]]:
-    """Per quantizable layer: ``node``, ``op``, ``sqnr_db`` and ``loss_db``, worst loss first."""
+    """Per quantizable layer: ``node``, ``op``, ``sqnr_db`` and ``loss_db``, worst loss first.
+
+    ``x`` is the single input's samples, or every input's by name (in their own dtypes).
+    """
     import onnx
 
     fmodel = onnx.load(str(float_model))
@@ -90,7 +97,10 @@ def layer_errors(
         return []
     f_names = list(dict.fromkeys(pairs[n.name][0] for n in layers))
     q_names = [next(q for f, q in pairs.values() if f == name) for name in f_names]
-    feeds = {input_name: np.asarray(x[:_SAMPLES], np.float32)}
+    if isinstance(x, Mapping):
+        feeds = {k: np.asarray(v[:_SAMPLES]) for k, v in x.items()}
+    else:
+        feeds = {input_name: np.asarray(x[:_SAMPLES], np.float32)}
     ref = run_onnx(_with_outputs(fmodel, f_names), f_names, feeds)
     art = run_onnx(_with_outputs(qmodel, q_names), q_names, feeds)
     sqnr = {f: _sqnr(r, a) for f, r, a in zip(f_names, ref, art, strict=True)}

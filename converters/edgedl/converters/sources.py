@@ -46,7 +46,7 @@ class SourceModel:
     warnings: list[str] = field(default_factory=list)
 
     def predict(self, inputs: Mapping[str, NDArray[Any]], batch_size: int = 256) -> Arrays:
-        """Run the source model on float inputs (batch first) in chunks of ``batch_size``."""
+        """Run the source model on its inputs (batch first) in chunks of ``batch_size``."""
         n = next(iter(inputs.values())).shape[0]
         parts = [
             self._run({k: v[i : i + batch_size] for k, v in inputs.items()})
@@ -210,11 +210,14 @@ def _load_onnx(path: Path) -> SourceModel:
 
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     outputs = [spec(v) for v in model.graph.output]
-    non_float = [s.name for s in inputs if s.dtype != "float32"]
-    if non_float:
+    # Float32 inputs, or integer ones (token ids, masks) that pass through unquantized.
+    unsupported = [s for s in inputs if s.dtype not in ("float32", "int64", "int32")]
+    if unsupported:
         raise ConversionError(
-            f"input {non_float[0]!r} is not a float32 tensor; edgedl converts float-input models"
+            f"input {unsupported[0].name!r} is {unsupported[0].dtype}; edgedl converts models "
+            "whose inputs are float32, int64 or int32 tensors"
         )
+    dtypes = {s.name: np.dtype(s.dtype) for s in inputs}
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -223,7 +226,7 @@ def _load_onnx(path: Path) -> SourceModel:
     fixed_batch = any(s.shape and s.shape[0] == 1 for s in inputs)
 
     def run(batch: Mapping[str, NDArray[Any]]) -> Arrays:
-        feeds = {k: np.asarray(v, dtype=np.float32) for k, v in batch.items()}
+        feeds = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in batch.items()}
         n = next(iter(feeds.values())).shape[0]
         if fixed_batch and n != 1:
             parts = [

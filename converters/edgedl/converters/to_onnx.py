@@ -88,23 +88,25 @@ def compact_names(model: Any) -> Any:
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader over a Dataset, batching when the model allows."""
+    """ONNX Runtime's CalibrationDataReader over a Dataset (every input), batching when the
+    model allows."""
 
     def __init__(self, ctx: BuildContext, input_name: str, batch: int) -> None:
         assert ctx.calibration is not None
-        self._x = ctx.calibration.x[: ctx.calibration_samples]
-        self._name = input_name
+        self._feeds = ctx.calibration.feeds(input_name, 0, ctx.calibration_samples)
+        self._n = len(next(iter(self._feeds.values())))
         self._batch = batch
         self._pos = 0
         self._ctx = ctx
 
     def get_next(self) -> dict[str, np.ndarray[Any, Any]] | None:
-        if self._pos >= len(self._x):
+        if self._pos >= self._n:
             return None
-        chunk = self._x[self._pos : self._pos + self._batch]
-        self._pos += len(chunk)
-        self._ctx.advance(len(chunk))
-        return {self._name: chunk}
+        stop = min(self._pos + self._batch, self._n)
+        chunk = {k: v[self._pos : stop] for k, v in self._feeds.items()}
+        self._ctx.advance(stop - self._pos)
+        self._pos = stop
+        return chunk
 
     def rewind(self) -> None:
         self._pos = 0
@@ -204,6 +206,7 @@ def _static_qdq(ctx: BuildContext, kind: str) -> BuildResult:
     pre = _preprocess(fp32, ctx.workdir / "model.pre.onnx", notes)
     out = ctx.workdir / f"model.{kind}.onnx"
     reader = _Reader(ctx, ctx.source.inputs[0].name, 32 if _has_dynamic_batch(pre) else 1)
+    op_types = _token_model_ops(ctx, notes)
     try:
         quantize_static(
             str(pre),
@@ -216,6 +219,7 @@ def _static_qdq(ctx: BuildContext, kind: str) -> BuildResult:
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=list(ctx.float_nodes),
             calibration_cache_path=ctx.calibration_cache,
+            op_types_to_quantize=op_types,
         )
     except Exception as exc:
         raise ConversionError(f"ONNX static quantization failed: {_first_line(exc)}") from exc
@@ -231,17 +235,44 @@ def _static_qdq(ctx: BuildContext, kind: str) -> BuildResult:
         "per_channel": True,
         "source": ctx.calibration.source,
         "float_nodes": list(ctx.float_nodes),
+        "op_types": op_types or "all",
         # Per quantized layer, the worst first: what to keep in float if accuracy suffers.
-        "layer_errors": layer_errors(pre, out, ctx.calibration.x, ctx.source.inputs[0].name)
+        "layer_errors": layer_errors(
+            pre, out, ctx.calibration.feeds(ctx.source.inputs[0].name), ctx.source.inputs[0].name
+        )
         if ctx.measure_layers
         else None,
     }
     return BuildResult(model_path=out, calibration=calibration, warnings=notes)
 
 
+def _has_integer_inputs(ctx: BuildContext) -> bool:
+    """Whether the model takes integer inputs (token ids, masks): a transformer, most likely."""
+    return any(np.dtype(s.dtype).kind in "iu" for s in ctx.source.inputs)
+
+
+def _token_model_ops(ctx: BuildContext, notes: list[str]) -> list[str] | None:
+    """MatMul/Gemm only for a model with integer inputs (a transformer on token ids); else all.
+
+    Such a model adds its attention mask as float32's lowest value: quantizing that sum, or
+    LayerNormalization and Softmax, on one int8 scale wipes out the attention scores
+    (all-MiniLM-L6-v2: embedding cosine to float 0.36 with every op quantized, 0.93 with
+    its MatMuls only).
+    """
+    if not _has_integer_inputs(ctx):
+        return None
+    integer = [s.name for s in ctx.source.inputs if np.dtype(s.dtype).kind in "iu"]
+    notes.append(
+        f"integer inputs ({', '.join(integer)}) pass unquantized; only MatMul/Gemm are "
+        "quantized (attention masks, LayerNormalization and Softmax stay float32)"
+    )
+    return ["MatMul", "Gemm"]
+
+
 @register("onnx-dynamic", "onnx", "ONNX, dynamic int8 (MatMul/Gemm weights only)")
 def onnx_dynamic(ctx: BuildContext) -> BuildResult:
-    """Dynamic quantization: int8 MatMul/Gemm weights, activations quantized at run time."""
+    """Dynamic quantization: int8 MatMul/Gemm weights (per channel for a model with integer
+    inputs), activations quantized at run time."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -252,8 +283,15 @@ def onnx_dynamic(ctx: BuildContext) -> BuildResult:
     try:
         # ConvInteger has no int8-weight CPU kernel, so Conv stays float: dynamic
         # quantization is for MatMul-heavy models (MLPs, transformers, RNNs).
+        # Per-channel weight scales for a model on token ids: one outlier column (common in
+        # transformers' MatMuls) would otherwise crush every other column's resolution
+        # (all-MiniLM-L6-v2: embedding cosine to float 0.96 per tensor, 0.99 per channel).
         quantize_dynamic(
-            str(pre), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+            str(pre),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=_has_integer_inputs(ctx),
+            op_types_to_quantize=["MatMul", "Gemm"],
         )
     except Exception as exc:
         raise ConversionError(f"ONNX dynamic quantization failed: {_first_line(exc)}") from exc
@@ -295,6 +333,27 @@ def onnx_fp16(ctx: BuildContext) -> BuildResult:
             f"{truncated} weight values were too small for float16 and were rounded to its "
             "smallest normal value"
         )
+    _align_casts(converted)
     out = ctx.workdir / "model.fp16.onnx"
     onnx.save(converted, str(out))
     return BuildResult(model_path=out, warnings=notes)
+
+
+def _align_casts(model: Any) -> None:
+    """Casts to float32 whose output the float16 converter typed float16 now cast to float16.
+
+    onnxconverter-common retypes every float tensor inside the graph but leaves a Cast's
+    ``to`` (an integer attention mask cast to float, say) at float32, which ONNX Runtime
+    refuses to load.
+    """
+    import onnx
+
+    typed = {
+        v.name: v.type.tensor_type.elem_type for v in model.graph.value_info if v.type.tensor_type
+    }
+    for node in model.graph.node:
+        if node.op_type != "Cast" or typed.get(node.output[0]) != onnx.TensorProto.FLOAT16:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                attr.i = onnx.TensorProto.FLOAT16

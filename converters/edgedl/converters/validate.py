@@ -3,6 +3,10 @@
 Measures what users check before shipping a quantized model: per-output error and SQNR,
 top-1 agreement with the source, accuracy of both when labels are given, and latency of
 single-sample inference on this host through the same runtime loader the agent uses.
+
+An output whose rows are unit vectors with negative values (a sentence or image embedding,
+L2-normalised) is not class scores: it has no labels or top-1 to agree on, so it is judged
+by the cosine similarity of each row to the source's (mean and worst) and by SQNR.
 """
 
 from __future__ import annotations
@@ -54,12 +58,51 @@ def output_errors(reference: Arrays, artifact: Arrays) -> dict[str, dict[str, An
     return result
 
 
+def is_embedding(arr: NDArray[Any]) -> bool:
+    """Whether ``arr`` (batch first) holds L2-normalised rows with negative values: embeddings."""
+    a = np.asarray(arr, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] < 2 or a.shape[0] == 0 or not np.all(np.isfinite(a)):
+        return False
+    norms = np.linalg.norm(a, axis=1)
+    return bool(np.all(np.abs(norms - 1.0) < 1e-3) and np.any(a < 0))
+
+
 def classification_output(outputs: Arrays) -> str | None:
-    """The first output that looks like class scores (2-D, two or more columns)."""
+    """The first output that looks like class scores (2-D, two or more columns, no embedding)."""
     for name, arr in outputs.items():
-        if arr.ndim == 2 and arr.shape[1] >= 2:
+        if arr.ndim == 2 and arr.shape[1] >= 2 and not is_embedding(arr):
             return name
     return None
+
+
+def cosine_report(reference: Arrays, artifact: Arrays) -> dict[str, Any]:
+    """Cosine similarity of the artifact's embeddings to the source's, per output and overall.
+
+    Per embedding output: the mean and the worst (min) over the rows; overall, the worst of
+    those. Empty (``embedding_outputs: []``) when no output is an embedding.
+    """
+    per_output: dict[str, dict[str, float]] = {}
+    for name, ref in reference.items():
+        if not is_embedding(ref):
+            continue
+        r = np.asarray(ref, dtype=np.float64)
+        a = np.nan_to_num(np.asarray(artifact[name], dtype=np.float64))
+        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(a, axis=1)
+        cos = np.sum(r * a, axis=1) / np.maximum(norms, 1e-30)
+        per_output[name] = {
+            "cosine_mean": round(float(cos.mean()), 6),
+            "cosine_min": round(float(cos.min()), 6),
+        }
+    if not per_output:
+        return {"embedding_outputs": []}
+    return {
+        "embedding_outputs": list(per_output),
+        "cosine": per_output,
+        "cosine_mean": min(v["cosine_mean"] for v in per_output.values()),
+        "cosine_min": min(v["cosine_min"] for v in per_output.values()),
+        "judged_by": "no labels exist for embeddings: cosine similarity to the source's "
+        "embeddings (mean and worst over the validation set) and SQNR",
+    }
 
 
 def top1_report(reference: Arrays, artifact: Arrays, labels: NDArray[Any] | None) -> dict[str, Any]:
@@ -157,14 +200,15 @@ def validate(
     batch_size: int = 64,
     latency_runs: int = 100,
 ) -> Validation:
-    """Run source and artifact on ``data`` and measure how far apart they are."""
+    """Run source and artifact on ``data`` (every input) and measure how far apart they are."""
     name = source.inputs[0].name
     ref_parts: list[dict[str, NDArray[np.float32]]] = []
     art_parts: list[dict[str, NDArray[np.float32]]] = []
-    for batch in data.batches(batch_size):
-        ref_parts.append(source.predict({name: batch}))
-        art_parts.append(runner.run({name: batch}))
-        advance(len(batch))
+    for start in range(0, len(data), batch_size):
+        batch = data.feeds(name, start, start + batch_size)
+        ref_parts.append(source.predict(batch))
+        art_parts.append(runner.run(batch))
+        advance(len(next(iter(batch.values()))))
     ref = {k: np.concatenate([p[k] for p in ref_parts]) for k in ref_parts[0]}
     art = {k: np.concatenate([p[k] for p in art_parts]) for k in art_parts[0]}
     report: dict[str, Any] = {"outputs": output_errors(ref, art)}
@@ -177,6 +221,9 @@ def validate(
             f"{nonfinite} output values are NaN/Inf in the artifact (overflow, e.g. in float16)"
         )
     report.update(top1_report(ref, art, data.y))
-    latency = measure_latency(runner.run, {name: data.x}, runs=latency_runs)
+    embeddings = cosine_report(ref, art)
+    if embeddings["embedding_outputs"]:
+        report.update(embeddings)
+    latency = measure_latency(runner.run, data.feeds(name), runs=latency_runs)
     report["latency_ms"] = latency.to_dict()
     return Validation(report=report, artifact_outputs=art, warnings=warnings)

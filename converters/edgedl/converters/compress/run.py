@@ -89,7 +89,22 @@ def compress(
         raise UsageError(f"--epochs must be 0 or more, not {epochs}")
     out = Path(options.output)
     if detect_kind(Path(str(model_path))) == "torch":
+        from .embedding_lowrank import compress_embedder, holds_named_inputs
         from .torch_run import compress_torch
+
+        if holds_named_inputs(Path(options.data)):  # token ids and masks: an embedding model
+            if options.method != "lowrank":
+                raise UsageError(
+                    "a model fed named inputs (no 'x' in the data) is compressed by "
+                    f"--method lowrank only, not {options.method}"
+                )
+            return compress_embedder(
+                str(model_path), Path(options.data), Path(options.validation), out,
+                energy=options.energy, rank=options.rank, epochs=epochs,
+                batch_size=options.batch_size, learning_rate=options.learning_rate,
+                seed=options.seed, force=options.force, state_dict=options.state_dict,
+                console=console,
+            )  # fmt: skip
 
         check_output(out, ".pt", options.force)
         return compress_torch(str(model_path), options, epochs, console)
