@@ -95,7 +95,7 @@ def test_int8_slower_than_float_is_flagged_and_not_picked(norm_mlp: Any, tmp_pat
     )  # fmt: skip
     auto = result.report["auto"]
     rows = _rows(result.report)
-    assert set(rows) == {"onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"}
+    assert set(rows) == {"onnx-int8", "onnx-int8-u8u8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"}
     assert auto["measure"] == "agreement"  # no labels in .npy data
     int8, fp32 = rows["onnx-int8"], rows["onnx-fp32"]
     assert int8["latency_p50_ms"] > 1.5 * fp32["latency_p50_ms"]

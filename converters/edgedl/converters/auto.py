@@ -1,7 +1,7 @@
 """``--target auto``: build every candidate for the device, validate each, keep the fastest within the bound.
 
 The candidates are the int8, fp16, dynamic and fp32 targets of the device's runtime family
-(LiteRT or ONNX Runtime); when ``onnx-int8`` exceeds the bound, mixed precision joins them:
+(LiteRT or ONNX Runtime; for ONNX Runtime both int8 flavours, S8S8 and U8U8); when ``onnx-int8`` exceeds the bound, mixed precision joins them:
 ``onnx-int8`` with the fewest of its most sensitive layers kept in float that bring it within
 the bound, found by bisection over the order of their measured error (:mod:`.mixed_precision`). Each is converted and validated like a single target; then their
 latencies are measured again, round-robin, so that a noisy neighbour slows all of them alike.
@@ -40,7 +40,7 @@ from .validate import drop_pts, measure_latency
 AUTO = "auto"
 CANDIDATES = {
     "tflite": ["tflite-int8", "tflite-fp16", "tflite-dynamic", "tflite-fp32"],
-    "onnx": ["onnx-int8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"],
+    "onnx": ["onnx-int8", "onnx-int8-u8u8", "onnx-fp16", "onnx-dynamic", "onnx-fp32"],
 }
 MIXED = "onnx-int8-mixed"  # onnx-int8 with its most sensitive layers kept in float
 SLOWER_MARGIN = 0.10  # slower than fp32 by more than this share of its p50
@@ -49,7 +49,9 @@ LATENCY_RUNS = 40
 
 
 def candidates_for(model: Path, device: str | None) -> list[str]:
-    """The targets ``auto`` tries: the device's runtime family, else the source's natural one."""
+    """The targets ``auto`` tries: the device's runtime family (a PyTorch source goes to LiteRT
+    through litert-torch when the device runs LiteRT), else the source's natural one (ONNX for
+    ONNX and PyTorch sources)."""
     if device is not None:
         family = TARGETS[get_device(device).default_target].family
     else:
