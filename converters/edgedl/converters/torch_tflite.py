@@ -38,6 +38,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,17 +58,29 @@ _TRIED = "PyTorch → torch.export → litert-torch → TFLite"
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet(log: Path | None = None) -> Iterator[None]:
     """:func:`.torch_source._quiet`, and litert-torch's and the quantizer's progress bars
-    (on stderr) and absl logs too: their errors are raised, and reported in one line."""
-    loggers = [logging.getLogger(n) for n in ("absl", "torchao")]
+    (on stderr) and logs too: their errors are raised, and reported in one line. With ``log``,
+    the native converter's own log lines (written to file descriptor 2) go to that file."""
+    loggers = [logging.getLogger(n) for n in ("absl", "torchao", "torch.utils._pytree")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    saved = None
     try:
-        with torch_source._quiet(), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch_source._quiet())
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            if log is not None:
+                sys.stderr.flush()
+                sink = stack.enter_context(open(log, "ab"))
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
             yield
     finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
@@ -109,7 +123,7 @@ def float_tflite(ctx: BuildContext) -> Path:
     if len(ctx.source.inputs) != 1:
         raise ConversionError("litert-torch conversion takes single-input modules only")
     try:
-        with _quiet():  # torchao, imported by litert-torch, logs the kernels it cannot load
+        with _quiet(ctx.workdir / "litert-torch.log"):  # torchao logs what it cannot load
             import litert_torch
             import torch
     except ImportError as exc:
@@ -120,7 +134,7 @@ def float_tflite(ctx: BuildContext) -> Path:
     sample = torch.zeros((1, *[max(d, 1) for d in spec.sample_shape]), dtype=torch.float32)
     names = [s.name for s in ctx.source.outputs]
     try:
-        with _quiet():
+        with _quiet(ctx.workdir / "litert-torch.log"):
             edge = litert_torch.convert(
                 _named(model.module, names), sample_kwargs={spec.name: sample}
             )
@@ -182,11 +196,11 @@ def build(ctx: BuildContext, mode: str) -> BuildResult:
     float_path = float_tflite(ctx)
     if mode == "fp32":
         return BuildResult(model_path=float_path, path=PATH)
-    from ai_edge_quantizer import quantizer
-
     calibration: dict[str, Any] | None = None
     try:
-        with _quiet():
+        with _quiet(ctx.workdir / "litert-torch.log"):
+            from ai_edge_quantizer import quantizer
+
             q = quantizer.Quantizer(str(float_path))
             q.load_quantization_recipe(_recipe(mode))
             ranges = None
