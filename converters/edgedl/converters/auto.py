@@ -52,7 +52,9 @@ LATENCY_RUNS = 40
 
 
 def candidates_for(model: Path, device: str | None) -> list[str]:
-    """The targets ``auto`` tries: the device's runtime family, else the source's natural one.
+    """The targets ``auto`` tries: the device's runtime family (a PyTorch source goes to LiteRT
+    through litert-torch when the device runs LiteRT), else the source's natural one (ONNX for
+    ONNX and PyTorch sources).
 
     ONNX Runtime on an x86-64 CPU without VNNI adds ``onnx-int8-u8u8`` after ``onnx-int8``:
     the candidates are validated on this CPU, where S8S8's int16 pair sums saturate.

@@ -48,6 +48,8 @@ _TOOLS = (
     "ai-edge-litert",
     "torch",
     "onnxscript",
+    "litert-torch",
+    "ai-edge-quantizer",
 )
 REPORT_SCHEMA_VERSION = 1
 
@@ -283,6 +285,8 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
         )
         report = _base_report(manifest, target, source, device, threads, built.calibration)
         report["calibration_diagnostics"] = diagnostics
+        if built.path is not None:
+            report["path"] = built.path
         warnings[:0] = source.warnings
         report["warnings"] = warnings
         if validation is not None:
@@ -395,15 +399,9 @@ def _check_source_fits(
         raise UsageError("--state-dict goes with a PyTorch package.module:factory model")
     if target.accepts(kind):
         return
-    hint = "use an onnx-* target"
-    if kind == "torch":
-        hint += (
-            "; PyTorch → TFLite is not built in: litert-torch and onnx2tf pin releases of "
-            "typing-extensions, TensorFlow, NumPy and ONNX that clash with edgedl[convert]"
-        )
     raise UsageError(
-        f"{target.name} needs a Keras or SavedModel source; {model.name} is "
-        f"{KIND_NAMES[kind]} ({hint})"
+        f"{target.name} needs a Keras, SavedModel or PyTorch source; {model.name} is "
+        f"{KIND_NAMES[kind]} (use an onnx-* target)"
     )
 
 

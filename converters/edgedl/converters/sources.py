@@ -3,7 +3,8 @@
 A Keras model is exported to a SavedModel first, so Keras and SavedModel sources take one
 path into TFLite and ONNX (tf2onnx's ``from_keras`` does not work with Keras 3; going through
 the SavedModel's serving signature does, and keeps the signature's tensor names). A PyTorch
-source is exported to ONNX (:mod:`.torch_source`) and runs as itself for the reference.
+source is exported to ONNX (:mod:`.torch_source`), keeps its module for the TFLite targets
+(:mod:`.torch_tflite`) and runs as itself for the reference.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class SourceModel:
     saved_model_dir: Path | None
     _run: Callable[[Mapping[str, NDArray[Any]]], Arrays]
     onnx_path: Path | None = None
+    torch_module: torch_source.TorchModule | None = None  # a PyTorch source's loaded module
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -283,6 +285,7 @@ def _load_torch(
         saved_model_dir=None,
         _run=run,
         onnx_path=onnx_path,
+        torch_module=model,
         details={
             "form": model.form,
             "state_dict": str(state_dict) if state_dict else None,

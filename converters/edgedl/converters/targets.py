@@ -44,6 +44,7 @@ class BuildResult:
 
     model_path: Path
     calibration: dict[str, Any] | None = None
+    path: str | None = None  # the tools it went through, when a source has several routes
     warnings: list[str] = field(default_factory=list)
 
 
@@ -60,7 +61,7 @@ class Target:
 
     def accepts(self, source_kind: str) -> bool:
         """Whether a source of this kind can go to this target."""
-        return self.family == "onnx" or source_kind in ("keras", "saved_model")
+        return self.family == "onnx" or source_kind in ("keras", "saved_model", "torch")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for ``edgedl targets --json``)."""
@@ -72,7 +73,7 @@ class Target:
             "needs_calibration": self.needs_calibration,
             "sources": ["keras", "saved_model", "onnx", "torch"]
             if self.family == "onnx"
-            else ["keras", "saved_model"],
+            else ["keras", "saved_model", "torch"],
         }
 
 

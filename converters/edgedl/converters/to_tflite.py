@@ -1,4 +1,7 @@
-"""TFLite targets, built with TensorFlow's TFLiteConverter from the source's SavedModel."""
+"""TFLite targets, built with TensorFlow's TFLiteConverter from the source's SavedModel.
+
+A PyTorch source takes its own route, without TensorFlow (:mod:`.torch_tflite`).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ def _representative(ctx: BuildContext) -> Iterator[dict[str, np.ndarray[Any, Any
 
 
 def _convert(ctx: BuildContext, mode: str) -> BuildResult:
+    if ctx.source.kind == "torch":
+        from . import torch_tflite
+
+        return torch_tflite.build(ctx, mode)
     tf = import_tensorflow()
 
     if ctx.source.saved_model_dir is None:

@@ -1,0 +1,139 @@
+"""Compare the two int8 routes from PyTorch to TFLite on EfficientNet-Lite0.
+
+- ai-edge-quantizer on litert-torch's float ``.tflite`` (``static_wi8_ai8``, min-max
+  calibration): what ``edgedl convert --target tflite-int8`` does for a PyTorch source.
+- litert-torch's PT2E quantization (``PT2EQuantizer``, symmetric per-channel int8 weights,
+  histogram-observed int8 activations), calibrated in PyTorch, then converted.
+
+Both are calibrated on the same photo crops and judged on other crops against the PyTorch
+model: top-1 agreement, SQNR of the logits, the QUANTIZE/DEQUANTIZE ops left in the graph,
+and p50 latency of one image at 1 thread in LiteRT (rounds that time every model in turn).
+
+Usage: python bench/litert_int8_paths.py [--calibration-samples 100] [--validation-samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+from collections import Counter
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+
+from edgedl.converters.efficientnet_lite0 import make_model, photo_crops
+
+
+def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner()
+    spec = runner.get_input_details()["input"]
+    out_spec = runner.get_output_details()["logits"]
+    outputs = []
+    for sample in x:
+        feed = sample[None]
+        if spec["dtype"] != np.float32:
+            scale, zero = spec["quantization"]
+            feed = np.clip(np.round(feed / scale) + zero, -128, 127).astype(spec["dtype"])
+        out = runner(input=feed)["logits"].astype(np.float32)
+        if out_spec["dtype"] != np.float32:
+            scale, zero = out_spec["quantization"]
+            out = (out - zero) * scale
+        outputs.append(out)
+    return np.concatenate(outputs)
+
+
+def p50_ms(paths: dict[str, Path], rounds: int = 5, runs: int = 20) -> dict[str, float]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreters = {}
+    for name, path in paths.items():
+        interpreters[name] = Interpreter(model_path=str(path), num_threads=1)
+        interpreters[name].allocate_tensors()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, it in interpreters.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                it.invoke()
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: round(float(np.median(v)), 2) for name, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calibration-samples", type=int, default=100)
+    parser.add_argument("--validation-samples", type=int, default=100)
+    args = parser.parse_args()
+    import litert_torch
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class Named(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input: Any) -> dict[str, Any]:
+            return {"logits": self.inner(input)}
+
+    model = Named(make_model()).eval()
+    cal = photo_crops(args.calibration_samples, seed=0)
+    val = photo_crops(args.validation_samples, seed=1)
+    with torch.no_grad():
+        reference = model(input=torch.from_numpy(val))["logits"].numpy()
+    sample = {"input": torch.from_numpy(cal[:1])}
+    seconds: dict[str, float] = {}
+    with TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+        paths = {name: Path(tmp) / f"{name}.tflite" for name in ("fp32", "aeq", "pt2e")}
+        start = time.perf_counter()
+        litert_torch.convert(model, sample_kwargs=sample).export(str(paths["fp32"]))
+        seconds["fp32"] = time.perf_counter() - start
+        start = time.perf_counter()
+        q = quantizer.Quantizer(str(paths["fp32"]))
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        ranges = q.calibrate({"serving_default": [{"input": c[None]} for c in cal]})
+        paths["aeq"].write_bytes(bytes(q.quantize(ranges).quantized_model))
+        seconds["aeq"] = seconds["fp32"] + time.perf_counter() - start
+        start = time.perf_counter()
+        pt2e = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(torch.export.export(model, (), sample).module(), pt2e)
+        with torch.no_grad():
+            for c in cal:
+                prepared(input=torch.from_numpy(c[None]))
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        litert_torch.convert(
+            converted, sample_kwargs=sample, quant_config=QuantConfig(pt2e_quantizer=pt2e)
+        ).export(str(paths["pt2e"]))
+        seconds["pt2e"] = time.perf_counter() - start
+        latency = p50_ms(paths)
+        print("| route | top-1 agree | SQNR dB | Q/DQ ops | size (B) | p50 1 thr ms | convert s |")
+        print("|---|--:|--:|--:|--:|--:|--:|")
+        for name, path in paths.items():
+            out = run_tflite(path, val)
+            agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
+            sqnr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - out) ** 2))
+            it = Interpreter(model_path=str(path))
+            ops = Counter(op["op_name"] for op in it._get_ops_details())
+            qdq = ops["QUANTIZE"] + ops["DEQUANTIZE"]
+            print(
+                f"| {name} | {agree:.0%} | {sqnr:.1f} | {qdq} | {path.stat().st_size:,} "
+                f"| {latency[name]:.1f} | {seconds[name]:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

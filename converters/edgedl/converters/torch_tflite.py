@@ -1,0 +1,225 @@
+"""TFLite targets from a PyTorch source: litert-torch converts, ai-edge-quantizer quantizes.
+
+litert-torch (``litert_torch.convert``) traces the module with ``torch.export`` and lowers it
+with its own MLIR converter, without TensorFlow. The module is wrapped so that the TFLite
+signature carries the source's tensor names (``input`` and the exported outputs' names), so
+the bundle's manifest, validation and the agent all speak of the same tensors; the layout
+stays PyTorch's (NCHW in, as the data is given).
+
+Every tflite target then starts from that one float32 ``.tflite`` and quantizes it with
+ai-edge-quantizer (a dependency of litert-torch), on the TFLite graph itself:
+
+- ``fp32``: the float file as litert-torch wrote it.
+- ``fp16``: float16 weights (``FLOAT_CASTING``), dequantized to float32 at load.
+- ``dynamic``: int8 per-channel weights, activations quantized at run time
+  (``dynamic_wi8_afp32``).
+- ``int8``: full integer (``static_wi8_ai8``): per-channel symmetric int8 weights, asymmetric
+  int8 activations calibrated by min-max on the calibration data through the LiteRT
+  interpreter, and int8 input and output tensors with their scale and zero point, which is
+  what the tflite-int8 bundle contract promises and the agent's input quantizer reads.
+
+Why ai-edge-quantizer on the float file rather than litert-torch's PT2E quantization: the
+quantized graph is the float graph with each op swapped for its int8 kernel, which XNNPACK
+runs (QS8 convolutions, fully connected, adds); PT2E inserts quantize/dequantize pairs in the
+torch graph and leaves the MLIR converter to fold them, and keeps float input and output. The
+same float conversion also serves fp16 and dynamic. On EfficientNet-Lite0 both int8 paths
+run at the same speed on XNNPACK; PT2E's histogram calibration agrees better with float
+(docs/performance.md has the figures), at the price of quantize/dequantize pairs left in the
+graph, float adds, and a second trace of the module.
+
+There is no ONNX → TFLite route in edgedl's dependencies (onnx2tf pins TensorFlow and NumPy
+releases that clash with edgedl[convert]), so when litert-torch cannot convert a module the
+conversion stops with one line naming what failed and the path tried, and points to the
+onnx-* targets, which take every PyTorch module ``torch.onnx.export`` takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedl.errors import ConversionError
+
+from . import torch_source
+from .targets import BuildContext, BuildResult
+
+_first_line = torch_source._first_line
+
+PATH = "litert-torch"
+_TRIED = "PyTorch → torch.export → litert-torch → TFLite"
+
+
+@contextlib.contextmanager
+def _quiet(log: Path | None = None) -> Iterator[None]:
+    """:func:`.torch_source._quiet`, and litert-torch's and the quantizer's progress bars
+    (on stderr) and logs too: their errors are raised, and reported in one line. With ``log``,
+    the native converter's own log lines (written to file descriptor 2) go to that file."""
+    loggers = [logging.getLogger(n) for n in ("absl", "torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    saved = None
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch_source._quiet())
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            if log is not None:
+                sys.stderr.flush()
+                sink = stack.enter_context(open(log, "ab"))
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _named(module: Any, output_names: list[str]) -> Any:
+    """``module`` as a module whose input is called ``input`` and whose outputs are a dict
+    keyed by ``output_names`` (litert-torch names the signature's tensors after them)."""
+    import torch
+
+    class Named(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, input: Any) -> dict[str, Any]:
+            outputs = list(torch_source._flatten(self.inner(input)))
+            if len(outputs) != len(output_names):
+                raise ConversionError(
+                    f"the module returns {len(outputs)} outputs, its ONNX export "
+                    f"{len(output_names)}"
+                )
+            return dict(zip(output_names, outputs, strict=True))
+
+    named = Named()
+    # Not .eval(): it recurses, and a torch.export program's module refuses train()/eval()
+    # (it is in eval mode already, as every loaded module is).
+    named.training = False
+    return named
+
+
+def float_tflite(ctx: BuildContext) -> Path:
+    """The source module as a float32 ``.tflite`` in ``ctx.workdir``, converted once per
+    workdir by litert-torch; :class:`ConversionError` naming the failure otherwise."""
+    out = ctx.workdir / "litert-torch-fp32.tflite"
+    if out.is_file():
+        return out
+    model = ctx.source.torch_module
+    if model is None:
+        raise ConversionError("the PyTorch module was not loaded")
+    if len(ctx.source.inputs) != 1:
+        raise ConversionError("litert-torch conversion takes single-input modules only")
+    try:
+        with _quiet(ctx.workdir / "litert-torch.log"):  # torchao logs what it cannot load
+            import litert_torch
+            import torch
+    except ImportError as exc:
+        raise ConversionError(
+            "PyTorch → TFLite needs litert-torch: pip install 'edgedl[torch]'"
+        ) from exc
+    spec = ctx.source.inputs[0]
+    sample = torch.zeros((1, *[max(d, 1) for d in spec.sample_shape]), dtype=torch.float32)
+    names = [s.name for s in ctx.source.outputs]
+    try:
+        with _quiet(ctx.workdir / "litert-torch.log"):
+            edge = litert_torch.convert(
+                _named(model.module, names), sample_kwargs={spec.name: sample}
+            )
+            edge.export(str(out))
+    except ConversionError:
+        raise
+    except Exception as exc:  # torch.export, lowering and MLIR errors of every kind
+        hint = (
+            " (litert-torch traces with torch.export, which cannot read TorchScript: give the "
+            "module as package.module:factory --state-dict, or a torch.export .pt2 file)"
+            if model.form == "torchscript"
+            else ""
+        )
+        raise ConversionError(
+            f"litert-torch could not convert the {model.form} module ({_TRIED}): "
+            f"{_first_line(exc)}{hint}; there is no ONNX → TFLite route in edgedl, use an "
+            "onnx-* target"
+        ) from exc
+    return out
+
+
+def _calibration_data(ctx: BuildContext) -> list[dict[str, Any]]:
+    assert ctx.calibration is not None
+    name = ctx.source.inputs[0].name
+    n = min(len(ctx.calibration), ctx.calibration_samples)
+    return [{name: np.asarray(ctx.calibration.x[i : i + 1], np.float32)} for i in range(n)]
+
+
+def _recipe(mode: str) -> Any:
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    if mode == "dynamic":
+        return recipe.dynamic_wi8_afp32()
+    if mode == "int8":
+        return recipe.static_wi8_ai8()
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(
+        ".*",
+        qtyping.TFLOperationName.ALL_SUPPORTED,
+        16,
+        algorithm_key=AlgorithmName.FLOAT_CASTING,
+    )
+    return manager.get_quantization_recipe()
+
+
+def build(ctx: BuildContext, mode: str) -> BuildResult:
+    """Build the tflite target ``mode`` (fp32, fp16, dynamic, int8) from a PyTorch source."""
+    if mode == "int8" and ctx.io_dtype != "int8":
+        raise ConversionError(
+            f"--io {ctx.io_dtype} is not available from a PyTorch source: ai-edge-quantizer "
+            "writes int8 input and output (use --io int8)"
+        )
+    if mode not in ("fp32", "fp16", "dynamic", "int8"):
+        raise ConversionError(
+            f"tflite {mode} is not available from a PyTorch source; use tflite-int8 "
+            "(int8 I/O, which the agent quantizes and dequantizes for its callers)"
+        )
+    float_path = float_tflite(ctx)
+    if mode == "fp32":
+        return BuildResult(model_path=float_path, path=PATH)
+    calibration: dict[str, Any] | None = None
+    try:
+        with _quiet(ctx.workdir / "litert-torch.log"):
+            from ai_edge_quantizer import quantizer
+
+            q = quantizer.Quantizer(str(float_path))
+            q.load_quantization_recipe(_recipe(mode))
+            ranges = None
+            if mode == "int8":
+                data = _calibration_data(ctx)
+                ranges = q.calibrate({"serving_default": data})
+                ctx.advance(len(data))
+                calibration = {
+                    "method": "minmax (ai-edge-quantizer static_wi8_ai8)",
+                    "samples": len(data),
+                    "per_channel": True,
+                    "source": ctx.calibration.source if ctx.calibration else None,
+                }
+            quantized = q.quantize(ranges).quantized_model
+    except Exception as exc:
+        raise ConversionError(
+            f"ai-edge-quantizer could not quantize the litert-torch model to {mode}: "
+            f"{_first_line(exc)}"
+        ) from exc
+    out = ctx.workdir / f"model-{mode}.tflite"
+    out.write_bytes(bytes(quantized))
+    return BuildResult(model_path=out, calibration=calibration, path=f"{PATH} + ai-edge-quantizer")
