@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.collector.helpers import WindowMaker
 
-from edgedl.collector.fleet.gates import Gates, judge, version_figures
+from edgedl.collector.fleet.gates import Gates, awaiting_evidence, judge, version_figures
 from edgedl.telemetry import encode_window
 
 
@@ -55,3 +55,20 @@ def test_errors_drift_and_shadow_agreement_against_their_bounds(windows: WindowM
     assert report["shadow_compared"] == 40
     few = {"pi-0": {"compared": 5, "agreement": 0.0}}
     assert judge(Gates(min_compared=20), healthy, None, [], few)[0] is None
+
+
+def test_a_shadow_wave_waits_for_the_comparisons_its_agreement_gate_needs() -> None:
+    healthy = version_figures([], "digits", "2")
+    few = {"pi-0": {"compared": 5, "agreement": 0.0}, "pi-1": {"compared": 3, "agreement": 1.0}}
+    enough = {"pi-0": {"compared": 15, "agreement": 1.0}, "pi-1": {"compared": 5, "agreement": 1.0}}
+    gates = Gates(min_agreement=0.9, min_compared=20)
+    _, report = judge(gates, healthy, None, [], few)
+    assert awaiting_evidence(gates, report) == (
+        "shadow agreement not judged: 8 of the 20 comparisons it needs"
+    )
+    breach, report = judge(gates, healthy, None, [], enough)
+    assert breach is None and awaiting_evidence(gates, report) is None
+    # a gate that cannot fail does not hold the wave
+    _, report = judge(Gates(min_agreement=0, min_compared=20), healthy, None, [], few)
+    assert awaiting_evidence(Gates(min_agreement=0, min_compared=20), report) is None
+    assert awaiting_evidence(Gates(min_agreement=None), {"shadow_compared": 0}) is None

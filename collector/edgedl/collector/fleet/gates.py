@@ -12,7 +12,9 @@ Judged over the probation of a wave, on the devices already running the new vers
   model, from the devices' ``/status`` rollout report, against ``min_agreement``.
 
 Each figure is judged only on enough data (``min_inferences`` requests, ``min_compared``
-shadow comparisons); a gate with too little data is reported as not judged.
+shadow comparisons); a gate with too little data is reported as not judged. A shadow wave
+is the exception (:func:`awaiting_evidence`): comparing is its purpose, so it is not promoted
+on time alone while its agreement gate has not judged.
 """
 
 from __future__ import annotations
@@ -128,6 +130,22 @@ def judge(
             report,
         )
     return None, report
+
+
+def awaiting_evidence(gates: Gates, report: Mapping[str, Any]) -> str | None:
+    """Why a shadow wave may not pass yet: its agreement gate has too few comparisons.
+
+    ``report`` is :func:`judge`'s. None when the gate judged, or when it cannot fail
+    (``min_agreement`` unset or 0).
+    """
+    if not gates.min_agreement:
+        return None
+    compared = int(report.get("shadow_compared") or 0)
+    if compared >= gates.min_compared:
+        return None
+    return (
+        f"shadow agreement not judged: {compared} of the {gates.min_compared} comparisons it needs"
+    )
 
 
 def _max_psi(results: Iterable[Mapping[str, Any]]) -> float | None:

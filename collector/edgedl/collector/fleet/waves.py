@@ -4,8 +4,9 @@ A rollout's devices are taken in waves (cumulative counts, see :func:`.planning.
 For each wave the controller writes the new desired state of the wave's devices (retained,
 so a device that is offline finds it when it comes back), waits until every online device of
 the wave reports on ``/status`` that it runs the new version, then watches the new version's
-telemetry on those devices for ``probation_s`` (:mod:`.gates`). A shadow rollout then asks
-the wave's devices to promote and waits for them. Only then does the next wave start.
+telemetry on those devices for ``probation_s`` (:mod:`.gates`). A shadow rollout also waits
+for enough shadow comparisons to judge agreement (up to ``SHADOW_EVIDENCE_PROBATIONS``
+probations, then halts), then asks the wave's devices to promote and waits for them. Only then does the next wave start.
 
 On a breach, a device refusing the version, a device rolling it back itself, or devices not
 arriving in time, the rollout is halted: every device it touched gets the previous version
@@ -27,7 +28,7 @@ from edgedl.telemetry import DesiredState, desired_topic, encode_desired
 from ..alerts import AlertBook, AlertSubject
 from ..leader import Lease
 from ..store import Store
-from .gates import Gates, judge, version_figures
+from .gates import Gates, awaiting_evidence, judge, version_figures
 from .records import FleetRecords
 
 log = logging.getLogger("edgedl.collector.fleet")
@@ -35,6 +36,8 @@ log = logging.getLogger("edgedl.collector.fleet")
 Publish = Callable[[str, bytes, bool], None]
 DriftResults = Callable[[str, str, str, str], list[dict[str, Any]]]  # fleet, device, model, ver
 ARRIVED = ("probation", "promoted")
+#: A shadow wave whose agreement gate has not judged waits this many probations, then halts.
+SHADOW_EVIDENCE_PROBATIONS = 5
 FAILED = ("refused", "rolled_back")
 
 
@@ -177,6 +180,17 @@ class WaveController:
         if now - float(r["phase_since"]) < plan["probation_s"]:
             self.records.update_rollout(rid, plan=plan)
             return
+        if r["strategy"] == "shadow":
+            missing = awaiting_evidence(Gates(**plan["gates"]), report)
+            if missing is not None:
+                waited = now - float(r["phase_since"])
+                limit = plan["probation_s"] * SHADOW_EVIDENCE_PROBATIONS
+                if waited < limit:
+                    self.records.update_rollout(rid, plan=plan)
+                else:
+                    self.halt(r, f"wave {r['wave'] + 1} ({', '.join(arrived)}): {missing} "
+                                 f"within {limit:g} s")  # fmt: skip
+                return
         report["passed_at"] = now
         if r["strategy"] == "shadow":
             self._write_desired(r, wave_devices, promote=True)
