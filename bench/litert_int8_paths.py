@@ -48,12 +48,14 @@ def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def p50_ms(paths: dict[str, Path], rounds: int = 5, runs: int = 20) -> dict[str, float]:
+def p50_ms(
+    paths: dict[str, Path], rounds: int = 5, runs: int = 20, threads: int = 1
+) -> dict[str, float]:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreters = {}
     for name, path in paths.items():
-        interpreters[name] = Interpreter(model_path=str(path), num_threads=1)
+        interpreters[name] = Interpreter(model_path=str(path), num_threads=threads)
         interpreters[name].allocate_tensors()
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
@@ -63,6 +65,27 @@ def p50_ms(paths: dict[str, Path], rounds: int = 5, runs: int = 20) -> dict[str,
                 it.invoke()
                 times[name].append((time.perf_counter() - start) * 1000)
     return {name: round(float(np.median(v)), 2) for name, v in times.items()}
+
+
+def model_and_crops(n_cal: int, n_val: int) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """EfficientNet-Lite0 with a ``logits`` output named for the TFLite signature, calibration
+    and validation crops, and the model's logits on the validation crops."""
+    import torch
+
+    class Named(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input: Any) -> dict[str, Any]:
+            return {"logits": self.inner(input)}
+
+    model = Named(make_model()).eval()
+    cal = photo_crops(n_cal, seed=0)
+    val = photo_crops(n_val, seed=1)
+    with torch.no_grad():
+        reference = model(input=torch.from_numpy(val))["logits"].numpy()
+    return model, cal, val, reference
 
 
 def main() -> None:
@@ -81,19 +104,7 @@ def main() -> None:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    class Named(torch.nn.Module):  # type: ignore[misc]
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input: Any) -> dict[str, Any]:
-            return {"logits": self.inner(input)}
-
-    model = Named(make_model()).eval()
-    cal = photo_crops(args.calibration_samples, seed=0)
-    val = photo_crops(args.validation_samples, seed=1)
-    with torch.no_grad():
-        reference = model(input=torch.from_numpy(val))["logits"].numpy()
+    model, cal, val, reference = model_and_crops(args.calibration_samples, args.validation_samples)
     sample = {"input": torch.from_numpy(cal[:1])}
     seconds: dict[str, float] = {}
     with TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):

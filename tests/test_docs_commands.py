@@ -237,6 +237,11 @@ SKIPS: dict[tuple[str, str], str] = {
         ".venv/bin/python bench/litert_int8_paths.py --calibration-samples 100 "
         "--validation-samples 100",
     ): "a benchmark (minutes)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/litert_int8_mixed.py --calibration-samples 64 "
+        "--validation-samples 64",
+    ): "a benchmark (minutes)",
     ("docs/performance.md", ".venv/bin/python bench/telemetry.py"): "a benchmark (minutes)",
     (
         "docs/performance.md",
