@@ -113,5 +113,11 @@ def test_user_mistakes_are_one_line_each(torch_digits: Any, tmp_path: Path) -> N
     assert "is not a PyTorch model" in _error_line(not_model)
     weights_only = run_edgedl("convert", torch_digits.state_dict, *common)
     assert "holds only weights (a state dict)" in _error_line(weights_only)
+    np.savez(tmp_path / "images.npz", images=np.load(torch_digits.train)["x"][:8])
+    misnamed = run_edgedl("convert", torch_digits.factory, "--state-dict", torch_digits.state_dict,
+                          "--target", "onnx-fp32", "--calibration", tmp_path / "images.npz",
+                          "-o", tmp_path / "b")  # fmt: skip
+    line = _error_line(misnamed)
+    assert "array 'images'" in line and "forward takes input" in line
     assert zipfile.is_zipfile(torch_digits.state_dict)
     assert not (tmp_path / "b").exists()

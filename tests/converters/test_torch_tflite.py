@@ -35,6 +35,12 @@ def _litert_direct(path: Path, x: Any) -> dict[str, Any]:
             feed = np.clip(np.round(feed / scale) + zero, -128, 127).astype(spec["dtype"])
         raw = runner(**{name: feed})
         outputs.append(raw)
+    return dequantized(runner, outputs)
+
+
+def dequantized(runner: Any, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A signature runner's per-sample ``outputs`` joined, each dequantized by hand with its
+    tensor's own scale and zero point when it is not float32."""
     result = {}
     for key, d in runner.get_output_details().items():
         values = np.concatenate([o[key] for o in outputs]).astype(np.float32)

@@ -31,7 +31,13 @@ from edgedl.errors import DataError, UsageError, ValidationFailed
 from edgedl.profile import Profile, batch_statistics
 
 from .artifact import describe
-from .data import Dataset, load_dataset, load_named_inputs, stored_sample_shape
+from .data import (
+    Dataset,
+    load_dataset,
+    load_named_inputs,
+    stored_named_samples,
+    stored_sample_shape,
+)
 from .diagnostics import diagnose, value_summary
 from .sources import KIND_NAMES, SourceKind, SourceModel, detect_kind, load_source
 from .targets import BuildContext, Target, get_target
@@ -165,7 +171,14 @@ def _load_data(
 ) -> tuple[Dataset | None, Dataset | None, list[str]]:
     warnings: list[str] = []
     named = named_inputs(source)
-    if named and target.family != "onnx" and (options.calibration or options.validation):
+    # litert-torch takes a PyTorch module's named inputs; the TensorFlow converter does not.
+    tflite_named = source.kind == "torch"
+    if (
+        named
+        and target.family != "onnx"
+        and not tflite_named
+        and (options.calibration or options.validation)
+    ):
         raise UsageError(
             f"{target.name} takes a model with one float input; this one takes "
             f"{', '.join(f'{s.name} ({s.dtype})' for s in source.inputs)}: use an onnx-* target"
@@ -405,8 +418,11 @@ def _check_source_fits(
     )
 
 
-def _torch_sample_shape(kind: SourceKind, options: ConvertOptions) -> tuple[int, ...] | None:
-    """A PyTorch module's per-sample input shape, from its calibration or validation data."""
+def _torch_sample_shape(
+    kind: SourceKind, options: ConvertOptions
+) -> tuple[int, ...] | dict[str, Any] | None:
+    """A PyTorch module's per-sample input shape, from its calibration or validation data;
+    one sample of each input when the data is an ``.npz`` of named inputs (no ``x``)."""
     if kind != "torch":
         return None
     data = options.calibration or options.validation
@@ -415,7 +431,8 @@ def _torch_sample_shape(kind: SourceKind, options: ConvertOptions) -> tuple[int,
             "a PyTorch source takes its input shape from the data: give --calibration or "
             "--validation (.npy/.npz shaped as the module expects, e.g. N,C,H,W)"
         )
-    return stored_sample_shape(data, "calibration" if options.calibration else "validation")
+    role = "calibration" if options.calibration else "validation"
+    return stored_named_samples(data, role) or stored_sample_shape(data, role)
 
 
 def _class_count(outputs: dict[str, Any]) -> int | None:

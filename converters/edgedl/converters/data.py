@@ -191,6 +191,24 @@ def stored_sample_shape(path: str | Path, role: str = "calibration") -> tuple[in
     return tuple(int(d) for d in np.shape(x)[1:])
 
 
+def stored_named_samples(path: str | Path, role: str = "calibration") -> dict[str, Any] | None:
+    """The first sample of every array in an ``.npz`` without ``x`` (one array per model input,
+    dtypes kept), for a PyTorch module with named inputs; ``None`` for any other data file."""
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".npz":
+        return None
+    with _np_load(p, role) as npz:
+        if "x" in npz.files:
+            return None
+        arrays = {k: np.asarray(npz[k]) for k in npz.files if k not in ("y", "labels")}
+    for k, a in arrays.items():
+        if a.ndim < 2 or len(a) == 0:
+            raise DataError(
+                f"{role} data {p}[{k!r}]: expected a batch of samples, found shape {a.shape}"
+            )
+    return {k: a[:1] for k, a in arrays.items()} or None
+
+
 def _np_load(p: Path, role: str) -> Any:
     try:
         return np.load(p, allow_pickle=False)

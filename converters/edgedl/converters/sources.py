@@ -95,11 +95,12 @@ def load_source(
     path: str | os.PathLike[str],
     workdir: Path,
     state_dict: Path | None = None,
-    sample_shape: tuple[int, ...] | None = None,
+    sample_shape: tuple[int, ...] | Mapping[str, NDArray[Any]] | None = None,
 ) -> SourceModel:
     """Load a source model; a Keras model is exported to a SavedModel under ``workdir``.
 
-    A PyTorch source needs ``sample_shape`` (one sample's input shape, from the data) and
+    A PyTorch source needs ``sample_shape`` (one sample's input shape, from the data, or one
+    sample of each named input for a module with several or integer inputs) and
     takes ``state_dict`` when it is a ``module:factory``; it is exported to ONNX in ``workdir``.
     """
     p = Path(path)
@@ -253,17 +254,29 @@ def _load_onnx(path: Path) -> SourceModel:
 
 
 def _load_torch(
-    spec: str, state_dict: Path | None, sample_shape: tuple[int, ...], workdir: Path
+    spec: str,
+    state_dict: Path | None,
+    sample_shape: tuple[int, ...] | Mapping[str, NDArray[Any]],
+    workdir: Path,
 ) -> SourceModel:
     import onnx
 
     model = torch_source.load_module(spec, state_dict)
     onnx_path = workdir / "torch.onnx"
-    exporter, notes = torch_source.export_onnx(model, sample_shape, onnx_path)
+    samples = None
+    if isinstance(sample_shape, Mapping):
+        order = torch_source.input_order(model, list(sample_shape))
+        samples = {n: sample_shape[n] for n in order}
+        sample_shape = ()
+    exporter, notes = torch_source.export_onnx(model, sample_shape, onnx_path, samples=samples)
     proto = onnx.load(str(onnx_path))
     exported = _load_onnx(onnx_path)
     names = [s.name for s in exported.outputs]
     batch = exported.inputs[0].shape[0] if exported.inputs[0].shape else -1
+
+    def run_named(feeds: Mapping[str, NDArray[Any]]) -> Arrays:
+        assert samples is not None
+        return dict(zip(names, model.run_named({n: feeds[n] for n in samples}), strict=True))
 
     def run(feeds: Mapping[str, NDArray[Any]]) -> Arrays:
         x = np.asarray(next(iter(feeds.values())), dtype=np.float32)
@@ -283,7 +296,7 @@ def _load_torch(
         inputs=exported.inputs,
         outputs=exported.outputs,
         saved_model_dir=None,
-        _run=run,
+        _run=run_named if samples else run,
         onnx_path=onnx_path,
         torch_module=model,
         details={

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import logging
 import re
@@ -69,6 +70,42 @@ class TorchModule:
         with torch.no_grad():
             out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         return [np.asarray(t.detach().numpy(), dtype=np.float32) for t in _flatten(out)]
+
+    def run_named(self, feeds: Mapping[str, NDArray[Any]]) -> list[NDArray[np.float32]]:
+        """The module's outputs for one batch of named inputs (passed in ``feeds``' order,
+        dtypes kept), as float32 arrays in order."""
+        torch = _import_torch()
+        args = [torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()]
+        with torch.no_grad():
+            out = self.module(*args)
+        return [np.asarray(t.detach().numpy(), dtype=np.float32) for t in _flatten(out)]
+
+
+def input_order(model: TorchModule, names: Sequence[str]) -> list[str]:
+    """The data's input ``names`` in the order of the module's ``forward`` parameters (the
+    data's own order when ``forward`` does not name them); :class:`ModelError` for a name
+    ``forward`` does not take, or a required parameter the data does not hold."""
+    try:
+        params = inspect.signature(model.module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return list(names)
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not named:
+        return list(names)
+    unknown = [n for n in names if n not in {p.name for p in named}]
+    if unknown:
+        raise ModelError(
+            f"the data holds an array {unknown[0]!r} but the module's forward takes "
+            f"{', '.join(p.name for p in named)}: give one array per forward parameter, by "
+            "name, or a single input as 'x'"
+        )
+    missing = [p.name for p in named if p.name not in names and p.default is p.empty]
+    if missing:
+        raise ModelError(
+            f"the module's forward takes {', '.join(p.name for p in named)}; the data holds "
+            f"no array {missing[0]!r}"
+        )
+    return [p.name for p in named if p.name in names]
 
 
 def _flatten(out: Any) -> Iterator[Any]:
@@ -199,26 +236,40 @@ def _quiet() -> Iterator[None]:
 
 
 def export_onnx(
-    model: TorchModule, sample_shape: Sequence[int], out: Path, opset: int = 18
+    model: TorchModule,
+    sample_shape: Sequence[int],
+    out: Path,
+    opset: int = 18,
+    samples: Mapping[str, NDArray[Any]] | None = None,
 ) -> tuple[str, list[str]]:
     """Export ``model`` to ONNX at ``out`` with a dynamic batch axis; return (exporter, notes).
 
     The file is self-contained (weights inside, no external data file), so it can be copied.
+    With ``samples`` (one sample per input name, in the module's order, dtypes kept) the
+    module takes those named inputs instead of one float ``input`` of ``sample_shape``.
 
     ``torch.export`` (``dynamo=True``) first; when it cannot trace the module, the TorchScript
     exporter, with a note saying why. :class:`ConversionError` when neither can.
     """
     torch = _import_torch()
-    example = torch.zeros((2, *sample_shape), dtype=torch.float32)
-    names = {"input_names": [INPUT_NAME]}
+    if samples:
+        example = tuple(torch.from_numpy(np.repeat(v, 2, axis=0)) for v in samples.values())
+    else:
+        example = (torch.zeros((2, *sample_shape), dtype=torch.float32),)
+    input_names = list(samples) if samples else [INPUT_NAME]
+    names = {"input_names": input_names}
     notes: list[str] = []
     if model.form != "torchscript":
         target = model.exported_program if model.exported_program is not None else model.module
-        batch = None if model.exported_program is not None else ({0: torch.export.Dim.AUTO},)
+        batch = (
+            None
+            if model.exported_program is not None
+            else tuple({0: torch.export.Dim.AUTO} for _ in example)
+        )
         try:
             with _quiet():
                 torch.onnx.export(
-                    target, (example,), str(out), dynamo=True, dynamic_shapes=batch,
+                    target, example, str(out), dynamo=True, dynamic_shapes=batch,
                     opset_version=opset, external_data=False, **names,
                 )  # fmt: skip
             return "torch.export (dynamo)", notes
@@ -234,8 +285,8 @@ def export_onnx(
     try:
         with _quiet():
             torch.onnx.export(
-                model.module, (example,), str(out), dynamo=False, opset_version=opset,
-                dynamic_axes={INPUT_NAME: {0: "batch"}}, **names,
+                model.module, example, str(out), dynamo=False, opset_version=opset,
+                dynamic_axes={n: {0: "batch"} for n in input_names}, **names,
             )  # fmt: skip
     except Exception as exc:
         raise ConversionError(

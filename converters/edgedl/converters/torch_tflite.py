@@ -2,9 +2,11 @@
 
 litert-torch (``litert_torch.convert``) traces the module with ``torch.export`` and lowers it
 with its own MLIR converter, without TensorFlow. The module is wrapped so that the TFLite
-signature carries the source's tensor names (``input`` and the exported outputs' names), so
-the bundle's manifest, validation and the agent all speak of the same tensors; the layout
-stays PyTorch's (NCHW in, as the data is given).
+signature carries the source's tensor names (``input``, or each named input of a module fed
+an ``.npz`` of named arrays, and the exported outputs' names), so the bundle's manifest,
+validation and the agent all speak of the same tensors; the layout stays PyTorch's (NCHW in,
+as the data is given). Integer inputs (token ids, masks) keep their dtype: int64 stays int64
+(litert-torch's ``enable_x64``), and the quantizers leave them unquantized.
 
 Every tflite target then starts from that one float32 ``.tflite`` and quantizes it with
 ai-edge-quantizer (a dependency of litert-torch), on the TFLite graph itself:
@@ -85,9 +87,10 @@ def _quiet(log: Path | None = None) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _named(module: Any, output_names: list[str]) -> Any:
-    """``module`` as a module whose input is called ``input`` and whose outputs are a dict
-    keyed by ``output_names`` (litert-torch names the signature's tensors after them)."""
+def _named(module: Any, input_names: list[str], output_names: list[str]) -> Any:
+    """``module`` as a module whose inputs are keyword arguments called ``input_names`` (passed
+    on in that order) and whose outputs are a dict keyed by ``output_names`` (litert-torch
+    names the signature's tensors after both)."""
     import torch
 
     class Named(torch.nn.Module):  # type: ignore[misc]
@@ -95,8 +98,9 @@ def _named(module: Any, output_names: list[str]) -> Any:
             super().__init__()
             self.inner = module
 
-        def forward(self, input: Any) -> dict[str, Any]:
-            outputs = list(torch_source._flatten(self.inner(input)))
+        def forward(self, **inputs: Any) -> dict[str, Any]:
+            args = [inputs[n] for n in input_names]
+            outputs = list(torch_source._flatten(self.inner(*args)))
             if len(outputs) != len(output_names):
                 raise ConversionError(
                     f"the module returns {len(outputs)} outputs, its ONNX export "
@@ -120,8 +124,6 @@ def float_tflite(ctx: BuildContext) -> Path:
     model = ctx.source.torch_module
     if model is None:
         raise ConversionError("the PyTorch module was not loaded")
-    if len(ctx.source.inputs) != 1:
-        raise ConversionError("litert-torch conversion takes single-input modules only")
     try:
         with _quiet(ctx.workdir / "litert-torch.log"):  # torchao logs what it cannot load
             import litert_torch
@@ -130,13 +132,15 @@ def float_tflite(ctx: BuildContext) -> Path:
         raise ConversionError(
             "PyTorch → TFLite needs litert-torch: pip install 'edgedl[torch]'"
         ) from exc
-    spec = ctx.source.inputs[0]
-    sample = torch.zeros((1, *[max(d, 1) for d in spec.sample_shape]), dtype=torch.float32)
+    samples = _samples(ctx)
+    integer = any(v.dtype.kind in "iu" for v in samples.values())
     names = [s.name for s in ctx.source.outputs]
     try:
         with _quiet(ctx.workdir / "litert-torch.log"):
             edge = litert_torch.convert(
-                _named(model.module, names), sample_kwargs={spec.name: sample}
+                _named(model.module, list(samples), names),
+                sample_kwargs={k: torch.from_numpy(v) for k, v in samples.items()},
+                enable_x64=integer,  # keeps int64 inputs int64 (they would become int32)
             )
             edge.export(str(out))
     except ConversionError:
@@ -156,11 +160,24 @@ def float_tflite(ctx: BuildContext) -> Path:
     return out
 
 
+def _samples(ctx: BuildContext) -> dict[str, Any]:
+    """One sample of each input, by name in the source's order, to trace the module with: the
+    first calibration sample when there is calibration data, else zeros of the input's dtype."""
+    specs = ctx.source.inputs
+    if ctx.calibration is not None:
+        feeds = ctx.calibration.feeds(specs[0].name, 0, 1)
+        return {s.name: np.ascontiguousarray(feeds[s.name], s.dtype) for s in specs}
+    return {s.name: np.zeros((1, *[max(d, 1) for d in s.sample_shape]), s.dtype) for s in specs}
+
+
 def _calibration_data(ctx: BuildContext) -> list[dict[str, Any]]:
+    """The calibration samples one at a time, by input name, in each input's dtype (integer
+    inputs such as token ids stay integers, which the quantizer leaves unquantized)."""
     assert ctx.calibration is not None
-    name = ctx.source.inputs[0].name
+    specs = ctx.source.inputs
     n = min(len(ctx.calibration), ctx.calibration_samples)
-    return [{name: np.asarray(ctx.calibration.x[i : i + 1], np.float32)} for i in range(n)]
+    feeds = [ctx.calibration.feeds(specs[0].name, i, i + 1) for i in range(n)]
+    return [{s.name: np.asarray(f[s.name], s.dtype) for s in specs} for f in feeds]
 
 
 def _recipe(mode: str) -> Any:
