@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -127,7 +129,16 @@ def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
     if dst.exists():
         return dst
     try:
-        quant_pre_process(str(src), str(dst))
+        # ONNX Runtime's symbolic shape inference saves the model it could not finish, with
+        # its weights as external data, into the working directory (sym_shape_infer_temp.onnx
+        # and a <uuid>.data the size of the model); a scratch directory keeps the user's clean.
+        with tempfile.TemporaryDirectory(prefix="edgedl-preprocess-") as scratch:
+            here = os.getcwd()
+            os.chdir(scratch)
+            try:
+                quant_pre_process(str(src.resolve()), str(dst.resolve()))
+            finally:
+                os.chdir(here)
         return dst
     except Exception as exc:
         notes.append(f"quant_pre_process failed ({_first_line(exc)}); quantized without it")
