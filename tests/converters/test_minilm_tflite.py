@@ -1,7 +1,8 @@
 """all-MiniLM-L6-v2 from its PyTorch factory to TFLite through litert-torch: two int64 inputs
 (token ids and attention mask) traced by name, the embeddings judged by their cosine to the
 PyTorch module's, and each bundle served by a real agent exactly as the LiteRT interpreter
-runs the bundle's model file when called directly."""
+runs the bundle's model file when called directly. The same for MiniLM after ``edgedl compress
+--method lowrank``, converted from the torch.export program that compress writes."""
 
 from __future__ import annotations
 
@@ -99,19 +100,17 @@ def _litert_direct(path: Path, feeds: dict[str, Any]) -> dict[str, Any]:
     return dequantized(runner, parts)
 
 
-def test_agent_serves_minilm_tflite_like_litert(
-    bundles: dict[str, Path], text: tuple[Path, Path], tmp_path: Path
-) -> None:
+def _assert_agent_serves_like_litert(paths: list[Path], text: tuple[Path, Path], tmp: Path) -> None:
+    """One real agent serving every bundle in ``paths``: four validation sentences come back
+    exactly as the bundle's model file gives them in a bare LiteRT interpreter."""
     feeds = {k: v[:4] for k, v in np.load(text[1]).items()}
     agent = AgentProcess(
-        [a for p in bundles.values() for a in ("--model", str(p))],
-        dict(os.environ),
-        tmp_path / "agent.log",
+        [a for p in paths for a in ("--model", str(p))], dict(os.environ), tmp / "agent.log"
     )
     try:
         agent.wait_ready()
         with agent.client(timeout=120.0) as client:
-            for path in bundles.values():
+            for path in paths:
                 served = client.infer(Bundle.open(path).manifest.name, feeds)
                 direct = _litert_direct(path, feeds)
                 assert served.keys() == direct.keys()
@@ -120,3 +119,60 @@ def test_agent_serves_minilm_tflite_like_litert(
                     np.testing.assert_array_equal(served[key], value, err_msg=str(path))
     finally:
         agent.stop()
+
+
+def test_agent_serves_minilm_tflite_like_litert(
+    bundles: dict[str, Path], text: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _assert_agent_serves_like_litert(list(bundles.values()), text, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def lowrank(text: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """MiniLM low-ranked by ``edgedl compress`` (rank 128, one epoch), and its torch.export
+    program converted with ``edgedl convert`` to tflite-int8 and tflite-dynamic."""
+    out = tmp_path_factory.mktemp("minilm-lowrank")
+    cal, val = text
+    compressed = run_edgedl(
+        "compress", FACTORY, "--method", "lowrank", "--rank", "128", "--epochs", "1",
+        "--batch-size", "16", "--data", cal, "--validation", val,
+        "--output", out / "minilm-lowrank.onnx",
+    )  # fmt: skip
+    assert compressed.code == 0, compressed.stderr
+    paths = {}
+    for target in ("tflite-int8", "tflite-dynamic"):
+        result = run_edgedl(
+            "convert", out / "minilm-lowrank.pt2", "--target", target,
+            "--name", f"minilm-lowrank-{target}", "--calibration", cal, "--validation", val,
+            "-o", out / target,
+        )  # fmt: skip
+        assert result.code == 0, result.stderr
+        paths[target] = out / target
+    return {"compress": compressed, "report": out / "minilm-lowrank.json", "bundles": paths}
+
+
+def test_lowrank_minilm_goes_to_tflite_and_is_served_like_litert(
+    lowrank: dict[str, Any],
+    bundles: dict[str, Path],
+    text: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    assert "minilm-lowrank.pt2" in lowrank["compress"].stderr  # the user is told where it is
+    compressed = json.loads(lowrank["report"].read_text(encoding="utf-8"))
+    assert compressed["parameters"]["after"] < compressed["parameters"]["before"]
+    int8, dynamic = (_report(lowrank["bundles"][t]) for t in ("tflite-int8", "tflite-dynamic"))
+    for target, report in (("tflite-int8", int8), ("tflite-dynamic", dynamic)):
+        print(
+            f"lowrank {target}: cosine mean {report['cosine_mean']}, worst {report['cosine_min']}"
+        )
+        assert report["path"] == "litert-torch + ai-edge-quantizer"
+        assert "no labels" in report["judged_by"]
+    # Cosine to the low-rank module itself: int8 weights keep it, full int8 computes it coarsely.
+    assert dynamic["cosine_mean"] >= 0.99 and dynamic["cosine_min"] >= 0.98
+    assert 0.3 < int8["cosine_mean"] < dynamic["cosine_mean"]
+    assert int8["calibration"]["samples"] == 32
+    # The thinner Linear layers show in the file: smaller than the original's tflite-dynamic.
+    original = _report(bundles["tflite-dynamic"])["artifact_size_bytes"]
+    assert dynamic["artifact_size_bytes"] < 0.9 * original
+
+    _assert_agent_serves_like_litert(list(lowrank["bundles"].values()), text, tmp_path)

@@ -184,3 +184,7 @@ def compress(
         )
     Console(file=sys.stdout).print(table)
     console.print(f"[green]model written:[/] {result.output} ({r['training_seconds']:.0f} s)")
+    if "torch_export" in r:
+        console.print(
+            f"[green]torch.export program written:[/] {r['torch_export']} (for the tflite-* targets)"
+        )

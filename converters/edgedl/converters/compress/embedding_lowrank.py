@@ -7,7 +7,10 @@ deep, is split by truncated SVD into two thinner ones (the rank by ``--energy`` 
 save weights). The short fine-tune is distillation of the original model's embeddings on
 the training text: the loss is 1 - cosine similarity of each row to the original's. The
 result is judged by the cosine of its embeddings to the original's on the held-out data
-(mean and worst) and written as ONNX (integer inputs kept), which ``edgedl convert`` takes.
+(mean and worst) and written as ONNX (integer inputs kept), which ``edgedl convert`` takes
+to the ``onnx-*`` targets, and next to it as a ``torch.export`` program (``.pt2``, the
+same inputs by name, a dynamic batch axis), which ``edgedl convert`` takes to the
+``tflite-*`` targets through litert-torch.
 """
 
 from __future__ import annotations
@@ -194,6 +197,24 @@ def export_onnx(module: Any, example: Feeds, out: Path, opset: int = 18) -> str:
         return "torchscript"
 
 
+def export_program(module: Any, example: Feeds, out: Path) -> None:
+    """``module`` saved as a ``torch.export`` program at ``out``, taking the ``example``'s
+    inputs by name (their dtypes kept) with a dynamic batch axis."""
+    import torch
+
+    args = tuple(torch.from_numpy(np.repeat(v[:1], 2, axis=0)) for v in example.values())
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = {n: {0: batch} for n in example}
+    try:
+        with torch_source._quiet():
+            program = torch.export.export(module, args, dynamic_shapes=shapes)
+            torch.export.save(program, str(out))
+    except Exception as exc:
+        raise ModelError(
+            f"torch.export could not export the low-rank module: {torch_source._first_line(exc)}"
+        ) from exc
+
+
 def compress_embedder(
     spec: str,
     data: Path,
@@ -210,12 +231,15 @@ def compress_embedder(
     state_dict: Path | None = None,
     console: Console | None = None,
 ) -> CompressResult:
-    """Low-rank ``spec`` (``package.module:factory``), fine-tune, write ONNX at ``output``."""
+    """Low-rank ``spec`` (``package.module:factory``), fine-tune, write ONNX at ``output`` and
+    a ``torch.export`` program next to it (``output`` with the suffix ``.pt2``)."""
     import json
 
     import torch
 
     check_output(output, ".onnx", force)
+    program = output.with_suffix(".pt2")
+    check_output(program, ".pt2", force)
     teacher = torch_source.load_module(spec, state_dict).module
     names = _forward_names(teacher)
     train = _load_feeds(data, names, "training")
@@ -233,6 +257,7 @@ def compress_embedder(
     after = cosine(embed(student, val), teacher_val)
     output.parent.mkdir(parents=True, exist_ok=True)
     exporter = export_onnx(student, val, output)
+    export_program(student, val, program)
 
     def count(m: Any) -> int:
         return int(sum(p.numel() for p in m.parameters()))
@@ -241,6 +266,7 @@ def compress_embedder(
         "method": "lowrank",
         "source": spec,
         "output": str(output),
+        "torch_export": str(program),
         "seed": seed,
         "epochs": epochs,
         "labels_used": False,
