@@ -18,7 +18,6 @@ a ``message`` saying why (:mod:`.direct_labels`). Many labels::
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from edgedl.json_body import BodyRefused, read_json_capped
 
 from .auth import admin_refusal
 from .direct_labels import HTTP_STATUS, MAX_LABELS_PER_REQUEST, DirectLabelResult, DirectLabels
@@ -64,15 +65,12 @@ def label_routes(collector: Collector) -> list[Route]:
         refused = admin_refusal(request, collector.config.http.admin_token)
         if refused is not None:
             return refused
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_LABELS_BODY_BYTES:
-                return _refuse(413, f"a labels request holds at most {MAX_LABELS_BODY_BYTES} bytes")
         try:
-            doc: Any = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            return _refuse(400, f"malformed JSON: {exc}")
+            doc: Any = await read_json_capped(
+                request.stream(), MAX_LABELS_BODY_BYTES, "a labels request"
+            )
+        except BodyRefused as exc:
+            return _refuse(exc.status, str(exc))
         if isinstance(doc, dict) and "labels" in doc:
             items = doc["labels"]
             if not isinstance(items, list):

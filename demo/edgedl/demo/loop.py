@@ -39,7 +39,6 @@ from .story import (
     Demo,
     _answers,
     _drift_alerts,
-    _subscribed,
 )
 
 T = TypeVar("T")
@@ -306,38 +305,17 @@ class LoopDemo(Demo):
         return keys
 
     def _loop_collector(self, workdir: Path, mqtt_url: str) -> str:
-        port = pick_port(self.options.http_port)
-        db = workdir / "collector.db"
-        config = workdir / "collector.toml"
-        config.write_text(
-            COLLECTOR_TOML.format(
-                bound=ACCURACY_BOUND,
-                artifacts=workdir / "artifacts",
-                trusted=self.keys / "release.pub",
-                probation=FLEET_PROBATION_S,
-                wait=WAIT_S,
-            ),
-            encoding="utf-8",
+        config = COLLECTOR_TOML.format(
+            bound=ACCURACY_BOUND,
+            artifacts=workdir / "artifacts",
+            trusted=self.keys / "release.pub",
+            probation=FLEET_PROBATION_S,
+            wait=WAIT_S,
         )
-        collector = Child(
-            "collector",
-            [
-                *edgedl_command(), "collector", "run", "--config", str(config),
-                "--mqtt", mqtt_url, "--db", f"sqlite:///{db}",
-                "--http-port", str(port), "--no-shared", "--fleet", FLEET,
-                "--client-id", f"edgedl-demo-collector-{port}",
-                "--min-samples", str(LOOP_MIN_SAMPLES),
-            ],
-            workdir / "collector.log",
+        return self._start_collector(
+            workdir, mqtt_url, config, LOOP_MIN_SAMPLES,
+            f", accuracy alert under {ACCURACY_BOUND:.0%}, fleet rollouts of signed bundles",
         )  # fmt: skip
-        self.children.append(collector)
-        url = f"http://127.0.0.1:{port}"
-        collector.wait_until(lambda: _subscribed(url), timeout=60)
-        self.say(
-            f"collector up (pid {collector.pid}): SQLite {db}, dashboard and API on [bold]{url}[/]"
-            f", accuracy alert under {ACCURACY_BOUND:.0%}, fleet rollouts of signed bundles"
-        )
-        return url
 
     def _publish(self, collector_url: str, bundle: Path) -> None:
         self.say(f"publishing {bundle.name} to the collector (registers its reference profile)")

@@ -216,10 +216,16 @@ class Demo:
     def _collector(self, workdir: Path, mqtt_url: str) -> str:
         if self.options.collector_url is not None:
             return self._existing_collector(self.options.collector_url.rstrip("/"))
+        return self._start_collector(workdir, mqtt_url, COLLECTOR_TOML, MIN_SAMPLES, "")
+
+    def _start_collector(
+        self, workdir: Path, mqtt_url: str, config_text: str, min_samples: int, what: str
+    ) -> str:
+        """Start a collector of the demo's own on SQLite; ``what`` ends its "up" line."""
         port = pick_port(self.options.http_port)
         db = workdir / "collector.db"
         config = workdir / "collector.toml"
-        config.write_text(COLLECTOR_TOML, encoding="utf-8")
+        config.write_text(config_text, encoding="utf-8")
         collector = Child(
             "collector",
             [
@@ -227,7 +233,7 @@ class Demo:
                 "--mqtt", mqtt_url, "--db", f"sqlite:///{db}",
                 "--http-port", str(port), "--no-shared", "--fleet", FLEET,
                 "--client-id", f"edgedl-demo-collector-{port}",
-                "--min-samples", str(MIN_SAMPLES),
+                "--min-samples", str(min_samples),
             ],
             workdir / "collector.log",
         )  # fmt: skip
@@ -236,6 +242,7 @@ class Demo:
         collector.wait_until(lambda: _subscribed(url), timeout=60)
         self.say(
             f"collector up (pid {collector.pid}): SQLite {db}, dashboard and API on [bold]{url}[/]"
+            + what
         )
         return url
 

@@ -17,12 +17,13 @@ predictions (``[labels] max_predictions = 0``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from edgedl.json_body import BodyRefused, read_json_capped
 
 from .labels import HTTP_STATUS, MAX_LABELS_PER_REQUEST, LabelStatus, PredictionLog
 
@@ -39,15 +40,12 @@ async def post_labels(request: Request) -> Response:
     log: PredictionLog | None = request.app.state.runtime.predictions
     if log is None:
         return _refuse(404, "labels are off on this agent ([labels] max_predictions = 0)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LABELS_BODY_BYTES:
-            return _refuse(413, f"a labels request holds at most {MAX_LABELS_BODY_BYTES} bytes")
     try:
-        doc: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return _refuse(400, f"malformed JSON: {exc}")
+        doc: Any = await read_json_capped(
+            request.stream(), MAX_LABELS_BODY_BYTES, "a labels request"
+        )
+    except BodyRefused as exc:
+        return _refuse(exc.status, str(exc))
     if not isinstance(doc, dict):
         return _refuse(400, 'expected {"id": ..., "label": ...} or {"labels": [...]}')
     if "labels" in doc:
