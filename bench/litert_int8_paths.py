@@ -1,12 +1,16 @@
 """Compare the two int8 routes from PyTorch to TFLite on EfficientNet-Lite0.
 
 - ai-edge-quantizer on litert-torch's float ``.tflite`` (``static_wi8_ai8``, min-max
-  calibration): what ``edgedl convert --target tflite-int8`` does for a PyTorch source.
+  calibration), without and with bias correction of the weights' rounding
+  (``edgedl.converters.bias_correction``); with it is what ``edgedl convert --target
+  tflite-int8`` does for a PyTorch source. The same two for int8 weights alone (float
+  activations, ``weight_only_wi8_afp32``) show how much of the loss the weights carry.
 - litert-torch's PT2E quantization (``PT2EQuantizer``, symmetric per-channel int8 weights,
   histogram-observed int8 activations), calibrated in PyTorch, then converted.
 
 Both are calibrated on the same photo crops and judged on other crops against the PyTorch
-model: top-1 agreement, SQNR of the logits, the QUANTIZE/DEQUANTIZE ops left in the graph,
+model: top-1 agreement (on every crop, and on the crops float is confident on: top-1 probability
+at least 0.5), SQNR of the logits, the QUANTIZE/DEQUANTIZE ops left in the graph,
 and p50 latency of one image at 1 thread in LiteRT (rounds that time every model in turn).
 
 Usage: python bench/litert_int8_paths.py [--calibration-samples 100] [--validation-samples 100]
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedl.converters.bias_correction import correct_biases
 from edgedl.converters.efficientnet_lite0 import make_model, photo_crops
 
 
@@ -108,16 +113,25 @@ def main() -> None:
     sample = {"input": torch.from_numpy(cal[:1])}
     seconds: dict[str, float] = {}
     with TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
-        paths = {name: Path(tmp) / f"{name}.tflite" for name in ("fp32", "aeq", "pt2e")}
+        names = ("fp32", "int8", "int8+bc", "w8", "w8+bc", "pt2e")
+        paths = {name: Path(tmp) / f"{name}.tflite" for name in names}
         start = time.perf_counter()
         litert_torch.convert(model, sample_kwargs=sample).export(str(paths["fp32"]))
         seconds["fp32"] = time.perf_counter() - start
-        start = time.perf_counter()
-        q = quantizer.Quantizer(str(paths["fp32"]))
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
-        ranges = q.calibrate({"serving_default": [{"input": c[None]} for c in cal]})
-        paths["aeq"].write_bytes(bytes(q.quantize(ranges).quantized_model))
-        seconds["aeq"] = seconds["fp32"] + time.perf_counter() - start
+        data = [{"input": c[None]} for c in cal]
+        for name in ("int8", "int8+bc", "w8", "w8+bc"):
+            start = time.perf_counter()
+            source = paths["fp32"].read_bytes()
+            if name.endswith("+bc"):
+                source, _ = correct_biases(source, data)
+            q = quantizer.Quantizer(source)
+            static = name.startswith("int8")
+            q.load_quantization_recipe(
+                recipe.static_wi8_ai8() if static else recipe.weight_only_wi8_afp32()
+            )
+            ranges = q.calibrate({"serving_default": data}) if static else None
+            paths[name].write_bytes(bytes(q.quantize(ranges).quantized_model))
+            seconds[name] = seconds["fp32"] + time.perf_counter() - start
         start = time.perf_counter()
         pt2e = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         prepared = prepare_pt2e(torch.export.export(model, (), sample).module(), pt2e)
@@ -130,17 +144,25 @@ def main() -> None:
         ).export(str(paths["pt2e"]))
         seconds["pt2e"] = time.perf_counter() - start
         latency = p50_ms(paths)
-        print("| route | top-1 agree | SQNR dB | Q/DQ ops | size (B) | p50 1 thr ms | convert s |")
-        print("|---|--:|--:|--:|--:|--:|--:|")
+        shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
+        confident = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1) >= 0.5
+        print(f"{confident.sum()} of {len(val)} crops have a float top-1 probability >= 0.5")
+        print(
+            "| route | top-1 agree | on confident crops | SQNR dB | Q/DQ ops | size (B) "
+            "| p50 1 thr ms | convert s |"
+        )
+        print("|---|--:|--:|--:|--:|--:|--:|--:|")
         for name, path in paths.items():
             out = run_tflite(path, val)
-            agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
+            same = out.argmax(1) == reference.argmax(1)
+            agree = float(np.mean(same))
+            sure = float(np.mean(same[confident]))
             sqnr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - out) ** 2))
             it = Interpreter(model_path=str(path))
             ops = Counter(op["op_name"] for op in it._get_ops_details())
             qdq = ops["QUANTIZE"] + ops["DEQUANTIZE"]
             print(
-                f"| {name} | {agree:.0%} | {sqnr:.1f} | {qdq} | {path.stat().st_size:,} "
+                f"| {name} | {agree:.0%} | {sure:.0%} | {sqnr:.1f} | {qdq} | {path.stat().st_size:,} "
                 f"| {latency[name]:.1f} | {seconds[name]:.0f} |",
                 flush=True,
             )

@@ -113,6 +113,7 @@ def test_digits_go_to_tflite_through_litert_torch(digits_tflite: Any) -> None:
     assert int8.bundle.manifest.outputs[0].dtype == "int8"
     assert int8.report["float_ops"] == []
     assert int8.report["calibration"]["samples"] > 100
+    assert int8.report["calibration"]["bias_correction"]["layers"] == 4  # 2 conv, 2 dense
     assert int8.report["artifact_size_bytes"] < 0.65 * fp16.report["artifact_size_bytes"]
 
 
@@ -177,6 +178,7 @@ def test_efficientnet_lite0_goes_to_tflite(effl0_tflite: Any) -> None:
     assert fp16["top1_agreement"] >= 0.9 and fp16["sqnr_db"] > 25.0
     assert int8["sqnr_db"] < fp16["sqnr_db"]  # int8 is the lossy one, and the report shows it
     assert int8["top1_agreement"] >= 0.3  # far above chance (1 in 1,000): it computes the net
+    assert int8["calibration"]["bias_correction"]["layers"] == 50
     assert int8["float_ops"] == []
     assert int8["artifact_size_bytes"] < 0.6 * fp16["artifact_size_bytes"]
 

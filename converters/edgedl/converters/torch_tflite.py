@@ -20,6 +20,10 @@ ai-edge-quantizer (a dependency of litert-torch), on the TFLite graph itself:
   interpreter, and int8 input and output tensors with their scale and zero point, which is
   what the tflite-int8 bundle contract promises and the agent's input quantizer reads.
 
+Before ``dynamic`` and ``int8`` quantize the weights, and when there is calibration data, the
+float file's biases are corrected for the mean error that rounding each layer's weights to
+int8 adds to its output (:mod:`.bias_correction`); the report's ``calibration`` says so.
+
 Why ai-edge-quantizer on the float file rather than litert-torch's PT2E quantization: the
 quantized graph is the float graph with each op swapped for its int8 kernel, which XNNPACK
 runs (QS8 convolutions, fully connected, adds); PT2E inserts quantize/dequantize pairs in the
@@ -51,6 +55,7 @@ import numpy as np
 from edgedl.errors import ConversionError
 
 from . import torch_source
+from .bias_correction import correct_biases
 from .targets import BuildContext, BuildResult
 
 _first_line = torch_source._first_line
@@ -218,18 +223,27 @@ def build(ctx: BuildContext, mode: str) -> BuildResult:
         with _quiet(ctx.workdir / "litert-torch.log"):
             from ai_edge_quantizer import quantizer
 
-            q = quantizer.Quantizer(str(float_path))
+            source = float_path.read_bytes()
+            int8_weights = mode in ("int8", "dynamic")
+            data = _calibration_data(ctx) if int8_weights and ctx.calibration is not None else []
+            correction = None
+            if data:  # int8 weights round with a bias the calibration data can measure
+                source, correction = correct_biases(source, data)
+            q = quantizer.Quantizer(source)
             q.load_quantization_recipe(_recipe(mode))
             ranges = None
             if mode == "int8":
-                data = _calibration_data(ctx)
                 ranges = q.calibrate({"serving_default": data})
                 ctx.advance(len(data))
+            if data:
                 calibration = {
-                    "method": "minmax (ai-edge-quantizer static_wi8_ai8)",
+                    "method": "minmax (ai-edge-quantizer static_wi8_ai8)"
+                    if mode == "int8"
+                    else "none (dynamic_wi8_afp32: activations quantized at run time)",
                     "samples": len(data),
                     "per_channel": True,
                     "source": ctx.calibration.source if ctx.calibration else None,
+                    "bias_correction": correction.as_dict() if correction else None,
                 }
             quantized = q.quantize(ranges).quantized_model
     except Exception as exc:
