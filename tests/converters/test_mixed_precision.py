@@ -36,11 +36,13 @@ def test_bisection_finds_the_first_passing_prefix_of_a_monotone_measure(n: int) 
 
 @pytest.fixture(scope="module")
 def deep_outlier_mlp(torch_digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 13-layer MLP trained here on the digits, with one wide-range hidden tensor.
+    """A 13-layer MLP trained here on the digits, with eight wide-range hidden tensors.
 
-    The sixth hidden layer's busiest unit is scaled up 1000x and the next layer's weights
-    for it down 1000x: the float function is the same, but int8 loses that tensor (one
-    scale must span 1000x the range), and plain int8 loses the model.
+    In hidden layers 2 to 9 the busiest unit is scaled up 1000x and the next layer's weights
+    for it down 1000x: the float function is the same, but int8 loses each of those tensors
+    (one scale must span 1000x the range), and plain int8 loses the model. Eight of them
+    make the search need a long prefix, where doubling and bisection pay (with one, the
+    prefix can be 3 layers, which one layer at a time finds in fewer probes).
     """
     import torch
     from torch import nn
@@ -64,13 +66,15 @@ def deep_outlier_mlp(torch_digits: Any, tmp_path_factory: pytest.TempPathFactory
     model.eval()
     linear = [m for m in model if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        hidden = x.flatten(1)
-        for layer in linear[:6]:
+        hidden, busiest = x.flatten(1), {}
+        for i, layer in enumerate(linear[:10]):
             hidden = torch.relu(layer(hidden))
-        c = int(hidden.mean(dim=0).argmax())
-        linear[5].weight[c] *= 1000.0
-        linear[5].bias[c] *= 1000.0
-        linear[6].weight[:, c] /= 1000.0
+            busiest[i] = int(hidden.mean(dim=0).argmax())
+        for i in range(2, 10):  # each unit's scale undone by the next layer: same function
+            c = busiest[i]
+            linear[i].weight[c] *= 1000.0
+            linear[i].bias[c] *= 1000.0
+            linear[i + 1].weight[:, c] /= 1000.0
     path = tmp_path_factory.mktemp("deep-outlier") / "mlp.pt"
     torch.jit.trace(model, (torch.zeros(1, 1, 8, 8),)).save(str(path))
     return path
@@ -96,6 +100,7 @@ def test_bisection_keeps_the_linear_prefix_in_fewer_probes(
     assert linear.float_layers is not None and bisect.float_layers is not None
     assert len(bisect.float_layers) <= len(linear.float_layers)
     assert bisect.float_layers == order[: len(bisect.float_layers)]
+    assert len(bisect.float_layers) >= 8  # every wide-range tensor's layer
     assert len(bisect.probes) < len(linear.probes)
     # The prefix found is within the bound; the one a layer shorter was tried and is not.
     probed = {p.float_layers: p for p in bisect.probes}
