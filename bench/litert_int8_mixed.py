@@ -1,7 +1,9 @@
 """How much of EfficientNet-Lite0's tflite-int8 loss comes from its worst few ops?
 
-The float ``.tflite`` from litert-torch is quantized by ai-edge-quantizer (``static_wi8_ai8``,
-min-max calibration), as ``edgedl convert --target tflite-int8`` does. Each op is then scored
+The float ``.tflite`` from litert-torch is quantized by ai-edge-quantizer (``static_wi8_ai8``)
+as ``edgedl convert --target tflite-int8`` does: biases corrected for the weights' rounding
+(except the ops kept in float), activation ranges holding every calibration sample. Each op
+is then scored
 by what keeping it alone in float (a ``NO_QUANTIZE`` recipe entry on its output tensor's
 name) gains in SQNR of the logits against the float ``.tflite`` on calibration crops: the
 direct measure of its sensitivity, one quantization per op. The worst k ops are then kept in
@@ -27,6 +29,9 @@ from typing import Any
 import numpy as np
 from litert_int8_paths import model_and_crops, p50_ms, run_tflite
 
+from edgedl.converters.bias_correction import BiasCorrection
+from edgedl.converters.litert_ranges import minmax_ranges
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,10 +54,18 @@ def main() -> None:
         sample = {"input": torch.from_numpy(cal[:1])}
         litert_torch.convert(model, sample_kwargs=sample).export(str(fp32))
         ranges: Any = None
+        samples = data["serving_default"]
+        correction: BiasCorrection | None = None
 
         def quantize(keep: list[str]) -> bytes:
+            # As tflite-int8 does: biases corrected for the weights' rounding (but not the
+            # biases of the ops kept in float), ranges holding every calibration sample.
             nonlocal ranges
-            q = quantizer.Quantizer(str(fp32))
+            nonlocal correction
+            if correction is None:
+                correction = BiasCorrection(fp32.read_bytes(), samples)
+            source, _ = correction.apply(keep_float=keep)
+            q = quantizer.Quantizer(source)
             q.load_quantization_recipe(recipe.static_wi8_ai8())
             for name in keep:
                 q.add_static_config(
@@ -63,7 +76,7 @@ def main() -> None:
                     algorithm_key=AlgorithmName.NO_QUANTIZE,
                 )
             if ranges is None:
-                ranges = q.calibrate(data)
+                ranges = minmax_ranges(source, recipe.static_wi8_ai8(), samples)
             return bytes(q.quantize(ranges).quantized_model)
 
         def write(name: str, model_bytes: bytes) -> Path:

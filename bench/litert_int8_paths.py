@@ -1,10 +1,13 @@
 """Compare the two int8 routes from PyTorch to TFLite on EfficientNet-Lite0.
 
-- ai-edge-quantizer on litert-torch's float ``.tflite`` (``static_wi8_ai8``, min-max
-  calibration), without and with bias correction of the weights' rounding
-  (``edgedl.converters.bias_correction``); with it is what ``edgedl convert --target
-  tflite-int8`` does for a PyTorch source. The same two for int8 weights alone (float
-  activations, ``weight_only_wi8_afp32``) show how much of the loss the weights carry.
+- ai-edge-quantizer on litert-torch's float ``.tflite`` (``static_wi8_ai8``): with the
+  activation ranges of its own ``calibrate`` (a moving average of each sample's range) or
+  with each tensor's minimum and maximum over all the data (``edgedl.converters.
+  litert_ranges``), each without and with bias correction of the weights' rounding
+  (``edgedl.converters.bias_correction``). Data ranges with bias correction is what
+  ``edgedl convert --target tflite-int8`` does for a PyTorch source. int8 weights alone
+  (float activations, ``weight_only_wi8_afp32``), without and with bias correction, show how
+  much of the loss the weights carry.
 - litert-torch's PT2E quantization (``PT2EQuantizer``, symmetric per-channel int8 weights,
   histogram-observed int8 activations), calibrated in PyTorch, then converted.
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from edgedl.converters.bias_correction import correct_biases
 from edgedl.converters.efficientnet_lite0 import make_model, photo_crops
+from edgedl.converters.litert_ranges import minmax_ranges
 
 
 def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
@@ -113,13 +117,14 @@ def main() -> None:
     sample = {"input": torch.from_numpy(cal[:1])}
     seconds: dict[str, float] = {}
     with TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
-        names = ("fp32", "int8", "int8+bc", "w8", "w8+bc", "pt2e")
+        names = ("fp32", "int8", "int8+bc", "int8 data ranges", "int8 data ranges+bc", "w8",
+                 "w8+bc", "pt2e")  # fmt: skip
         paths = {name: Path(tmp) / f"{name}.tflite" for name in names}
         start = time.perf_counter()
         litert_torch.convert(model, sample_kwargs=sample).export(str(paths["fp32"]))
         seconds["fp32"] = time.perf_counter() - start
         data = [{"input": c[None]} for c in cal]
-        for name in ("int8", "int8+bc", "w8", "w8+bc"):
+        for name in names[1:-1]:
             start = time.perf_counter()
             source = paths["fp32"].read_bytes()
             if name.endswith("+bc"):
@@ -129,7 +134,11 @@ def main() -> None:
             q.load_quantization_recipe(
                 recipe.static_wi8_ai8() if static else recipe.weight_only_wi8_afp32()
             )
-            ranges = q.calibrate({"serving_default": data}) if static else None
+            ranges = None
+            if "data ranges" in name:
+                ranges = minmax_ranges(source, recipe.static_wi8_ai8(), data)
+            elif static:
+                ranges = q.calibrate({"serving_default": data})
             paths[name].write_bytes(bytes(q.quantize(ranges).quantized_model))
             seconds[name] = seconds["fp32"] + time.perf_counter() - start
         start = time.perf_counter()

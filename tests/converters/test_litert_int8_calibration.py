@@ -1,5 +1,6 @@
-"""Bias correction of int8 weight rounding on EfficientNet-Lite0's float ``.tflite``: the grid it
-assumes is ai-edge-quantizer's own, and it takes back error the quantized model shows."""
+"""How edgedl quantizes a PyTorch model's float ``.tflite`` to int8, on EfficientNet-Lite0:
+activation ranges that hold every calibration sample, and bias correction of the weights'
+rounding onto ai-edge-quantizer's own grid; each takes back error the quantized model shows."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from edgedl.converters.bias_correction import correct_biases, int8_weight_grid
+from edgedl.converters.litert_ranges import minmax_ranges
 
-pytestmark = pytest.mark.slow  # traces EfficientNet-Lite0 with torch.export, quantizes it 4 times
+pytestmark = pytest.mark.slow  # traces EfficientNet-Lite0 with torch.export, quantizes it 7 times
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +122,58 @@ def test_bias_correction_takes_back_the_error_of_rounding_weights(effl0_float: b
     fixed_8 = _sqnr(reference, _logits(_quantize(corrected, recipe.static_wi8_ai8(), cal), val))
     assert fixed_w > plain_w + 4.0, (plain_w, fixed_w)  # int8 weights, float activations
     assert fixed_8 > plain_8 + 1.5, (plain_8, fixed_8)  # full int8
+
+
+def test_activation_ranges_hold_every_calibration_sample(effl0_float: bytes) -> None:
+    """ai-edge-quantizer's own ``calibrate`` averages per-sample ranges and clips the wider
+    samples; edgedl's ranges are the data's extremes, and the quantized model shows it."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_quantizer import quantizer, recipe
+
+    from edgedl.converters.efficientnet_lite0 import photo_crops
+
+    crops = photo_crops(64, seed=0)
+    cal = [{"input": s[None]} for s in crops]
+    q = quantizer.Quantizer(effl0_float)
+    q.load_quantization_recipe(recipe.static_wi8_ai8())
+    ours = minmax_ranges(effl0_float, recipe.static_wi8_ai8(), cal)
+    averaged = q.calibrate({"serving_default": cal})
+    assert ours.keys() == averaged.keys()
+
+    float_run = Interpreter(
+        model_content=effl0_float,
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    runner = float_run.get_signature_runner()
+    index = {d["name"]: d["index"] for d in float_run.get_tensor_details()}
+    names = [n for n in ours if n in index]
+    low = {n: np.inf for n in names}
+    high = {n: -np.inf for n in names}
+    for sample in cal:
+        runner(**sample)
+        for n in names:
+            value = float_run.get_tensor(index[n])
+            low[n], high[n] = min(low[n], float(value.min())), max(high[n], float(value.max()))
+    assert len(names) == len(ours) > 60  # every activation of the network
+    clipped_ours = [n for n in names if low[n] < ours[n]["min"].min() - 1e-4
+                    or high[n] > ours[n]["max"].max() + 1e-4]  # fmt: skip
+    clipped_averaged = [n for n in names if high[n] > averaged[n]["max"].max() + 1e-4]
+    assert clipped_ours == []
+    assert len(clipped_averaged) > 10  # what the moving average would have clipped
+
+    val = photo_crops(32, seed=1)
+    reference = _logits(effl0_float, val)
+    corrected, _ = correct_biases(effl0_float, cal)
+    with_ours = _logits(bytes(q.quantize(ours).quantized_model), val)
+    q_fixed = quantizer.Quantizer(corrected)
+    q_fixed.load_quantization_recipe(recipe.static_wi8_ai8())
+    both = _logits(
+        bytes(q_fixed.quantize(minmax_ranges(corrected, recipe.static_wi8_ai8(), cal))
+              .quantized_model), val
+    )  # fmt: skip
+    with_averaged = _logits(bytes(q.quantize(averaged).quantized_model), val)
+    assert _sqnr(reference, with_ours) > _sqnr(reference, with_averaged) + 0.5
+    # Both together: what tflite-int8 does.
+    assert _sqnr(reference, both) > _sqnr(reference, with_averaged) + 4.0
+    assert np.mean(both.argmax(1) == reference.argmax(1)) >= 0.85

@@ -177,7 +177,7 @@ def test_efficientnet_lite0_goes_to_tflite(effl0_tflite: Any) -> None:
         assert report["accuracy_drop_pts"] is None  # no labels: agreement and SQNR only
     assert fp16["top1_agreement"] >= 0.9 and fp16["sqnr_db"] > 25.0
     assert int8["sqnr_db"] < fp16["sqnr_db"]  # int8 is the lossy one, and the report shows it
-    assert int8["top1_agreement"] >= 0.3  # far above chance (1 in 1,000): it computes the net
+    assert int8["top1_agreement"] >= 0.8  # bias-corrected, with ranges holding every sample
     assert int8["calibration"]["bias_correction"]["layers"] == 50
     assert int8["float_ops"] == []
     assert int8["artifact_size_bytes"] < 0.6 * fp16["artifact_size_bytes"]
