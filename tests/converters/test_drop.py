@@ -44,5 +44,7 @@ def test_an_output_that_is_neither_has_no_drop_and_says_so() -> None:
     ref = np.linspace(0, 1, 10).reshape(10, 1)  # one value per sample: a regression
     report = judge({"y": ref}, {"y": ref * 1.01}, None)
     assert drop_measure(report) is None
-    with pytest.raises(UsageError, match="no output is class scores or an L2-normalised"):
+    with pytest.raises(
+        UsageError, match="no output of this model is class scores or an L2-normalised"
+    ):
         drop_pts(report)

@@ -169,7 +169,8 @@ def drop_pts(report: dict[str, Any]) -> float:
     accuracy drop, the top-1 disagreement, or 100 x (1 - mean cosine) for embeddings.
 
     The worst cosine is reported beside it but not counted: the bound is on the typical
-    sentence, as top-1 disagreement is a share of samples. Raises :class:`UsageError` when
+    sample, as top-1 disagreement is a share of samples (one sample far off still lowers the
+    mean by its share). Raises :class:`UsageError` when
     no output is class scores or an embedding (nothing to judge a drop by).
     """
     measure = drop_measure(report)
@@ -180,8 +181,8 @@ def drop_pts(report: dict[str, Any]) -> float:
     if measure == "cosine":
         return round((1.0 - float(report["cosine_mean"])) * 100.0, 4)
     raise UsageError(
-        "no output is class scores or an L2-normalised embedding, so there is no drop to "
-        "judge against --max-accuracy-drop"
+        "no output of this model is class scores or an L2-normalised embedding, so there is "
+        "no drop to hold to --max-accuracy-drop: convert it to one named --target"
     )
 
 
