@@ -73,6 +73,7 @@ import numpy as np
 from edgedl.converters import TARGETS, ConvertOptions, convert
 from edgedl.converters._tf import import_tensorflow
 from edgedl.converters.samples import train_digits
+from edgedl.converters.validate import drop_pts
 
 EFFL0 = "edgedl.converters.efficientnet_lite0:make_model"
 MINILM = "edgedl.converters.minilm:sentence_embedder"  # auto takes MiniLM from PyTorch
@@ -254,22 +255,17 @@ def run(
 
 def goals(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """Per model with tflite-int8 and tflite-fp32 rows: the points int8 loses against fp32
-    (accuracy when labelled, else top-1 agreement with the source) and its p50 speed-up."""
+    (the drop auto judges by: accuracy when labelled, else top-1 agreement with the source,
+    or the mean cosine of an embedding) and its p50 speed-up."""
     out = []
     for model in dict.fromkeys(str(r["model"]) for r in rows):
         by_target = {r["target"]: r for r in rows if r["model"] == model}
         int8, fp32 = by_target.get("tflite-int8"), by_target.get("tflite-fp32")
         if int8 is None or fp32 is None:
             continue
-
-        def points(r: dict[str, object]) -> float:
-            drop = r["accuracy_drop_pts"]
-            agree = r["top1_agreement"]
-            return float(drop) if drop is not None else (1.0 - float(agree)) * 100.0  # type: ignore[arg-type]
-
         out.append({
             "model": model,
-            "int8_pts_below_fp32": round(points(int8) - points(fp32), 2),
+            "int8_pts_below_fp32": round(drop_pts(int8) - drop_pts(fp32), 2),
             **{f"int8_speedup_{t}t": round(float(fp32[f"p50_ms_{t}t"]) / float(int8[f"p50_ms_{t}t"]), 2)  # type: ignore[arg-type]
                for t in THREADS},
         })  # fmt: skip
