@@ -33,7 +33,10 @@ Models:
                docstrings (64 tokens; --calibration-samples and --validation-samples
                sentences, different ones). No labels: cosine of the embeddings to the
                float model (mean and worst) and SQNR; onnx-* targets only, printed as a
-               second table.
+               second table. With auto in --targets: --target auto --max-accuracy-drop 1
+               from its PyTorch factory (edgedl.converters.minilm:sentence_embedder; the
+               drop is 100 x (1 - mean cosine), so the bound is a mean cosine of 0.99; with
+               --auto-device rpi5 the LiteRT candidates, through litert-torch).
   mobilenetv2  keras.applications.MobileNetV2(weights=None), 224x224x3, 1000 classes. No
                pretrained weights can be downloaded here, so it has random weights and no
                accuracy: quality is top-1 agreement and SQNR of its logits (the classifier
@@ -63,14 +66,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgedl.converters import TARGETS, ConvertOptions, convert
 from edgedl.converters._tf import import_tensorflow
 from edgedl.converters.samples import train_digits
+from edgedl.converters.validate import drop_pts
 
 EFFL0 = "edgedl.converters.efficientnet_lite0:make_model"
+MINILM = "edgedl.converters.minilm:sentence_embedder"  # auto takes MiniLM from PyTorch
 THREADS = (1, 4)
 
 
@@ -234,10 +240,11 @@ def run(
                     **thread_latencies(result.bundle.path, val),
                 })  # fmt: skip
                 print(f"  {model_name:<12} {target:<22} {seconds:6.1f} s", flush=True)
-            if (torch_source or model_name == "kws") and (not only or "auto" in only):
+            if (torch_source or model_name in ("kws", "minilm")) and (not only or "auto" in only):
+                auto_model = MINILM if model_name == "minilm" else model
                 rows.append(
-                    auto_row(model_name, model, cal, val, labels, state_dict, work, cal_samples,
-                             auto_device)
+                    auto_row(model_name, auto_model, cal, val, labels, state_dict, work,
+                             cal_samples, auto_device)
                 )  # fmt: skip
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(
@@ -248,22 +255,17 @@ def run(
 
 def goals(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """Per model with tflite-int8 and tflite-fp32 rows: the points int8 loses against fp32
-    (accuracy when labelled, else top-1 agreement with the source) and its p50 speed-up."""
+    (the drop auto judges by: accuracy when labelled, else top-1 agreement with the source,
+    or the mean cosine of an embedding) and its p50 speed-up."""
     out = []
     for model in dict.fromkeys(str(r["model"]) for r in rows):
         by_target = {r["target"]: r for r in rows if r["model"] == model}
         int8, fp32 = by_target.get("tflite-int8"), by_target.get("tflite-fp32")
         if int8 is None or fp32 is None:
             continue
-
-        def points(r: dict[str, object]) -> float:
-            drop = r["accuracy_drop_pts"]
-            agree = r["top1_agreement"]
-            return float(drop) if drop is not None else (1.0 - float(agree)) * 100.0  # type: ignore[arg-type]
-
         out.append({
             "model": model,
-            "int8_pts_below_fp32": round(points(int8) - points(fp32), 2),
+            "int8_pts_below_fp32": round(drop_pts(int8) - drop_pts(fp32), 2),
             **{f"int8_speedup_{t}t": round(float(fp32[f"p50_ms_{t}t"]) / float(int8[f"p50_ms_{t}t"]), 2)  # type: ignore[arg-type]
                for t in THREADS},
         })  # fmt: skip
@@ -300,6 +302,7 @@ def auto_row(
         "convert_seconds": round(seconds, 2), "size_bytes": chosen["size_bytes"],
         "size_vs_fp32": None, "accuracy_drop_pts": result.report["accuracy_drop_pts"],
         "top1_agreement": result.report["top1_agreement"], "sqnr_db": chosen["sqnr_db"],
+        "cosine_mean": chosen.get("cosine_mean"), "cosine_min": chosen.get("cosine_min"),
         "latency_p50_ms": chosen["latency_p50_ms"], "latency_p95_ms": chosen["latency_p95_ms"],
         **thread_latencies(result.bundle.path, val),
         "auto": auto,
@@ -355,6 +358,40 @@ def embedding_markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def auto_markdown(row: dict[str, object]) -> str:
+    """The ranked candidates of an auto row as a markdown table (with the cosine, mean /
+    worst, when the model is judged by embedding cosine)."""
+
+    def f(v: object, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    auto: dict[str, Any] = row["auto"]  # type: ignore[assignment]
+    cosine = auto["measure"] == "cosine"
+    head = "| # | candidate | size (B) | drop pts |" + (" cosine mean / worst |" if cosine else "")
+    lines = [
+        head + " SQNR dB | p50 ms | p95 ms | verdict |",
+        "|--:|---|--:|--:|" + ("--:|" if cosine else "") + "--:|--:|--:|---|",
+    ]
+    for r in auto["candidates"]:
+        if "skipped" in r:
+            lines.append(f"| - | {r['target']} | skipped: {r['skipped']} |")
+            continue
+        verdict = ["chosen"] if r["chosen"] else []
+        verdict += [] if r["within_bound"] else ["over the bound"]
+        if r.get("float_layers"):
+            verdict.append(f"{len(r['float_layers'])} layers in float")
+        if r["slower_than_fp32"]:
+            verdict.append(f"slower than fp32: {r['slower_than_fp32']}")
+        cos = f" {f(r['cosine_mean'], '.4f')} / {f(r['cosine_min'], '.4f')} |" if cosine else ""
+        lines.append(
+            f"| {r['rank']} | {r['target']} | {f(r['size_bytes'], ',')} "
+            f"| {f(r['drop_pts'], '.2f')} |{cos} {f(r['sqnr_db'], '.1f')} "
+            f"| {f(r['latency_p50_ms'], '.3f')} | {f(r['latency_p95_ms'], '.3f')} "
+            f"| {'; '.join(verdict) or 'within the bound'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark edgedl convert per target.")
     parser.add_argument("--models", default="digits,torch-digits,mobilenetv2")
@@ -374,6 +411,10 @@ def main() -> None:
     if any(r.get("cosine_mean") is not None for r in rows):
         print("\nModels without labels (embeddings), judged by cosine to float:\n")
         print(embedding_markdown(rows))
+    for row in rows:
+        if "auto" in row:
+            print(f"\n{row['model']} {row['target']}: the auto table\n")
+            print(auto_markdown(row))
     for goal in goals(rows):
         print(
             f"{goal['model']}: tflite-int8 {goal['int8_pts_below_fp32']:+.2f} pts below "

@@ -292,6 +292,18 @@ SKIPS: dict[tuple[str, str], str] = {
         "onnx-fp32,onnx-dynamic,onnx-int8,onnx-fp16 --calibration-samples 100 "
         "--validation-samples 100",
     ): "a benchmark (15 minutes on a loaded 2-core machine)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models minilm --targets auto "
+        "--calibration-samples 100 --validation-samples 100 "
+        "--out bench/results/convert-minilm-auto.json",
+    ): "a benchmark (3 minutes on a loaded 2-core machine)",
+    (
+        "docs/performance.md",
+        ".venv/bin/python bench/convert.py --models minilm --targets auto --auto-device rpi5 "
+        "--calibration-samples 100 --validation-samples 100 "
+        "--out bench/results/convert-minilm-auto-rpi5.json",
+    ): "a benchmark (2 minutes on a loaded 2-core machine)",
     ("docs/performance.md", ".venv/bin/python bench/compress.py --models minilm"): (
         "a benchmark (minutes)"
     ),

@@ -7,8 +7,10 @@ and U8U8 is the int8 model that keeps its accuracy); when ``onnx-int8`` exceeds 
 ``onnx-int8`` with the fewest of its most sensitive layers kept in float that bring it within
 the bound, found by bisection over the order of their measured error (:mod:`.mixed_precision`). Each is converted and validated like a single target; then their
 latencies are measured again, round-robin, so that a noisy neighbour slows all of them alike.
-The drop a candidate is judged by is absolute, in percentage points: the accuracy drop when
-the validation data has labels, else the top-1 disagreement with the source.
+The drop a candidate is judged by is absolute, in percentage points (:func:`.validate.drop_pts`):
+the accuracy drop when the validation data has labels, else the top-1 disagreement with the
+source, and for an embedding model (no labels, no classes) 100 x (1 - mean cosine of its
+embeddings to the source's), so a bound of 1 asks for a mean cosine of at least 0.99.
 
 The no-regression guard: a reduced-precision candidate whose p50 latency is above the fp32
 candidate's (by more than :data:`SLOWER_MARGIN`) is flagged with the reasons found in the
@@ -33,12 +35,12 @@ from edgedl.devices import get_device
 from edgedl.errors import ConversionError, UsageError, ValidationFailed
 
 from .convert import ConvertOptions, ConvertResult, convert, default_name
-from .data import load_dataset
+from .data import load_dataset, load_named_inputs, stored_named_samples
 from .mixed_precision import search_float_layers
 from .sources import detect_kind
 from .targets import TARGETS
 from .to_onnx import x86_without_vnni
-from .validate import drop_pts, measure_latency
+from .validate import DROP_MEASURES, drop_measure, drop_pts, measure_latency
 
 AUTO = "auto"
 CANDIDATES = {
@@ -116,9 +118,11 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
         best = results[chosen["target"]]
         assert best.bundle is not None
         report = dict(best.report)
+        measure = drop_measure(best.report)
         report["auto"] = {
             "max_accuracy_drop_pts": options.max_accuracy_drop,
-            "measure": _measure(best.report),
+            "measure": measure,
+            "judged_by": DROP_MEASURES[measure] if measure else None,
             "chosen": chosen["target"],
             "within_bound": chosen["within_bound"],
             "candidates": table,
@@ -183,10 +187,6 @@ def _reasons(rows: list[dict[str, Any]]) -> str:
     return "; ".join(f"{r['target']}: {r['skipped']}" for r in rows)
 
 
-def _measure(report: dict[str, Any]) -> str:
-    return "accuracy" if report.get("accuracy_drop_pts") is not None else "agreement"
-
-
 def _latencies(
     results: dict[str, ConvertResult], options: ConvertOptions
 ) -> dict[str, dict[str, float]]:
@@ -195,8 +195,11 @@ def _latencies(
     assert data is not None
     first = next(iter(results.values()))
     assert first.bundle is not None
-    spec = first.bundle.manifest.inputs[0]
-    x = load_dataset(data, spec.sample_shape, "validation").x[:32]
+    specs = first.bundle.manifest.inputs
+    if stored_named_samples(data, "validation") is not None:  # an array per input name
+        feeds = load_named_inputs(data, specs, "validation").feeds(specs[0].name, 0, 32)
+    else:
+        feeds = {specs[0].name: load_dataset(data, specs[0].sample_shape, "validation").x[:32]}
     threads = first.report.get("threads")
     device = get_device(options.device) if options.device else None
     runners = {
@@ -210,7 +213,7 @@ def _latencies(
     rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     for _ in range(LATENCY_ROUNDS):
         for name, runner in runners.items():
-            stats = measure_latency(runner.run, {spec.name: x}, runs=LATENCY_RUNS)
+            stats = measure_latency(runner.run, feeds, runs=LATENCY_RUNS)
             rounds[name].append((stats.p50, stats.p95))
     return {
         name: {
@@ -229,6 +232,8 @@ def _row(name: str, result: ConvertResult, latency: dict[str, float]) -> dict[st
         "drop_pts": drop_pts(r),
         "accuracy": r.get("artifact_accuracy"),
         "top1_agreement": r.get("top1_agreement"),
+        "cosine_mean": r.get("cosine_mean"),
+        "cosine_min": r.get("cosine_min"),
         "sqnr_db": r.get("sqnr_db"),
         "latency_p50_ms": latency["p50"],
         "latency_p95_ms": latency["p95"],

@@ -11,7 +11,9 @@ and calibrated once (ONNX Runtime's calibration cache keeps the activation range
 probes), and the source's outputs on the validation data are computed once. Bisection
 assumes the drop does not grow as more layers return to float; a top-1 measure on a small
 validation set can break that by a sample or two, so the prefix ``bisect`` finds may then
-be longer than the shortest one, never over the bound.
+be longer than the shortest one, never over the bound. The drop is the one ``auto`` ranks
+by (:func:`.validate.drop_pts`): accuracy, top-1 disagreement, or for an embedding model
+100 x (1 - mean cosine to the source's embeddings).
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from edgedl.errors import ConversionError
 
 from .convert import ConvertOptions, load_inputs
 from .sensitivity import run_onnx
 from .targets import BuildContext, get_target
-from .validate import drop_pts, top1_report
+from .validate import drop_pts, judge
 
 Strategy = Literal["bisect", "linear"]
 
@@ -112,20 +112,20 @@ class Int8Prober:
             calibration_cache=workdir / "calibration-ranges.json",
             measure_layers=False,
         )
-        self._x = np.asarray(validation.x, np.float32)
+        self._feeds = validation.feeds(self._name)  # every input, in its own dtype
         self._labels = validation.y
-        self._reference = source.predict({self._name: self._x})
+        self._reference = source.predict(self._feeds)
 
     def drop(self, float_nodes: Sequence[str]) -> float:
         """The drop in points of ``onnx-int8`` with ``float_nodes`` kept in float."""
         built = self._build(replace(self._ctx, float_nodes=tuple(float_nodes)))
         names = list(self._reference)
-        outputs = run_onnx(built.model_path.read_bytes(), names, {self._name: self._x})
+        outputs = run_onnx(built.model_path.read_bytes(), names, self._feeds)
         n = len(outputs[0])  # a fixed-batch model runs whole batches only
         reference = {k: v[:n] for k, v in self._reference.items()}
         labels = self._labels[:n] if self._labels is not None else None
         artifact = dict(zip(names, outputs, strict=True))
-        return drop_pts(top1_report(reference, artifact, labels))
+        return drop_pts(judge(reference, artifact, labels))
 
 
 def search_float_layers(

@@ -71,16 +71,20 @@ def render_report(report: dict[str, Any], console: Console) -> None:
 
 def render_candidates(auto: dict[str, Any], console: Console) -> None:
     """The ranked table of ``--target auto``: every candidate, why it was or was not chosen."""
-    table = Table(
-        title=f"--target auto: candidates, ranked ({auto['measure']} drop bound "
-        f"{auto['max_accuracy_drop_pts']:g} pts)",
-        title_justify="left",
-    )
-    for col in ("#", "target", "size (B)", "drop pts", "SQNR dB", "p50 ms", "p95 ms", "verdict"):
+    cosine = any(r.get("cosine_mean") is not None for r in auto["candidates"])
+    bound = auto["max_accuracy_drop_pts"]
+    title = f"--target auto: candidates, ranked ({auto['measure']} drop bound {bound:g} pts"
+    if auto["measure"] == "cosine":  # drop = 100 x (1 - mean cosine)
+        title += f": mean cosine to the source ≥ {1.0 - bound / 100.0:.4g}"
+    table = Table(title=title + ")", title_justify="left")
+    columns = ["#", "target", "size (B)", "drop pts"]
+    columns += ["cosine mean / worst"] if cosine else []
+    columns += ["SQNR dB", "p50 ms", "p95 ms", "verdict"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("target", "verdict") else "right")
     for r in auto["candidates"]:
         if "skipped" in r:
-            table.add_row("-", r["target"], "-", "-", "-", "-", "-", f"skipped: {r['skipped']}")
+            table.add_row("-", r["target"], *["-"] * (len(columns) - 3), f"skipped: {r['skipped']}")
             continue
         verdict = "chosen" if r["chosen"] else ""
         if not r["within_bound"]:
@@ -91,16 +95,18 @@ def render_candidates(auto: dict[str, Any], console: Console) -> None:
             verdict = ", ".join(
                 v for v in (verdict, f"slower than fp32: {r['slower_than_fp32']}") if v
             )
-        table.add_row(
-            str(r["rank"]),
-            r["target"],
-            f"{r['size_bytes']:,}",
-            _fmt(r["drop_pts"], "+.2f"),
+        cells = [str(r["rank"]), r["target"], f"{r['size_bytes']:,}", _fmt(r["drop_pts"], "+.2f")]
+        if cosine:
+            cells.append(
+                f"{_fmt(r.get('cosine_mean'), '.4f')} / {_fmt(r.get('cosine_min'), '.4f')}"
+            )
+        cells += [
             _fmt(r["sqnr_db"], ".1f"),
             _fmt(r["latency_p50_ms"], ".3f"),
             _fmt(r["latency_p95_ms"], ".3f"),
             verdict or "within the bound",
-        )
+        ]
+        table.add_row(*cells)
     console.print(table)
     for r in auto["candidates"]:
         if r.get("search"):
