@@ -3,8 +3,8 @@
 Rounding a layer's weights to int8 changes the layer's output by ``(W_q - W) x``. Over the
 data that difference has a mean per output channel, ``(W_q - W) E[x]``, which does not average
 out: it shifts every activation of that channel by the same amount, and the next layers carry
-the shift on. Depthwise convolutions (9 or 25 weights per channel) and the ReLU6 inputs of
-mobile networks, whose mean is far from zero, make the shift large. Bias correction (Nagel et
+the shift on. Depthwise convolutions (9 or 25 weights per channel) and inputs that come out
+of a ReLU6, whose mean is far from zero, make the shift large. Bias correction (Nagel et
 al., "Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV 2019)
 subtracts it: each quantizable layer's float bias becomes ``b - (W_q - W) E[x]``, with
 ``E[x]`` the mean of the layer's input per channel over the calibration data, as the float
@@ -48,6 +48,7 @@ class Correction:
     max_relative_change: float
 
     def as_dict(self) -> dict[str, Any]:
+        """The report's ``calibration.bias_correction``."""
         return {
             "method": "bias correction of int8 weight rounding (Nagel et al. 2019)",
             "layers": self.layers,
