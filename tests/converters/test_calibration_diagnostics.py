@@ -37,6 +37,19 @@ def test_real_calibration_and_validation_data_raise_nothing(split: Any) -> None:
         assert diagnose(_ds(train[order[:300]]), _ds(train[order[300:500]])) == []
 
 
+def test_small_draws_of_the_same_photos_are_not_scaled_differently() -> None:
+    """16 and 8 crops of the same photographs: their means differ by chance (0.4 std), which
+    the standard error of so few samples explains; the same draws offset by half their range
+    are flagged."""
+    pytest.importorskip("skimage", reason="in the dev extra")
+    from edgedl.converters.efficientnet_lite0 import photo_crops
+
+    cal, val = photo_crops(16, seed=0), photo_crops(8, seed=1)
+    assert [f.check for f in diagnose(_ds(cal), _ds(val))] == ["too_few_samples"]
+    findings = {f.check: f for f in diagnose(_ds(cal + 1.0), _ds(val))}
+    assert findings["range_mismatch"].numbers["mean_shift_z"] > 3
+
+
 def _blank(train: np.ndarray) -> np.ndarray:
     x = train.copy()
     x[:200] = 0.0
@@ -52,6 +65,7 @@ BAD_SETS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, dict[str, Any
         {"span_ratio": 2.66},
     ),
     "[-1, 1] against [0, 1]": (lambda t: t * 2 - 1, "range_mismatch", {"span_ratio": 2}),
+    "offset by 0.2": (lambda t: t + 0.2, "range_mismatch", {"span_ratio": 1}),
     "50 samples": (lambda t: t[:50], "too_few_samples", {"samples": 50}),
     "200 blank images": (_blank, "constant_samples", {"constant": 200}),
     "one image repeated": (
