@@ -99,8 +99,14 @@ def test_range_history_acknowledge_and_fleet_filter_in_chromium(
         chart = page.locator("#latency-chart")
         page.wait_for_selector("#latency-chart[data-windows='8'] svg path.series", state="attached")
         # The legend has the series' colours, not the stylesheet's grey.
-        legend = page.locator("#latency-chart svg text.legend[data-series=p95]")
-        assert legend.evaluate("e => getComputedStyle(e).fill") == "rgb(230, 126, 34)"
+        # (Waited for rather than read once: the page's refresh redraws the chart, and a legend
+        # read while it is being replaced has no computed style.)
+        page.wait_for_function(
+            "() => { const e = document.querySelector("
+            "'#latency-chart svg text.legend[data-series=p95]');"
+            " return e !== null && getComputedStyle(e).fill === 'rgb(230, 126, 34)'; }",
+            timeout=10_000,
+        )
         # Hovering shows the values at that point.
         chart.locator("rect.hover-area").hover()
         assert "p95" in (chart.locator("text.hover-text").text_content() or "")
