@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import run_edgedl
 
 from edgedl.converters.compress import CompressOptions
-from edgedl.converters.compress.run import schedule
+from edgedl.converters.compress.options import schedule
 from edgedl.converters.compress.training import TrainingSpec, fit
 from edgedl.errors import UsageError
 

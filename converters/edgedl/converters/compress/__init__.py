@@ -8,8 +8,9 @@ Public API::
 """
 
 from .measure import artifact_parameters, keras_macs, keras_parameters
+from .options import METHODS, CompressOptions
 from .outcome import CompressResult
-from .run import METHODS, CompressOptions, compress
+from .run import compress
 
 __all__ = [
     "METHODS",

@@ -18,8 +18,8 @@ from edgedl.errors import ModelError
 from .. import torch_source
 from ..data import stored_sample_shape
 from . import torch_model as tm
+from .options import PRUNE_RATIOS, CompressOptions, label_weight, load_data, schedule
 from .outcome import CompressResult, Measured, finish
-from .run import PRUNE_RATIOS, CompressOptions, label_weight, load_data, schedule
 from .training import History, TrainingSpec
 
 
