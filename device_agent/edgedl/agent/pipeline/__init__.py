@@ -1,1 +1,1 @@
-"""Streaming pipelines: vad -> window -> features -> model -> postprocess (issue #3)."""
+"""Streaming pipelines: vad -> window -> features -> model -> postprocess."""

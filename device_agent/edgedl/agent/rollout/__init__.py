@@ -1,1 +1,1 @@
-"""Model versions on the device: the store, rollout strategies, rollback (issue #3)."""
+"""Model versions on the device: the store, rollout strategies, rollback."""

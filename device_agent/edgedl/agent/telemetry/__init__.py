@@ -1,4 +1,4 @@
-"""Telemetry windows over MQTT with a durable spool (issue #4).
+"""Telemetry windows over MQTT with a durable spool.
 
 :class:`~.service.TelemetryService` is the one class the agent starts; its parts are
 :class:`~.window.WindowBuilder` (an inference observer that aggregates a window),
