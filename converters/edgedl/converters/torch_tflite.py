@@ -232,11 +232,12 @@ def build(ctx: BuildContext, mode: str) -> BuildResult:
             correction = None
             if data:  # int8 weights round with a bias the calibration data can measure
                 source, correction = correct_biases(source, data)
+            chosen = _recipe(mode)
             q = quantizer.Quantizer(source)
-            q.load_quantization_recipe(_recipe(mode))
+            q.load_quantization_recipe(chosen)
             ranges = None
             if mode == "int8":
-                ranges = minmax_ranges(source, _recipe(mode), data)
+                ranges = minmax_ranges(source, chosen, data)
                 ctx.advance(len(data))
             if data:
                 calibration = {
