@@ -7,7 +7,8 @@
   (``edgedl.converters.bias_correction``). Data ranges with bias correction is what
   ``edgedl convert --target tflite-int8`` does for a PyTorch source. int8 weights alone
   (float activations, ``weight_only_wi8_afp32``), without and with bias correction, show how
-  much of the loss the weights carry.
+  much of the loss the weights carry; int16 activations with int8 weights (``static_wi8_ai16``,
+  data ranges, bias-corrected) show what 8 more activation bits buy and cost.
 - litert-torch's PT2E quantization (``PT2EQuantizer``, symmetric per-channel int8 weights,
   histogram-observed int8 activations), calibrated in PyTorch, then converted.
 
@@ -15,6 +16,8 @@ Both are calibrated on the same photo crops and judged on other crops against th
 model: top-1 agreement (on every crop, and on the crops float is confident on: top-1 probability
 at least 0.5), SQNR of the logits, the QUANTIZE/DEQUANTIZE ops left in the graph,
 and p50 latency of one image at 1 thread in LiteRT (rounds that time every model in turn).
+A second table splits agreement by float's margin (the gap between its top two logits), with
+the spread of each route's error on that gap: the flips sit on the near-ties.
 
 Usage: python bench/litert_int8_paths.py [--calibration-samples 100] [--validation-samples 100]
 """
@@ -48,7 +51,9 @@ def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
         feed = sample[None]
         if spec["dtype"] != np.float32:
             scale, zero = spec["quantization"]
-            feed = np.clip(np.round(feed / scale) + zero, -128, 127).astype(spec["dtype"])
+            bounds = np.iinfo(spec["dtype"])
+            feed = np.clip(np.round(feed / scale) + zero, bounds.min, bounds.max)
+            feed = feed.astype(spec["dtype"])
         out = runner(input=feed)["logits"].astype(np.float32)
         if out_spec["dtype"] != np.float32:
             scale, zero = out_spec["quantization"]
@@ -117,8 +122,8 @@ def main() -> None:
     sample = {"input": torch.from_numpy(cal[:1])}
     seconds: dict[str, float] = {}
     with TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
-        names = ("fp32", "int8", "int8+bc", "int8 data ranges", "int8 data ranges+bc", "w8",
-                 "w8+bc", "pt2e")  # fmt: skip
+        names = ("fp32", "int8", "int8+bc", "int8 data ranges", "int8 data ranges+bc",
+                 "a16w8 data ranges+bc", "w8", "w8+bc", "pt2e")  # fmt: skip
         paths = {name: Path(tmp) / f"{name}.tflite" for name in names}
         start = time.perf_counter()
         litert_torch.convert(model, sample_kwargs=sample).export(str(paths["fp32"]))
@@ -130,13 +135,16 @@ def main() -> None:
             if name.endswith("+bc"):
                 source, _ = correct_biases(source, data)
             q = quantizer.Quantizer(source)
-            static = name.startswith("int8")
-            q.load_quantization_recipe(
-                recipe.static_wi8_ai8() if static else recipe.weight_only_wi8_afp32()
-            )
+            static = name.startswith(("int8", "a16w8"))
+            chosen = recipe.weight_only_wi8_afp32()
+            if static:
+                chosen = (
+                    recipe.static_wi8_ai16() if name.startswith("a16") else recipe.static_wi8_ai8()
+                )
+            q.load_quantization_recipe(chosen)
             ranges = None
             if "data ranges" in name:
-                ranges = minmax_ranges(source, recipe.static_wi8_ai8(), data)
+                ranges = minmax_ranges(source, chosen, data)
             elif static:
                 ranges = q.calibrate({"serving_default": data})
             paths[name].write_bytes(bytes(q.quantize(ranges).quantized_model))
@@ -153,6 +161,10 @@ def main() -> None:
         ).export(str(paths["pt2e"]))
         seconds["pt2e"] = time.perf_counter() - start
         latency = p50_ms(paths)
+        ranked = np.sort(reference, axis=1)
+        margin = ranked[:, -1] - ranked[:, -2]
+        bands = [(0.0, 0.25), (0.25, 1.0), (1.0, np.inf)]
+        margin_rows = []
         shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
         confident = (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1) >= 0.5
         print(f"{confident.sum()} of {len(val)} crops have a float top-1 probability >= 0.5")
@@ -161,9 +173,16 @@ def main() -> None:
             "| p50 1 thr ms | convert s |"
         )
         print("|---|--:|--:|--:|--:|--:|--:|--:|")
+        top, second = reference.argmax(1), np.argsort(reference, axis=1)[:, -2]
+        rows = np.arange(len(reference))
         for name, path in paths.items():
             out = run_tflite(path, val)
-            same = out.argmax(1) == reference.argmax(1)
+            same = out.argmax(1) == top
+            gap_error = (out[rows, top] - out[rows, second]) - margin
+            margin_rows.append(
+                (name, [float(np.mean(same[(margin >= lo) & (margin < hi)])) for lo, hi in bands],
+                 float(gap_error.std()))
+            )  # fmt: skip
             agree = float(np.mean(same))
             sure = float(np.mean(same[confident]))
             sqnr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - out) ** 2))
@@ -175,6 +194,14 @@ def main() -> None:
                 f"| {latency[name]:.1f} | {seconds[name]:.0f} |",
                 flush=True,
             )
+        counts = [int(np.sum((margin >= lo) & (margin < hi))) for lo, hi in bands]
+        print("\n| route | " + " | ".join(
+            f"agree, margin {lo:g}-{hi:g} ({n} crops)" for (lo, hi), n in zip(bands, counts, strict=True)
+        ) + " | error std on the gap |")  # fmt: skip
+        print("|---|" + "--:|" * (len(bands) + 1))
+        for name, agree_by_band, spread in margin_rows:
+            cells = " | ".join(f"{a:.0%}" for a in agree_by_band)
+            print(f"| {name} | {cells} | {spread:.3f} |")
 
 
 if __name__ == "__main__":
