@@ -29,8 +29,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from edgedl.agent.sampling import Sampler, SamplingConfig
 from edgedl.agent.telemetry.accumulators import ModelInfo
+from edgedl.agent.telemetry.sampling import Sampler, SamplingConfig
 from edgedl.agent.telemetry.spool import Spool
 from edgedl.agent.telemetry.window import WindowBuilder
 from edgedl.profile import Profile

@@ -22,8 +22,8 @@ from tests import mqtt_broker
 from tests.agent.serving_helpers import digit_images
 
 from edgedl.agent.drift_state import DriftState
-from edgedl.agent.sampling import Sampler, SamplerMetrics, SamplingConfig
 from edgedl.agent.telemetry.config import TelemetryConfig
+from edgedl.agent.telemetry.sampling import Sampler, SamplerMetrics, SamplingConfig
 from edgedl.agent.telemetry.service import TelemetryService
 from edgedl.agent.telemetry.spool import Spool
 from edgedl.drift_notice import DriftingVersion, DriftNotice, encode_notice

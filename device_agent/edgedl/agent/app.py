@@ -64,10 +64,10 @@ from .oip import BadRequest, InferenceRequest, decode_request, encode_response
 from .repository import ModelNotFound
 from .request_body import RequestLimits, read_body
 from .request_budget import JSON_OUTPUT_BYTE_COST, Reservation
-from .sampling import offer
 from .served import InferenceFailed, Servable, Tensors
 from .service import AgentRuntime
 from .shared_memory_api import shared_memory_routes
+from .telemetry.sampling import offer
 
 log = logging.getLogger(__name__)
 

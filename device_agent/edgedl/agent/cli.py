@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 
 from .batch import batch
-from .pipeline.cli import run_pipeline
-from .rollout.cli import deploy, promote, rollback, status
+from .pipeline_cli import run_pipeline
+from .rollout_cli import deploy, promote, rollback, status
 from .serve import serve
 from .systemd import install_service
 

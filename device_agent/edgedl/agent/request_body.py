@@ -18,7 +18,6 @@ from starlette.requests import ClientDisconnect, Request
 
 from edgedl.errors import ServingError
 
-from .config import ServerConfig
 from .memory_release import release_free_memory
 from .oip import BadRequest
 from .request_budget import (
@@ -29,6 +28,7 @@ from .request_budget import (
     Reservation,
     request_cost,
 )
+from .serving_config import ServerConfig
 
 _INFLATE_STEP = 1 * MIB
 _TRIM_AFTER = 8 * MIB  # give freed memory back to the system after requests this large

@@ -41,9 +41,9 @@ from edgedl.errors import DataError, ServingError
 from edgedl.profile import Profile
 
 from .batcher import Batcher, DeadlineExceeded, QueueFull, ShuttingDown
-from .config import ModelConfig
 from .observe import InferenceObserver
 from .quantization import InputQuantizer, OutputDequantizer
+from .serving_config import ModelConfig
 
 __all__ = [
     "BadInput",

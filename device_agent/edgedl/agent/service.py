@@ -35,10 +35,10 @@ from .labels import PredictionLog
 from .metrics import AgentMetrics
 from .observe import InferenceObserver
 from .repository import ModelConflict, ModelRepository
-from .sampling import Sampler
 from .security import BundleAdmission
 from .served import Observers, ServedModel
 from .shared_memory import SharedMemoryRegions
+from .telemetry.sampling import Sampler
 
 if TYPE_CHECKING:
     from .rollout.rollouts import Rollouts

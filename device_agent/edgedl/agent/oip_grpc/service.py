@@ -54,10 +54,10 @@ from ..oip import BadRequest, InferenceRequest, shared
 from ..repository import ModelNotFound
 from ..request_body import ClientGone, RequestLimits
 from ..request_budget import JSON_OUTPUT_BYTE_COST, MemoryBusy, PayloadTooLarge, Reservation
-from ..sampling import offer
 from ..served import InferenceFailed, Servable, Tensors
 from ..service import AgentRuntime
 from ..shared_memory import SharedMemoryRegions
+from ..telemetry.sampling import offer
 from . import messages
 from .tensors import decode_infer_request, encode_infer_response
 

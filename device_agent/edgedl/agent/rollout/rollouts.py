@@ -25,9 +25,9 @@ from typing import Any
 from edgedl.bundle import Bundle
 from edgedl.errors import BundleError, EdgeDLError, RolloutError
 
-from ..config import ModelConfig
 from ..repository import ModelNotFound, ModelRepository
 from ..served import ServedModel
+from ..serving_config import ModelConfig
 from .config import DeployOptions, RolloutConfig
 from .restore import adopt, serve_active_version
 from .routing import Rollout, Verdict, check_compatible

@@ -29,9 +29,9 @@ from edgedl.samples import samples_topic
 from edgedl.telemetry import DeviceStatus, ModelRef, encode_window
 
 from ..drift_state import DriftState
-from ..sampling import Sampler, SamplerMetrics, SamplingConfig
 from .config import TelemetryConfig
 from .publisher import Publisher
+from .sampling import Sampler, SamplerMetrics, SamplingConfig
 from .spool import Spool
 from .window import UNKNOWN_SHA256, ModelInfo, ModelResolver, WindowBuilder
 

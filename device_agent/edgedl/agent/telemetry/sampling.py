@@ -46,10 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgedl.profile import predicted_classes, top1_confidence
 from edgedl.samples import SampleLabel, SampleMessage, SampleTensor, encode_sample
 
-from .drift_state import DriftState
-from .telemetry.spool import Spool
+from ..drift_state import DriftState
+from .spool import Spool
 
-log = logging.getLogger("edgedl.agent.sampling")
+log = logging.getLogger("edgedl.agent.telemetry.sampling")
 
 #: Prediction ids whose kept samples are remembered for late labels.
 MAX_LABELLABLE = 10_000

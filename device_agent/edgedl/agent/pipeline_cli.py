@@ -12,9 +12,9 @@ from rich.table import Table
 
 from edgedl.errors import ConfigError, DataError, UsageError
 
-from .config import PipelineConfig
-from .pipeline import Pipeline, build_pipeline
-from .stream import Event, Output, Segment
+from .pipeline.config import PipelineConfig
+from .pipeline.pipeline import Pipeline, build_pipeline
+from .pipeline.stream import Event, Output, Segment
 
 CHUNK_MS = 100
 
@@ -42,7 +42,7 @@ def run_pipeline(
     profile_path: str | None,
 ) -> None:
     """Run a pipeline over audio; print each output as it is found, then the stage statistics."""
-    from ..config import load_config
+    from .config import load_config
 
     config = _choose(load_config(config_path).pipelines, name, config_path)
     pipeline = build_pipeline(config)
@@ -54,7 +54,7 @@ def run_pipeline(
         _check_rate(rate, config, "stdin (--sample-rate)")
         events = _run_stdin(pipeline, sys.stdin.buffer, chunk * 2, as_json)
     else:
-        from .audio import read_wav
+        from .pipeline.audio import read_wav
 
         samples, rate = read_wav(input_path)
         _check_rate(rate, config, input_path)

@@ -21,7 +21,7 @@ from edgedl.bundle import Bundle
 from edgedl.cli import emit_json
 from edgedl.errors import ServingError, UsageError
 
-from .config import ADMIN_TOKEN_ENV, STRATEGIES
+from .rollout.config import ADMIN_TOKEN_ENV, STRATEGIES
 
 AGENT_URL_ENV = "EDGEDL_AGENT_URL"
 DEFAULT_AGENT = "http://127.0.0.1:8080"
@@ -91,7 +91,7 @@ def _client(
     url = agent_url or os.environ.get(AGENT_URL_ENV)
     token = token or os.environ.get(ADMIN_TOKEN_ENV)
     if config_path is not None and (url is None or token is None):
-        from ..config import load_config
+        from .config import load_config
 
         server = load_config(config_path).server
         if url is None:
