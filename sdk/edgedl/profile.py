@@ -339,6 +339,20 @@ class Profile:
     ) -> None:
         """Count one batch in place. Statistics the profile does not know are ignored."""
         stats, classes = batch_statistics(inputs, outputs, self.projections)
+        samples = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+        self.add_statistics(stats, classes, samples)
+
+    def add_statistics(
+        self,
+        stats: Mapping[str, FloatArray],
+        classes: Mapping[str, NDArray[np.int64]],
+        samples: int,
+    ) -> None:
+        """Count a batch whose :func:`batch_statistics` are already computed, in place.
+
+        For callers that need the statistics for more than one profile: they are computed
+        once and counted into each. Statistics the profile does not know are ignored.
+        """
         for key, values in stats.items():
             hist = self.histograms.get(key)
             if hist is not None:
@@ -347,8 +361,7 @@ class Profile:
             counts = self.class_counts.get(key)
             if counts is not None:
                 counts += np.bincount(predicted, minlength=counts.size)[: counts.size]
-        if inputs:
-            self.samples += int(next(iter(inputs.values())).shape[0])
+        self.samples += samples
 
     def merge(self, other: Profile) -> Profile:
         """The profile of both together (statistics present in only one are kept)."""

@@ -45,10 +45,12 @@ def serve_in_process(
     extra_routes: Sequence[Any] = (),
     admin_routes: Sequence[Any] = (),
     http: Any = "h11",
+    before_start: Callable[[Any], Any] | None = None,
 ) -> Iterator[RunningAgent]:
     """Run the agent's runtime and HTTP app in this process on a free port.
 
-    ``http``: uvicorn's HTTP protocol (a name or a protocol class).
+    ``http``: uvicorn's HTTP protocol (a name or a protocol class). ``before_start`` is
+    called with the runtime before it starts (to attach components, as ``serve`` does).
     """
     import uvicorn
 
@@ -56,6 +58,8 @@ def serve_in_process(
     from edgedl.agent.service import AgentRuntime
 
     runtime = AgentRuntime(config)
+    if before_start is not None:
+        before_start(runtime)
     runtime.start()
     port = free_port()
     app = create_app(runtime, extra_routes=extra_routes, admin_routes=admin_routes)

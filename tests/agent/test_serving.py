@@ -292,6 +292,61 @@ def test_the_live_profile_keeps_to_its_cpu_budget_by_sampling(digits_bundle: Any
     assert binned + skipped == 20
 
 
+def test_with_telemetry_on_each_batch_is_profiled_once_for_metrics_and_windows(
+    digits_bundle: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgedl.agent.telemetry.window as window_module
+    import edgedl.profile as profile_module
+    from edgedl.agent.telemetry.config import TelemetryConfig
+    from edgedl.agent.telemetry.service import TelemetryService, attach
+
+    bundle = digits_bundle("tflite-int8")  # built (and profiled) before the count starts
+    profiled: list[int] = []  # samples per computation of per-sample statistics
+    compute = profile_module.batch_statistics
+
+    def counted(inputs: Any, outputs: Any, projections: Any = None) -> Any:
+        profiled.append(int(next(iter(inputs.values())).shape[0]))
+        return compute(inputs, outputs, projections)
+
+    monkeypatch.setattr(profile_module, "batch_statistics", counted)
+    monkeypatch.setattr(window_module, "batch_statistics", counted)
+    # No broker answers on port 1: windows wait in the spool, serving and profiling go on.
+    telemetry = TelemetryConfig(
+        mqtt="mqtt://127.0.0.1:1", spool_path=tmp_path / "spool.db", device="pi-1"
+    )
+    config = AgentConfig(
+        server=ServerConfig(profile_max_cpu=0.0001),  # would skip nearly every batch alone
+        models=[ModelConfig(path=str(bundle))],
+        telemetry=telemetry,
+    )
+    services: list[TelemetryService | None] = []
+    x = digit_images(30)
+    with serve_in_process(config, before_start=lambda rt: services.append(attach(rt))) as agent:
+        with agent.client() as client:
+            for i in range(0, 30, 3):
+                client.infer("digits", x[i : i + 3])
+        agent.runtime.metrics.profiles.flush()
+        text = httpx.get(f"{agent.url}/metrics").text
+        live = agent.runtime.metrics.profile("digits", "1")
+        reference = agent.runtime.repository.get("digits").reference
+        service = services[0]
+        assert service is not None
+        window = service.builder.cut()
+    assert sum(profiled) == 30  # once per sample, not once for /metrics and once for the window
+    assert metric(text, "edgedl_profile_samples_total", model="digits", version="1") == 30
+    assert metric(text, "edgedl_profile_skipped_batches_total", reason="cpu_budget") == 0
+    # What /metrics counted is what the bundle's reference profile makes of the same inputs.
+    assert reference is not None and live is not None
+    expected = reference.empty_like()
+    expected.observe({"pixels": x}, {"output_0": runtime.load(bundle).predict(x)})
+    assert live.samples == expected.samples == 30
+    for key, hist in expected.histograms.items():
+        np.testing.assert_array_equal(live.histograms[key].counts, hist.counts, err_msg=key)
+    # ...and the window that telemetry cut profiled the same 30 samples.
+    (model,) = window.models
+    assert model.profile is not None and model.profile.samples == 30
+
+
 def test_a_model_with_a_fixed_batch_of_one_still_serves_concurrent_requests(
     fixed_batch_bundle: Path,
 ) -> None:

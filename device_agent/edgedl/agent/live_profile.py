@@ -3,7 +3,9 @@
 A :class:`ProfileRecorder` keeps one :class:`~edgedl.profile.Profile` per model version,
 started as ``reference.empty_like()`` from the bundle's reference profile, so live counts sit
 on exactly the reference's bin edges (design 3.3). Batches are handed over by the metrics
-observer and binned on the recorder's own thread.
+observer and binned on the recorder's own thread. While telemetry runs, its window builder
+computes every batch's per-sample statistics anyway; :meth:`ProfileRecorder.take_statistics_from`
+makes the recorder count those instead of computing them a second time.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from numpy.typing import NDArray
 
@@ -27,6 +29,18 @@ Array = NDArray[Any]
 
 
 Item = tuple[str, str, Mapping[str, Array], Mapping[str, Array]]
+
+
+class StatisticsSource(Protocol):
+    """What computes batches' statistics for the recorder (the telemetry window builder)."""
+
+    def add_statistics_listener(
+        self, listener: Callable[[str, str, Mapping[str, Any], Mapping[str, Any], int], None]
+    ) -> None:
+        """Call ``listener(model, version, stats, classes, samples)`` for each batch."""
+
+    def fold_pending(self) -> None:
+        """Compute the statistics of every batch still waiting, now."""
 
 
 class ProfileRecorder:
@@ -65,7 +79,34 @@ class ProfileRecorder:
         self._profiles: dict[tuple[str, str], Profile | None] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._source: StatisticsSource | None = None
         self.skipped = {"cpu_budget": 0, "queue_full": 0}
+
+    def take_statistics_from(self, source: StatisticsSource) -> None:
+        """Count the statistics ``source`` computes for every batch, instead of computing them.
+
+        From then on :meth:`record` drops its batches: the same batches reach ``source``,
+        which computes their statistics once for itself and for this recorder. No batch is
+        skipped for the CPU budget, since counting precomputed statistics costs next to
+        nothing; the live profile lags by the batches ``source`` still holds (at most one
+        telemetry window), which :meth:`flush` folds.
+        """
+        self._source = source
+        source.add_statistics_listener(self.add_statistics)
+
+    def add_statistics(
+        self,
+        model: str,
+        version: str,
+        stats: Mapping[str, Any],
+        classes: Mapping[str, Any],
+        samples: int,
+    ) -> None:
+        """Count one batch's precomputed per-sample statistics into its live profile."""
+        with self._lock:
+            live = self._live(model, version)
+            if live is not None:
+                live.add_statistics(stats, classes, samples)
 
     def start(self) -> None:
         """Start the background thread."""
@@ -85,7 +126,9 @@ class ProfileRecorder:
     def record(
         self, model: str, version: str, inputs: Mapping[str, Array], outputs: Mapping[str, Array]
     ) -> None:
-        """Queue one batch for binning (never blocks)."""
+        """Queue one batch for binning (never blocks; a no-op once a source computes them)."""
+        if self._source is not None:
+            return
         budgeted = self.max_cpu < 1.0
         if budgeted and (self._pending or (self._next_at and time.monotonic() < self._next_at)):
             self.skipped["cpu_budget"] += 1
@@ -101,6 +144,8 @@ class ProfileRecorder:
 
     def flush(self) -> None:
         """Wait until every queued batch is binned (for tests and shutdown)."""
+        if self._source is not None:
+            self._source.fold_pending()
         with self._done:
             while (self._items or self._binning) and self._thread is not None:
                 self._wake.set()
@@ -146,12 +191,9 @@ class ProfileRecorder:
     def _bin(self, item: Item) -> None:
         try:
             model, version, inputs, outputs = item
-            key = (model, version)
             started = time.monotonic()
             with self._lock:
-                if key not in self._profiles:
-                    self._profiles[key] = self._start_profile(model, version)
-                live = self._profiles[key]
+                live = self._live(model, version)
                 if live is not None:
                     live.observe(inputs, outputs)
             if self.max_cpu < 1.0:
@@ -161,6 +203,13 @@ class ProfileRecorder:
             log.exception("could not bin a batch into the live profile")
         finally:
             self._pending = False
+
+    def _live(self, model: str, version: str) -> Profile | None:
+        """The live profile of a model version, started on first use (the lock is held)."""
+        key = (model, version)
+        if key not in self._profiles:
+            self._profiles[key] = self._start_profile(model, version)
+        return self._profiles[key]
 
     def _start_profile(self, model: str, version: str) -> Profile | None:
         try:

@@ -19,8 +19,9 @@
   Binning a batch costs about a millisecond for a 224x224x3 image, so it runs on a
   background thread (:class:`ProfileRecorder`), never on the request path, and within a CPU
   budget (``server.profile_max_cpu`` of one core); the batches it leaves out are counted
-  (``edgedl_profile_skipped_batches_total{reason}``). :meth:`AgentMetrics.profile` returns
-  a copy.
+  (``edgedl_profile_skipped_batches_total{reason}``). While telemetry runs, the recorder
+  counts the statistics its windows compute instead: every batch, computed once for both.
+  :meth:`AgentMetrics.profile` returns a copy.
 """
 
 from __future__ import annotations

@@ -91,6 +91,9 @@ def attach(runtime: Any, pipelines: Any = None) -> TelemetryService | None:
     if pipelines is not None and hasattr(pipelines, "add_listener"):
         pipelines.add_listener(service.on_events)
     runtime.add_observer(service.observer)
+    live = getattr(getattr(runtime, "metrics", None), "profiles", None)
+    if live is not None:  # /metrics' live profile counts the statistics the windows compute
+        live.take_statistics_from(service.builder)
     if getattr(runtime, "predictions", None) is not None:
         runtime.predictions.add_listener(service.builder)  # late labels into the windows
     if sampling is not None and sampling.enabled:

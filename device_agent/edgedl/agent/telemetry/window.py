@@ -49,6 +49,10 @@ from .accumulators import (
 )
 from .system import pipeline_figures, system_figures
 
+#: Called with a batch's per-sample statistics once computed:
+#: ``(model, version, {key: values}, {key: predicted classes}, samples)``.
+StatisticsListener = Callable[[str, str, Mapping[str, FloatArray], Mapping[str, Any], int], None]
+
 UNKNOWN_SHA256 = "0" * 64
 #: Samples buffered per model before their statistics are computed in one NumPy pass.
 STATISTICS_BATCH = 64
@@ -94,6 +98,17 @@ class WindowBuilder:
         self._idle = threading.Condition(self._lock)
         self._window = WindowState(start=time.time())
         self._random = random.Random()
+        self._statistics_listeners: list[StatisticsListener] = []
+
+    def add_statistics_listener(self, listener: StatisticsListener) -> None:
+        """Hand each batch's per-sample statistics to ``listener`` too, once computed.
+
+        Called on the thread that computed them, outside the lock, once per batch the window
+        profiled (model versions with a reference profile, or all while ``sample_rate`` is on).
+        The agent's live profile for /metrics takes its statistics from here while telemetry
+        runs, so no batch's statistics are computed twice.
+        """
+        self._statistics_listeners.append(listener)
 
     def register(self, info: ModelInfo) -> None:
         """Tell the builder about a model version (its sha256, reference profile, threshold)."""
@@ -195,24 +210,19 @@ class WindowBuilder:
         with self._lock:
             try:
                 for stats, classes, n in results:
-                    profile = acc.profile
-                    if profile is not None:
-                        for key, values in stats.items():
-                            hist = profile.histograms.get(key)
-                            if hist is not None:
-                                hist.add(values)
-                        for key, predicted in classes.items():
-                            counts = profile.class_counts.get(key)
-                            if counts is not None:
-                                counts += np.bincount(predicted, minlength=counts.size)[
-                                    : counts.size
-                                ]
-                        profile.samples += n
+                    if acc.profile is not None:
+                        acc.profile.add_statistics(stats, classes, n)
                     if self._sample_rate > 0:
                         self._sample(window, acc.info.name, acc.info.version, n, stats, classes)
             finally:
                 acc.busy -= 1
                 self._idle.notify_all()
+        for listener in self._statistics_listeners:
+            for stats, classes, n in results:
+                try:
+                    listener(acc.info.name, acc.info.version, stats, classes, n)
+                except Exception:
+                    log.exception("telemetry: a statistics listener failed")
 
     def on_error(self, model: str, version: str, kind: str) -> None:
         """Count a failed request."""
