@@ -45,6 +45,7 @@ class Probe:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict for the report, ``seconds`` rounded to 2 places."""
         return {
             "float_layers": self.float_layers,
             "drop_pts": self.drop_pts,
@@ -63,6 +64,8 @@ class MixedSearch:
     probes: list[Probe] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's ``mixed_search`` entry: the number of layers ranked rather than their
+        order, the float layers found and every probe."""
         return {
             "strategy": self.strategy,
             "layers": len(self.order),

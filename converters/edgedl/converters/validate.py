@@ -197,6 +197,7 @@ class LatencyStats:
     threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's ``latency_ms`` entry: the times rounded to 4 places."""
         return {
             "p50": round(self.p50, 4),
             "p95": round(self.p95, 4),

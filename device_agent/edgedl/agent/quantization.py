@@ -41,6 +41,8 @@ class InputQuantizer:
         self._buffers: dict[str, tuple[NDArray[np.float32], Array]] = {}
 
     def __call__(self, inputs: Mapping[str, Array]) -> Tensors:
+        """``inputs`` in the model's dtypes: integer tensors quantized into the kept buffers,
+        the others converted by :func:`edgedl.runtime.quantize`."""
         out: Tensors = {}
         for spec, plan in zip(self._specs, self._plans, strict=True):
             if plan is None:
@@ -77,6 +79,7 @@ class OutputDequantizer:
         ]
 
     def __call__(self, raw: Mapping[str, Array]) -> dict[str, NDArray[np.float32]]:
+        """``raw`` as float32 arrays, dequantized where the output has a quantization."""
         out: dict[str, NDArray[np.float32]] = {}
         for name, plan in zip(self._names, self._plans, strict=True):
             if plan is None:

@@ -78,6 +78,7 @@ class MemoryBudget:
 
     @property
     def available(self) -> int:
+        """The bytes not reserved by any request now."""
         return self.capacity - self.reserved
 
     async def reserve(self, nbytes: int, what: str) -> Reservation:

@@ -80,6 +80,8 @@ class AgentServer(uvicorn.Server):
         self._drain_deadline: float | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup, then the gRPC server's; a gRPC port that cannot be bound
+        stops the agent and is kept in ``grpc_error``."""
         await super().startup(sockets)
         if self.grpc_server is not None and self.started and not self.should_exit:
             try:
@@ -89,12 +91,15 @@ class AgentServer(uvicorn.Server):
                 self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop the gRPC server (one second's grace for calls left), then uvicorn's shutdown."""
         if self.grpc_server is not None:
             # The drain already waited for the calls in flight; this bounds any left.
             await self.grpc_server.stop(grace=1.0)
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first signal starts the drain (no new requests, systemd told it is stopping),
+        the second ends it at once, the third forces the exit."""
         # Not uvicorn's: it re-raises the signal after shutdown, which would make the exit
         # status "killed by SIGTERM" instead of 0.
         if self._drain_deadline is None:
@@ -108,6 +113,8 @@ class AgentServer(uvicorn.Server):
             self.force_exit = True
 
     async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick, plus: announce the agent on the first, pet the systemd watchdog,
+        and exit once a drain has no requests in flight or is past its deadline."""
         if counter == 0:
             self._announce()
         self.notifier.watchdog()

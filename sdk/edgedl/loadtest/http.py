@@ -28,6 +28,8 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
+        """The endpoint of ``url`` (port 80 when none is given, the path without its trailing
+        slash); :class:`UsageError` unless it is a plain ``http://`` URL with a host."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise UsageError(f"URL must look like http://HOST:PORT, not {url!r}")
@@ -95,6 +97,7 @@ class Connection:
             parts[-1] = parts[-1][:-2]
 
     def close(self) -> None:
+        """Close the socket, if one is open; the next exchange opens a new one."""
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None

@@ -42,6 +42,8 @@ class Step:
     cpu: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The step's results: requests, errors by status, throughput of the successful ones,
+        latency percentiles in ms (NaN when none succeeded) and the client's CPU time."""
         ok = len(self.latencies)
         total = ok + sum(self.errors.values())
         lat = np.asarray(self.latencies) * 1e3 if ok else np.asarray([np.nan])

@@ -40,6 +40,7 @@ class Link:
 
     @property
     def name(self) -> str:
+        """The layer's name from its config, kept when the chain is rebuilt."""
         return str(self.config["name"])
 
     def with_config(self, **changes: Any) -> Link:
@@ -57,6 +58,7 @@ class Chain:
     name: str
 
     def copy(self) -> Chain:
+        """A copy with its own list of links (the links themselves are shared)."""
         return Chain(self.input_name, self.input_shape, list(self.links), self.name)
 
 

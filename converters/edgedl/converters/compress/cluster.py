@@ -28,6 +28,7 @@ class Clustering:
     clusters: int
 
     def to_dict(self) -> dict[str, object]:
+        """The fields as a plain dict, for the ``layers`` list of the compression report."""
         return dict(self.__dict__)
 
 

@@ -31,6 +31,7 @@ class Factorization:
     factorized: bool
 
     def to_dict(self) -> dict[str, object]:
+        """The fields as a plain dict for the compression report, ``energy_kept`` rounded to 4."""
         return {**self.__dict__, "energy_kept": round(self.energy_kept, 4)}
 
 

@@ -306,6 +306,7 @@ def accuracy(model: Any, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
 
 
 def parameters(model: Any) -> int:
+    """The number of values in the module's parameters (trainable or not, buffers excluded)."""
     return int(sum(p.numel() for p in model.parameters()))
 
 

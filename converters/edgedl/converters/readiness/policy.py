@@ -37,22 +37,33 @@ class _Strict(BaseModel):
 
 
 class AccuracyGate(_Strict):
+    """The ``[accuracy]`` section: bounds on the drop from the reference, overall and per
+    class (percentage points), and on the artifact's own accuracy; each unset bound is skipped."""
+
     max_drop_pts: float | None = None
     max_class_drop_pts: float | None = None
     min_accuracy: float | None = Field(default=None, ge=0, le=1)
 
 
 class CalibrationGate(_Strict):
+    """The ``[calibration]`` section: the highest expected calibration error allowed."""
+
     max_ece: float | None = Field(default=None, ge=0, le=1)
 
 
 class RobustnessGate(_Strict):
+    """The ``[robustness]`` section: the accuracy every corruption (or only those listed)
+    must keep at one severity."""
+
     severity: int = Field(ge=min(SEVERITIES), le=max(SEVERITIES))
     min_accuracy: float = Field(ge=0, le=1)
     corruptions: list[str] | None = None
 
 
 class LoadGate(_Strict):
+    """The ``[load]`` section: the p99 latency bound at the slowest load-test step that
+    reaches ``rate`` requests/s (within 5%), with no errors."""
+
     rate: float = Field(gt=0)
     max_p99_ms: float = Field(gt=0)
 

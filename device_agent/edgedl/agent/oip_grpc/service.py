@@ -118,15 +118,20 @@ class InferenceService:
         return grpc.method_handlers_generic_handler(messages.SERVICE, methods)
 
     async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``ServerLive``: always live while the process answers."""
         return messages.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``ServerReady``: the agent's readiness, false while loading or draining."""
         return messages.ServerReadyResponse(ready=self.runtime.ready)
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``ServerMetadata``: the name ``edgedl`` and the agent's version."""
         return messages.ServerMetadataResponse(name="edgedl", version=__version__)
 
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``ModelReady``: the model (or version) is loaded and the agent is not draining;
+        ``NOT_FOUND`` for an unknown one."""
         try:
             model = self.repository.get(request.name, request.version or None)
         except ModelNotFound as exc:
@@ -135,6 +140,8 @@ class InferenceService:
         return messages.ModelReadyResponse(ready=ready)
 
     async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``ModelMetadata``: the model's versions, platform and input and output tensors,
+        as the HTTP API's model metadata gives them."""
         try:
             model = self.repository.get(request.name, request.version or None)
             versions = self.repository.versions(request.name)
@@ -152,6 +159,8 @@ class InferenceService:
         return response
 
     async def shm_register(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``SystemSharedMemoryRegister``: map the named region into the regions shared
+        with the HTTP API; ``INVALID_ARGUMENT`` when shared memory is off or the region is bad."""
         try:
             self._shm().register(request.name, request.key, request.offset, request.byte_size)
         except ServingError as exc:
@@ -159,6 +168,8 @@ class InferenceService:
         return messages.SystemSharedMemoryRegisterResponse()
 
     async def shm_unregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``SystemSharedMemoryUnregister``: unmap the named region (all of them when the
+        name is empty)."""
         try:
             self._shm().unregister(request.name)
         except ServingError as exc:
@@ -166,6 +177,8 @@ class InferenceService:
         return messages.SystemSharedMemoryUnregisterResponse()
 
     async def shm_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``SystemSharedMemoryStatus``: the registered regions (or the named one) with their
+        keys, offsets and sizes."""
         try:
             regions = self._shm().status(request.name)
         except ServingError as exc:
@@ -181,6 +194,8 @@ class InferenceService:
         return shared(self.regions)
 
     async def model_infer(self, message: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """``ModelInfer`` on the raw message: reserve the budget before parsing, run the model
+        under the call's deadline, and end the call with the error's status code on failure."""
         started = time.perf_counter()
         model: Servable | None = None
         reservation: Reservation | None = None

@@ -125,6 +125,9 @@ class ModelCounts:
 
 @dataclass
 class ModelAccumulator:
+    """One model version's part of a window: counts, latency and batch-size bins, the input
+    profile (when it has a reference), batches waiting to be folded, and label outcomes."""
+
     info: ModelInfo
     counts: ModelCounts = field(default_factory=ModelCounts)
     latency: Bins = field(default_factory=lambda: Bins(LATENCY_EDGES_MS))
@@ -198,6 +201,9 @@ class ModelAccumulator:
 
 @dataclass
 class WindowState:
+    """The window being built: its start time, an accumulator per model version, the
+    inferences so far, the sampled per-sample records and the label outcome counts."""
+
     start: float
     models: dict[tuple[str, str], ModelAccumulator] = field(default_factory=dict)
     inferences: int = 0
