@@ -24,6 +24,9 @@ class DeviceProfile:
     threads: int
     execution_providers: tuple[str, ...] = field(default_factory=tuple)
     io_dtype: str | None = None  # "uint8" for Edge TPU style integer I/O
+    # The device's CPU as platform.machine() names it; None where an accelerator runs the
+    # whole model (the Edge TPU), so no CPU's timing stands for it.
+    machine: str | None = "aarch64"
     notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +83,7 @@ DEVICES: dict[str, DeviceProfile] = {
             "litert",
             threads=4,
             io_dtype="uint8",
+            machine=None,
             notes="Full-integer uint8 I/O; run edgetpu_compiler on the model file afterwards.",
         ),
         DeviceProfile(
@@ -89,6 +93,7 @@ DEVICES: dict[str, DeviceProfile] = {
             "onnxruntime",
             threads=0,
             execution_providers=("CPUExecutionProvider",),
+            machine="x86_64",
             notes="threads=0 lets ONNX Runtime use every core.",
         ),
     )

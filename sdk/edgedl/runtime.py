@@ -74,6 +74,20 @@ def available_backends(runtime: str | None = None) -> list[str]:
     return found
 
 
+def first_backend(runtime: str) -> Any:
+    """The module of the first backend of ``runtime`` that imports, in order of preference.
+
+    Unlike :func:`available_backends` it stops at the first: TensorFlow, the last resort for
+    ``litert``, is imported only where LiteRT is not installed.
+    """
+    for name in _RUNTIME_BACKENDS.get(runtime, {}):
+        try:
+            return import_backend(name)
+        except Exception:  # a broken wheel (e.g. NumPy ABI mismatch) raises more than ImportError
+            continue
+    raise RuntimeUnavailableError(f"no {runtime} backend imports on this machine")
+
+
 def quantize(x: Array, spec: TensorSpec) -> Array:
     """Float data to the tensor's dtype, using its quantization when it is an integer tensor."""
     dtype = np.dtype(spec.dtype)

@@ -5,6 +5,7 @@ the LiteRT interpreter runs the bundle's model file when called directly."""
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,11 @@ def test_auto_for_a_litert_device_builds_tflite_candidates(digits_tflite: Any) -
     assert result.bundle.manifest.runtime == "litert"
     assert result.bundle.manifest.target == auto["chosen"]
     assert result.report["path"].startswith("litert-torch")
+    # Timed on this machine, not on the Pi: the report says so unless this is an aarch64 CPU.
+    told = [w for w in result.report["warnings"] if "latencies were measured on this" in w]
+    assert bool(told) == (platform.machine().lower() not in ("aarch64", "arm64")), told
+    if told:
+        assert "not on a rpi4" in told[0] and "edgedl loadtest" in told[0]
 
 
 def test_agent_serves_digits_tflite_like_litert(

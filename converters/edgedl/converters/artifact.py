@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgedl.bundle import Quantization, TensorSpec
-from edgedl.runtime import available_backends, import_backend
+from edgedl.runtime import first_backend
 
 _TFLITE_BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 _ONNX_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
@@ -34,7 +34,7 @@ def _counted(ops: list[str]) -> list[dict[str, Any]]:
 
 def describe_tflite(path: Path) -> ArtifactInfo:
     """Specs (by signature name) and float ops of a ``.tflite`` file."""
-    module = import_backend(available_backends("litert")[0])
+    module = first_backend("litert")
     # Without the default XNNPACK delegate, so the ops listed are the model's own.
     resolver = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType
     interp = module.Interpreter(

@@ -22,6 +22,7 @@ within the bound, the one with the smallest drop is still written, with the tabl
 from __future__ import annotations
 
 import math
+import platform
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -129,6 +130,9 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
         }
         report["max_accuracy_drop_pts"] = options.max_accuracy_drop
         report["passed"] = chosen["within_bound"]
+        elsewhere = _measured_elsewhere(options.device)
+        if elsewhere:
+            report["warnings"] = [*report.get("warnings", []), elsewhere]
         bundle = write_bundle(
             output,
             best.bundle.path / best.bundle.manifest.model_file,
@@ -181,6 +185,34 @@ def _mixed_precision(
     )  # fmt: skip
     result.report["mixed_search"] = search.to_dict()
     return result
+
+
+def _measured_elsewhere(device: str | None) -> str | None:
+    """A warning when the candidates' latencies, measured here, may rank differently on
+    ``device``: another CPU, an accelerator, or execution providers this machine lacks."""
+    if device is None:
+        return None
+    profile = get_device(device)
+    here = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
+    here = here or platform.machine().lower()
+    missing = [p for p in profile.execution_providers if p not in _available_providers()]
+    if profile.machine == here and not missing:
+        return None
+    what = f"on this {here} machine" + (f" without {', '.join(missing)}" if missing else "")
+    return (
+        f"the candidates' latencies were measured {what}, not on a {profile.name} "
+        f"({profile.description}): the ranking by speed may differ there; time the chosen "
+        "bundle on the device (edgedl loadtest) before relying on it"
+    )
+
+
+def _available_providers() -> list[str]:
+    try:
+        import onnxruntime
+
+        return list(onnxruntime.get_available_providers())
+    except ImportError:
+        return []
 
 
 def _reasons(rows: list[dict[str, Any]]) -> str:
@@ -273,8 +305,9 @@ def _rank(rows: list[dict[str, Any]], bound: float) -> list[dict[str, Any]]:
         (r for r in built if r["within_bound"] and not r["slower_than_fp32"]),
         key=lambda r: r["latency_p50_ms"],
     )
-    rest = sorted(
-        (r for r in built if r not in eligible), key=lambda r: (r["drop_pts"], r["latency_p50_ms"])
+    rest = sorted(  # at equal drops, a regression never ranks above what is not one
+        (r for r in built if r not in eligible),
+        key=lambda r: (r["drop_pts"], bool(r["slower_than_fp32"]), r["latency_p50_ms"]),
     )
     ranked = eligible + rest
     for i, r in enumerate(ranked, start=1):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -59,11 +61,12 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
 )
 @click.option(
     "--max-accuracy-drop",
-    type=float,
+    type=click.FloatRange(min=-100.0, max=100.0),
+    callback=lambda ctx, param, value: _a_number(param, value),
     default=1.0,
     show_default=True,
-    help="Fail (exit 3) when accuracy drops by more percentage points (absolute); the bound "
-    "of --target auto.",
+    help="Fail (exit 3) when accuracy drops by more percentage points (absolute, -100 to "
+    "100; below 0 asks for a gain); the bound of --target auto.",
 )
 @click.option(
     "--calibration-samples",
@@ -134,8 +137,8 @@ def convert(
         readiness=readiness,
         show_progress=not as_json and sys.stderr.isatty(),
     )
-    console = Console(stderr=as_json)
-    options.log = Console(stderr=True).print
+    console = _console(stderr=as_json)
+    options.log = _console(stderr=True).print
     try:
         result = (convert_auto if target == AUTO else run_convert)(model, options)
     except ValidationFailed as exc:
@@ -164,6 +167,21 @@ def convert(
         console.print(f"[green]readiness report written:[/] {readiness / 'report.html'}")
 
 
+def _a_number(param: click.Parameter, value: float) -> float:
+    """``value``, or a usage error when it is NaN (which FloatRange lets through)."""
+    if math.isnan(value):
+        raise click.BadParameter("nan is not a number of points", param=param)
+    return value
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console; off a terminal (a log, CI) 160 columns wide, so tables are not cut to 80."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def targets(as_json: bool) -> None:
@@ -187,4 +205,4 @@ def targets(as_json: bool) -> None:
             ", ".join(d["sources"]),
             t.description,
         )
-    Console().print(table)
+    _console().print(table)

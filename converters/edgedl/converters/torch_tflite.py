@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedl.errors import ConversionError
+from edgedl.errors import ConversionError, UsageError
 
 from . import torch_source
 from .bias_correction import correct_biases
@@ -209,12 +209,13 @@ def _recipe(mode: str) -> Any:
 def build(ctx: BuildContext, mode: str) -> BuildResult:
     """Build the tflite target ``mode`` (fp32, fp16, dynamic, int8) from a PyTorch source."""
     if mode == "int8" and ctx.io_dtype != "int8":
-        raise ConversionError(
-            f"--io {ctx.io_dtype} is not available from a PyTorch source: ai-edge-quantizer "
-            "writes int8 input and output (use --io int8)"
+        raise UsageError(
+            f"tflite-int8 from a PyTorch source has int8 input and output (ai-edge-quantizer "
+            f"writes no other), so --io {ctx.io_dtype} (given, or the --device profile's "
+            "default) is not available: give --io int8"
         )
     if mode not in ("fp32", "fp16", "dynamic", "int8"):
-        raise ConversionError(
+        raise UsageError(
             f"tflite {mode} is not available from a PyTorch source; use tflite-int8 "
             "(int8 I/O, which the agent quantizes and dequantizes for its callers)"
         )
