@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,11 @@ def test_missing_files_and_bad_options(digits, tmp_path):
                           out, "--calibration")  # fmt: skip
     _assert_clean_failure(run_edgedl("convert", digits.model, "-t", "onnx-fp32", "--io", "uint8",
                                      "-o", out), out, "--io")  # fmt: skip
+    for bound in ("nan", "101", "-inf"):  # refused before anything is converted: exit 2
+        result = run_edgedl("convert", digits.model, "-t", "onnx-fp32", "--max-accuracy-drop",
+                            bound, "-o", out)  # fmt: skip
+        _assert_clean_failure(result, out, "--max-accuracy-drop")
+        assert result.code == 2
 
 
 def test_existing_output_is_not_overwritten_without_force(digits, tmp_path):
@@ -155,3 +162,19 @@ def test_existing_output_is_not_overwritten_without_force(digits, tmp_path):
     result = run_edgedl("convert", digits.model, "-t", "tflite-fp32", "-o", out)
     assert result.code != 0 and "--force" in result.last_error_line
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_reading_a_tflite_artifact_does_not_import_tensorflow(digits_bundles):
+    # Every tflite-* conversion describes its artifact; with LiteRT installed that must not
+    # cost TensorFlow's import (seconds, and its CUDA probing on stderr).
+    model = digits_bundles["tflite-int8"].bundle.model_path
+    code = (
+        "import sys\n"
+        "from edgedl.converters.artifact import describe_tflite\n"
+        f"info = describe_tflite(__import__('pathlib').Path({str(model)!r}))\n"
+        "assert info.inputs, info\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:3])\n"
+        "sys.exit(1 if 'tensorflow' in sys.modules else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
