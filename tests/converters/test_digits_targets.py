@@ -90,6 +90,19 @@ def test_dynamic_onnx_warns_that_a_cnn_keeps_float_convolutions(digits_bundles):
     assert any("Conv" in w and "onnx-int8" in w for w in warnings)
 
 
+def test_a_target_whose_answers_depend_on_the_batch_says_so(digits_bundles):
+    # onnx-dynamic quantizes activations with one scale per batch: a sample's outputs move
+    # with the other samples of its batch, which the agent's batching makes real.
+    # Here the outputs are softmax probabilities and it moves them by 1e-5 of their range,
+    # under the warning's bound (tests/converters/test_torch_sources.py has logits over it).
+    print({t: r.report["batch_dependence"] for t, r in digits_bundles.items()})
+    assert digits_bundles["onnx-dynamic"].report["batch_dependence"] > 0
+    for target in ("onnx-fp32", "onnx-int8", "tflite-int8", "tflite-fp32", "tflite-dynamic"):
+        report = digits_bundles[target].report
+        assert report["batch_dependence"] == 0, target
+        assert not any("max_batch_size = 1" in w for w in report["warnings"]), target
+
+
 def test_manifest_carries_a_reference_profile_of_the_validation_data(digits_bundles, digits):
     manifest = digits_bundles["tflite-int8"].bundle.manifest
     profile = manifest.reference_profile()

@@ -121,3 +121,20 @@ def test_user_mistakes_are_one_line_each(torch_digits: Any, tmp_path: Path) -> N
     assert "array 'images'" in line and "forward takes input" in line
     assert zipfile.is_zipfile(torch_digits.state_dict)
     assert not (tmp_path / "b").exists()
+
+
+def test_dynamic_int8_logits_that_move_with_the_batch_are_warned_about(
+    torch_digits: Any, tmp_path: Path
+) -> None:
+    from edgedl.converters import ConvertOptions, convert
+
+    result = convert(
+        torch_digits.factory,
+        ConvertOptions(target="onnx-dynamic", state_dict=torch_digits.state_dict,
+                       validation=torch_digits.test, output=tmp_path / "dynamic"),
+    )  # fmt: skip
+    # Activations quantized with one scale per batch: a sample's logits run alone differ from
+    # the same sample's in a batch of 64 by more than 1e-4 of their range.
+    assert result.report["batch_dependence"] > 1e-4
+    (warning,) = [w for w in result.report["warnings"] if "max_batch_size = 1" in w]
+    assert "depend on the batch" in warning

@@ -240,6 +240,32 @@ class Validation:
     warnings: list[str] = field(default_factory=list)
 
 
+#: Samples run alone to compare with their batched outputs.
+BATCH_DEPENDENCE_SAMPLES = 8
+#: Largest difference, as a share of the outputs' range, that counts as batch-independent.
+BATCH_DEPENDENCE_WARN = 1e-4
+
+
+def batch_dependence(
+    runner: Runner, data: Dataset, name: str, batched: dict[str, NDArray[np.float32]]
+) -> float:
+    """How far the first samples' outputs run alone are from their outputs in a batch.
+
+    The largest absolute difference over every output, as a share of that output's range
+    (max - min over the batched outputs): 0 for a model whose answer for a sample never
+    depends on the other samples of its batch.
+    """
+    worst = 0.0
+    for i in range(min(BATCH_DEPENDENCE_SAMPLES, len(data))):
+        alone = runner.run(data.feeds(name, i, i + 1))
+        for key, values in batched.items():
+            span = float(np.ptp(values)) if values.size else 0.0
+            if span > 0 and key in alone:
+                diff = float(np.max(np.abs(alone[key][0] - values[i])))
+                worst = max(worst, diff / span)
+    return round(worst, 6)
+
+
 def validate(
     source: SourceModel,
     runner: Runner,
@@ -269,6 +295,16 @@ def validate(
             f"{nonfinite} output values are NaN/Inf in the artifact (overflow, e.g. in float16)"
         )
     report.update(judge(ref, art, data.y))
+    dependence = batch_dependence(runner, data, name, art)
+    report["batch_dependence"] = dependence
+    if dependence > BATCH_DEPENDENCE_WARN:
+        warnings.append(
+            f"a sample's outputs depend on the batch it runs in: run alone, they differ from "
+            f"the same sample's in a batch by up to {dependence:.1%} of the outputs' range "
+            "(activations quantized per batch, as dynamic quantization does); the agent "
+            "batches concurrent requests, so serve it with max_batch_size = 1 where one "
+            "request's answer must not depend on another's"
+        )
     latency = measure_latency(runner.run, data.feeds(name), runs=latency_runs)
     report["latency_ms"] = latency.to_dict()
     return Validation(report=report, artifact_outputs=art, warnings=warnings)
