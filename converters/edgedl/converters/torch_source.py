@@ -14,6 +14,7 @@ import importlib
 import inspect
 import io
 import logging
+import os
 import re
 import sys
 import warnings
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgedl.errors import ConversionError, ModelError
+from edgedl.errors import ConversionError, DataError, ModelError
 
 TORCH_SUFFIXES = {".pt", ".pth", ".pt2"}
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -42,8 +43,11 @@ def is_factory(spec: str) -> bool:
     return bool(_FACTORY.match(spec)) and not Path(spec).exists()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -217,22 +221,61 @@ def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the exporters' progress lines and warnings off the user's terminal."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+def _quiet(log: Path | None = None) -> Iterator[None]:
+    """Keep the exporters' progress lines and warnings off the user's terminal. With ``log``,
+    everything written to file descriptor 2 meanwhile (torch's own log lines, its C++ logs,
+    the graphs ``torch.export`` prints when it cannot trace) goes to that file instead."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    saved = None
     try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
+        with contextlib.ExitStack() as stack:
+            sys.stderr.flush()
+            stack.enter_context(warnings.catch_warnings())
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
             warnings.simplefilter("ignore")
+            if log is not None:
+                sink = stack.enter_context(open(log, "ab"))
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
             yield
     finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def check_fits(model: TorchModule, example: Sequence[Any], data: str | None) -> None:
+    """Run ``model`` once, eagerly, on ``example`` (a batch shaped as the data's samples);
+    :class:`DataError` naming ``data`` and the module's complaint when it does not take it."""
+    torch = _import_torch()
+    # A torch.export program may take one batch size only (the one it was traced at): it
+    # fits when it takes one sample or two.
+    tries = [example] if model.exported_program is None else [[t[:1] for t in example], example]
+    failures: list[Exception] = []
+    for batch in tries:
+        try:
+            with _quiet(), torch.no_grad():
+                model.module(*batch)
+            return
+        except Exception as exc:
+            failures.append(exc)
+    shapes = ", ".join(str(list(t.shape[1:])) for t in example)
+    shape = list(example[0].shape[1:]) if len(example) == 1 else []
+    hint = ""
+    if len(shape) == 3 and shape[-1] <= 4 < shape[0]:
+        hint = "; PyTorch models usually take channels first (N, C, H, W)"
+    raise DataError(
+        f"{data or 'the data'}: samples of shape {shapes} do not fit the module "
+        f"({_first_line(failures[0])[:200]}){hint}"
+    ) from failures[0]
 
 
 def export_onnx(
@@ -241,6 +284,7 @@ def export_onnx(
     out: Path,
     opset: int = 18,
     samples: Mapping[str, NDArray[Any]] | None = None,
+    data: str | None = None,
 ) -> tuple[str, list[str]]:
     """Export ``model`` to ONNX at ``out`` with a dynamic batch axis; return (exporter, notes).
 
@@ -249,7 +293,10 @@ def export_onnx(
     module takes those named inputs instead of one float ``input`` of ``sample_shape``.
 
     ``torch.export`` (``dynamo=True``) first; when it cannot trace the module, the TorchScript
-    exporter, with a note saying why. :class:`ConversionError` when neither can.
+    exporter, with a note saying why. :class:`ConversionError` when neither can. The module
+    first runs once on the example, so data shaped wrong is a :class:`DataError` naming
+    ``data`` (the data file, as the user gave it). What the exporters print goes to
+    ``torch-export.log`` beside ``out``.
     """
     torch = _import_torch()
     if samples:
@@ -258,6 +305,8 @@ def export_onnx(
         example = (torch.zeros((2, *sample_shape), dtype=torch.float32),)
     input_names = list(samples) if samples else [INPUT_NAME]
     names = {"input_names": input_names}
+    check_fits(model, example, data)
+    log = out.parent / "torch-export.log"
     notes: list[str] = []
     if model.form != "torchscript":
         target = model.exported_program if model.exported_program is not None else model.module
@@ -267,7 +316,7 @@ def export_onnx(
             else tuple({0: torch.export.Dim.AUTO} for _ in example)
         )
         try:
-            with _quiet():
+            with _quiet(log):
                 torch.onnx.export(
                     target, example, str(out), dynamo=True, dynamic_shapes=batch,
                     opset_version=opset, external_data=False, **names,
@@ -283,7 +332,7 @@ def export_onnx(
                 "exported with the TorchScript exporter instead"
             )
     try:
-        with _quiet():
+        with _quiet(log):
             torch.onnx.export(
                 model.module, example, str(out), dynamo=False, opset_version=opset,
                 dynamic_axes={n: {0: "batch"} for n in input_names}, **names,

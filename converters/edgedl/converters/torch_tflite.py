@@ -44,10 +44,7 @@ onnx-* targets, which take every PyTorch module ``torch.onnx.export`` takes.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,21 +73,10 @@ def _quiet(log: Path | None = None) -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    saved = None
     try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch_source._quiet())
-            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-            if log is not None:
-                sys.stderr.flush()
-                sink = stack.enter_context(open(log, "ab"))
-                saved = os.dup(2)
-                os.dup2(sink.fileno(), 2)
+        with torch_source._quiet(log):
             yield
     finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
