@@ -141,22 +141,62 @@ def load_module(spec: str, state_dict: Path | None) -> TorchModule:
         raise ModelError(
             f"{path} is not a PyTorch model: TorchScript and torch.export files are zip archives"
         )
-    if path.suffix.lower() == ".pt2":
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:
-            raise ModelError(f"cannot read torch.export file {path}: {_first_line(exc)}") from exc
-        return TorchModule(program.module(), "torch.export", exported_program=program)
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
+    layout = archive_kind(path)
+    if layout == "pickle":
         if _is_state_dict(torch, path):
             raise ModelError(
                 f"{path} holds only weights (a state dict): give the module as "
                 f"package.module:factory --state-dict {path.name}"
-            ) from exc
+            )
+        raise ModelError(
+            f"{path.name} holds a pickled nn.Module (torch.save(model)), which edgedl does not "
+            "unpickle: save it with torch.jit.save(torch.jit.script(model)) or "
+            "torch.export.save(...), or give its factory as package.module:factory with "
+            "--state-dict"
+        )
+    # The archive's layout, not its name, says what it is: a renamed file loads as what it is.
+    if layout == "torch.export" or (layout is None and path.suffix.lower() == ".pt2"):
+        try:
+            with _quiet(Path(os.devnull)):  # torch logs a traceback before it raises
+                program = torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelError(f"cannot read torch.export file {path}: {_first_line(exc)}") from exc
+        return TorchModule(program.module(), "torch.export", exported_program=program)
+    try:
+        with _quiet(Path(os.devnull)):
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
         raise ModelError(f"cannot read TorchScript file {path}: {_first_line(exc)}") from exc
     return TorchModule(module.eval(), "torchscript")
+
+
+def archive_kind(path: Path) -> str | None:
+    """What a PyTorch zip archive holds, from its layout: ``"torchscript"`` (``constants.pkl``
+    and ``code/``), ``"torch.export"`` (``archive_format``, or ``models/`` and no pickle), or
+    ``"pickle"`` (``torch.save``: ``data.pkl`` only, a state dict or a whole module); None
+    for anything else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {n.split("/", 1)[1] for n in archive.namelist() if "/" in n}
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if "constants.pkl" in names and any(n.startswith("code/") for n in names):
+        return "torchscript"
+    if "archive_format" in names or (
+        any(n.startswith("models/") for n in names) and "data.pkl" not in names
+    ):
+        return "torch.export"
+    if "data.pkl" in names:
+        return "pickle"
+    return None
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript file (by its archive layout, whatever its name)."""
+    return path.is_file() and zipfile.is_zipfile(path) and archive_kind(path) == "torchscript"
+
+
+_ARCHIVE_NAMES = {"torchscript": "a TorchScript model", "torch.export": "a torch.export archive"}
 
 
 def _is_state_dict(torch: Any, path: Path) -> bool:
@@ -203,9 +243,22 @@ def _from_factory(torch: Any, spec: str, state_dict: Path | None) -> TorchModule
 def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
     if not path.is_file():
         raise ModelError(f"state dict not found: {path}")
+    layout = archive_kind(path) if zipfile.is_zipfile(path) else None
+    if layout in _ARCHIVE_NAMES:
+        raise ModelError(
+            f"{path.name} is {_ARCHIVE_NAMES[layout]}, not a state dict: give it as MODEL "
+            "(without --state-dict)"
+        )
     try:
-        weights = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if layout == "pickle":  # weights_only refuses anything but tensors and containers
+            raise ModelError(
+                f"{path.name} holds a pickled object (torch.save(model)?), not a state dict: "
+                "save model.state_dict() instead"
+            ) from exc
         raise ModelError(f"cannot read state dict {path}: {_first_line(exc)}") from exc
     if isinstance(weights, Mapping) and isinstance(weights.get("state_dict"), Mapping):
         weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., ...}
