@@ -32,6 +32,11 @@ from edgedl.errors import ConversionError, DataError, ModelError
 TORCH_SUFFIXES = {".pt", ".pth", ".pt2"}
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 INPUT_NAME = "input"
+TORCHSCRIPT_TFLITE = (
+    "a TorchScript file converts to ONNX targets only (litert-torch traces with torch.export, "
+    "which cannot read TorchScript); for tflite-* give the module as a torch.export .pt2 or "
+    "package.module:factory (docs/converting.md)"
+)
 _INSTALL_HINT = (
     "PyTorch sources need torch: pip install 'edgedl[torch]' "
     "(a CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
