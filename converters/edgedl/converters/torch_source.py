@@ -236,13 +236,39 @@ def _from_factory(torch: Any, spec: str, state_dict: Path | None) -> TorchModule
         )
     notes = []
     if state_dict is None:
-        notes.append(
-            f"no --state-dict: converted the weights {spec} creates itself "
-            "(random unless the factory loads them)"
-        )
+        note = _random_weights_note(torch, factory, module, spec)
+        if note:
+            notes.append(note)
     else:
         _load_state_dict(torch, module, state_dict, spec)
     return TorchModule(module.eval(), "factory", warnings=notes)
+
+
+def _random_weights_note(torch: Any, factory: Any, module: Any, spec: str) -> str | None:
+    """A warning when ``factory`` makes random weights: a second call's weights differ from
+    ``module``'s. None when they are the same (the factory loads, or seeds, its weights)."""
+    hedge = (
+        f"no --state-dict: converted the weights {spec} creates itself "
+        "(random unless the factory loads them)"
+    )
+    try:
+        again = factory()
+        first, second = module.state_dict(), again.state_dict()
+    except Exception:
+        return hedge
+    same = first.keys() == second.keys() and all(
+        not isinstance(v, torch.Tensor) or (
+            v.shape == second[k].shape and v.dtype == second[k].dtype
+            and torch.equal(v, second[k])
+        )
+        for k, v in first.items()
+    )  # fmt: skip
+    if same:
+        return None
+    return (
+        f"the converted model has random weights: {spec} creates new ones on every call and "
+        "no --state-dict was given (give --state-dict FILE, or a factory that loads its weights)"
+    )
 
 
 def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
