@@ -191,6 +191,12 @@ def test_torch_files_are_read_as_what_their_archive_holds(
             torch_source.load_module(torch_digits.factory, Path(path))
     assert capfd.readouterr().err == ""  # torch.load's UserWarning is not shown
 
+    import torch
+
+    torch.save([torch.zeros(2)], tmp_path / "tensors.pt")
+    with pytest.raises(ModelError, match=r"tensors.pt holds a pickled list \(torch.save\), not a"):
+        torch_source.load_module(str(tmp_path / "tensors.pt"), None)
+
 
 def test_pickled_module_and_state_dict_mixups_are_one_line(torch_digits: Any, nets: Path) -> None:
     import torch

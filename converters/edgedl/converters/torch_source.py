@@ -148,10 +148,16 @@ def load_module(spec: str, state_dict: Path | None) -> TorchModule:
         )
     layout = archive_kind(path)
     if layout == "pickle":
-        if _is_state_dict(torch, path):
+        loaded = _weights_only(torch, path)
+        if isinstance(loaded, Mapping):
             raise ModelError(
                 f"{path} holds only weights (a state dict): give the module as "
                 f"package.module:factory --state-dict {path.name}"
+            )
+        if loaded is not None:
+            raise ModelError(
+                f"{path.name} holds a pickled {type(loaded).__name__} (torch.save), not a model: "
+                "give a TorchScript or torch.export file, or package.module:factory"
             )
         raise ModelError(
             f"{path.name} holds a pickled nn.Module (torch.save(model)), which edgedl does not "
@@ -204,12 +210,15 @@ def is_torchscript(path: Path) -> bool:
 _ARCHIVE_NAMES = {"torchscript": "a TorchScript model", "torch.export": "a torch.export archive"}
 
 
-def _is_state_dict(torch: Any, path: Path) -> bool:
+def _weights_only(torch: Any, path: Path) -> Any:
+    """What ``torch.load(weights_only=True)`` reads from ``path`` (tensors in containers);
+    None when it refuses (a pickled module or other code)."""
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception:
-        return False
-    return isinstance(loaded, Mapping)
+        return None
 
 
 def _from_factory(torch: Any, spec: str, state_dict: Path | None) -> TorchModule:
