@@ -142,17 +142,40 @@ def test_agent_serves_digits_tflite_like_litert(
     _served_like_litert(bundles, x, tmp_path / "agent.log")
 
 
+DATA_DEPENDENT = """
+import torch
+from torch import nn
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):  # Python control flow on a value: torch.export cannot trace it
+        y = self.fc(x.flatten(1))
+        return y * 2 if y.sum() > 1e9 else y
+
+
+def make_dd():
+    torch.manual_seed(0)
+    return DataDependent()
+"""
+
+
 def test_a_module_litert_torch_cannot_trace_fails_in_one_line(
     torch_digits: Any, tmp_path: Path
 ) -> None:
+    (tmp_path / "edgedl_test_dd.py").write_text(DATA_DEPENDENT)
     result = run_edgedl(
-        "convert", torch_digits.torchscript, "--target", "tflite-int8",
-        "--calibration", torch_digits.train, "-o", tmp_path / "b",
+        "convert", "edgedl_test_dd:make_dd", "--target", "tflite-int8",
+        "--calibration", torch_digits.train, "-o", tmp_path / "b", cwd=tmp_path,
     )  # fmt: skip
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no FX graph dump
     line = result.last_error_line
-    assert "litert-torch could not convert the torchscript module" in line
+    assert "litert-torch could not convert the factory module" in line
     assert "torch.export → litert-torch → TFLite" in line and "onnx-*" in line
     assert not (tmp_path / "b").exists()
 

@@ -35,6 +35,7 @@ from edgedl.bundle import pack_bundle, write_bundle
 from edgedl.devices import get_device
 from edgedl.errors import ConversionError, UsageError, ValidationFailed
 
+from . import torch_source
 from .convert import ConvertOptions, ConvertResult, convert, default_name
 from .data import load_dataset, load_named_inputs, stored_named_samples
 from .mixed_precision import search_float_layers
@@ -86,10 +87,13 @@ def convert_auto(model: str | Path, options: ConvertOptions) -> ConvertResult:
     output = (options.output or Path.cwd() / f"{name}-{options.version}-auto").resolve()
     if output.exists() and not options.force:
         raise UsageError(f"{output} already exists (use --force to replace it)")
+    candidates = candidates_for(model_path, options.device)
+    if TARGETS[candidates[0]].family == "tflite" and torch_source.is_torchscript(model_path):
+        raise UsageError(torch_source.TORCHSCRIPT_TFLITE)
     rows: list[dict[str, Any]] = []
     results: dict[str, ConvertResult] = {}
     with tempfile.TemporaryDirectory(prefix="edgedl-auto-") as tmp:
-        for target in candidates_for(model_path, options.device):
+        for target in candidates:
             if TARGETS[target].needs_calibration and options.calibration is None:
                 rows.append({"target": target, "skipped": "needs --calibration"})
                 continue

@@ -388,7 +388,10 @@ def load_inputs(
     """The source model (exported into ``workdir`` as needed) and its calibration and
     validation data, as ``convert`` reads them; plus the warnings reading them raised."""
     kind = detect_kind(model)
-    source = load_source(model, workdir, options.state_dict, _torch_sample_shape(kind, options))
+    shape = _torch_sample_shape(kind, options)
+    data = options.calibration or options.validation
+    role = "calibration" if options.calibration else "validation"
+    source = load_source(model, workdir, options.state_dict, shape, f"{role} data {data}")
     calibration, validation, warnings = _load_data(source, options, target)
     return source, calibration, validation, warnings
 

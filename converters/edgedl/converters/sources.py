@@ -96,19 +96,22 @@ def load_source(
     workdir: Path,
     state_dict: Path | None = None,
     sample_shape: tuple[int, ...] | Mapping[str, NDArray[Any]] | None = None,
+    data: str | None = None,
 ) -> SourceModel:
     """Load a source model; a Keras model is exported to a SavedModel under ``workdir``.
 
     A PyTorch source needs ``sample_shape`` (one sample's input shape, from the data, or one
     sample of each named input for a module with several or integer inputs) and
     takes ``state_dict`` when it is a ``module:factory``; it is exported to ONNX in ``workdir``.
+    ``data`` names where that shape came from (``"calibration data train.npz"``) for the
+    :class:`~edgedl.errors.DataError` that data the module does not take raises.
     """
     p = Path(path)
     kind = detect_kind(p)
     if kind == "torch":
         if sample_shape is None:
             raise ModelError("a PyTorch source needs data to take its input shape from")
-        return _load_torch(str(path), state_dict, sample_shape, workdir)
+        return _load_torch(str(path), state_dict, sample_shape, workdir, data)
     if kind == "onnx":
         return _load_onnx(p)
     saved_model = p
@@ -258,6 +261,7 @@ def _load_torch(
     state_dict: Path | None,
     sample_shape: tuple[int, ...] | Mapping[str, NDArray[Any]],
     workdir: Path,
+    data: str | None = None,
 ) -> SourceModel:
     import onnx
 
@@ -268,7 +272,9 @@ def _load_torch(
         order = torch_source.input_order(model, list(sample_shape))
         samples = {n: sample_shape[n] for n in order}
         sample_shape = ()
-    exporter, notes = torch_source.export_onnx(model, sample_shape, onnx_path, samples=samples)
+    exporter, notes = torch_source.export_onnx(
+        model, sample_shape, onnx_path, samples=samples, data=data
+    )
     proto = onnx.load(str(onnx_path))
     exported = _load_onnx(onnx_path)
     names = [s.name for s in exported.outputs]

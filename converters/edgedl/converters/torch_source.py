@@ -14,6 +14,7 @@ import importlib
 import inspect
 import io
 import logging
+import os
 import re
 import sys
 import warnings
@@ -26,11 +27,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgedl.errors import ConversionError, ModelError
+from edgedl.errors import ConversionError, DataError, ModelError
 
 TORCH_SUFFIXES = {".pt", ".pth", ".pt2"}
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 INPUT_NAME = "input"
+TORCHSCRIPT_TFLITE = (
+    "a TorchScript file converts to ONNX targets only (litert-torch traces with torch.export, "
+    "which cannot read TorchScript); for tflite-* give the module as a torch.export .pt2 or "
+    "package.module:factory (docs/converting.md)"
+)
 _INSTALL_HINT = (
     "PyTorch sources need torch: pip install 'edgedl[torch]' "
     "(a CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
@@ -42,8 +48,11 @@ def is_factory(spec: str) -> bool:
     return bool(_FACTORY.match(spec)) and not Path(spec).exists()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -137,30 +146,79 @@ def load_module(spec: str, state_dict: Path | None) -> TorchModule:
         raise ModelError(
             f"{path} is not a PyTorch model: TorchScript and torch.export files are zip archives"
         )
-    if path.suffix.lower() == ".pt2":
+    layout = archive_kind(path)
+    if layout == "pickle":
+        loaded = _weights_only(torch, path)
+        if isinstance(loaded, Mapping):
+            raise ModelError(
+                f"{path} holds only weights (a state dict): give the module as "
+                f"package.module:factory --state-dict {path.name}"
+            )
+        if loaded is not None:
+            raise ModelError(
+                f"{path.name} holds a pickled {type(loaded).__name__} (torch.save), not a model: "
+                "give a TorchScript or torch.export file, or package.module:factory"
+            )
+        raise ModelError(
+            f"{path.name} holds a pickled nn.Module (torch.save(model)), which edgedl does not "
+            "unpickle: save it with torch.jit.save(torch.jit.script(model)) or "
+            "torch.export.save(...), or give its factory as package.module:factory with "
+            "--state-dict"
+        )
+    # The archive's layout, not its name, says what it is: a renamed file loads as what it is.
+    if layout == "torch.export" or (layout is None and path.suffix.lower() == ".pt2"):
         try:
-            program = torch.export.load(str(path))
+            with _quiet(Path(os.devnull)):  # torch logs a traceback before it raises
+                program = torch.export.load(str(path))
         except Exception as exc:
             raise ModelError(f"cannot read torch.export file {path}: {_first_line(exc)}") from exc
         return TorchModule(program.module(), "torch.export", exported_program=program)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with _quiet(Path(os.devnull)):
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        if _is_state_dict(torch, path):
-            raise ModelError(
-                f"{path} holds only weights (a state dict): give the module as "
-                f"package.module:factory --state-dict {path.name}"
-            ) from exc
         raise ModelError(f"cannot read TorchScript file {path}: {_first_line(exc)}") from exc
     return TorchModule(module.eval(), "torchscript")
 
 
-def _is_state_dict(torch: Any, path: Path) -> bool:
+def archive_kind(path: Path) -> str | None:
+    """What a PyTorch zip archive holds, from its layout: ``"torchscript"`` (``constants.pkl``
+    and ``code/``), ``"torch.export"`` (``archive_format``, or ``models/`` and no pickle), or
+    ``"pickle"`` (``torch.save``: ``data.pkl`` only, a state dict or a whole module); None
+    for anything else."""
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            names = {n.split("/", 1)[1] for n in archive.namelist() if "/" in n}
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if "constants.pkl" in names and any(n.startswith("code/") for n in names):
+        return "torchscript"
+    if "archive_format" in names or (
+        any(n.startswith("models/") for n in names) and "data.pkl" not in names
+    ):
+        return "torch.export"
+    if "data.pkl" in names:
+        return "pickle"
+    return None
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript file (by its archive layout, whatever its name)."""
+    return path.is_file() and zipfile.is_zipfile(path) and archive_kind(path) == "torchscript"
+
+
+_ARCHIVE_NAMES = {"torchscript": "a TorchScript model", "torch.export": "a torch.export archive"}
+
+
+def _weights_only(torch: Any, path: Path) -> Any:
+    """What ``torch.load(weights_only=True)`` reads from ``path`` (tensors in containers);
+    None when it refuses (a pickled module or other code)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception:
-        return False
-    return isinstance(loaded, Mapping)
+        return None
 
 
 def _from_factory(torch: Any, spec: str, state_dict: Path | None) -> TorchModule:
@@ -187,21 +245,60 @@ def _from_factory(torch: Any, spec: str, state_dict: Path | None) -> TorchModule
         )
     notes = []
     if state_dict is None:
-        notes.append(
-            f"no --state-dict: converted the weights {spec} creates itself "
-            "(random unless the factory loads them)"
-        )
+        note = _random_weights_note(torch, factory, module, spec)
+        if note:
+            notes.append(note)
     else:
         _load_state_dict(torch, module, state_dict, spec)
     return TorchModule(module.eval(), "factory", warnings=notes)
 
 
+def _random_weights_note(torch: Any, factory: Any, module: Any, spec: str) -> str | None:
+    """A warning when ``factory`` makes random weights: a second call's weights differ from
+    ``module``'s. None when they are the same (the factory loads, or seeds, its weights)."""
+    hedge = (
+        f"no --state-dict: converted the weights {spec} creates itself "
+        "(random unless the factory loads them)"
+    )
+    try:
+        again = factory()
+        first, second = module.state_dict(), again.state_dict()
+    except Exception:
+        return hedge
+    same = first.keys() == second.keys() and all(
+        not isinstance(v, torch.Tensor) or (
+            v.shape == second[k].shape and v.dtype == second[k].dtype
+            and torch.equal(v, second[k])
+        )
+        for k, v in first.items()
+    )  # fmt: skip
+    if same:
+        return None
+    return (
+        f"the converted model has random weights: {spec} creates new ones on every call and "
+        "no --state-dict was given (give --state-dict FILE, or a factory that loads its weights)"
+    )
+
+
 def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
     if not path.is_file():
         raise ModelError(f"state dict not found: {path}")
+    layout = archive_kind(path) if zipfile.is_zipfile(path) else None
+    if layout in _ARCHIVE_NAMES:
+        raise ModelError(
+            f"{path.name} is {_ARCHIVE_NAMES[layout]}, not a state dict: give it as MODEL "
+            "(without --state-dict)"
+        )
     try:
-        weights = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if layout == "pickle":  # weights_only refuses anything but tensors and containers
+            raise ModelError(
+                f"{path.name} holds a pickled object (torch.save(model)?), not a state dict: "
+                "save model.state_dict() instead"
+            ) from exc
         raise ModelError(f"cannot read state dict {path}: {_first_line(exc)}") from exc
     if isinstance(weights, Mapping) and isinstance(weights.get("state_dict"), Mapping):
         weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., ...}
@@ -217,22 +314,61 @@ def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the exporters' progress lines and warnings off the user's terminal."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+def _quiet(log: Path | None = None) -> Iterator[None]:
+    """Keep the exporters' progress lines and warnings off the user's terminal. With ``log``,
+    everything written to file descriptor 2 meanwhile (torch's own log lines, its C++ logs,
+    the graphs ``torch.export`` prints when it cannot trace) goes to that file instead."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    saved = None
     try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
+        with contextlib.ExitStack() as stack:
+            sys.stderr.flush()
+            stack.enter_context(warnings.catch_warnings())
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
             warnings.simplefilter("ignore")
+            if log is not None:
+                sink = stack.enter_context(open(log, "ab"))
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
             yield
     finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def check_fits(model: TorchModule, example: Sequence[Any], data: str | None) -> None:
+    """Run ``model`` once, eagerly, on ``example`` (a batch shaped as the data's samples);
+    :class:`DataError` naming ``data`` and the module's complaint when it does not take it."""
+    torch = _import_torch()
+    # A torch.export program may take one batch size only (the one it was traced at): it
+    # fits when it takes one sample or two.
+    tries = [example] if model.exported_program is None else [[t[:1] for t in example], example]
+    failures: list[Exception] = []
+    for batch in tries:
+        try:
+            with _quiet(), torch.no_grad():
+                model.module(*batch)
+            return
+        except Exception as exc:
+            failures.append(exc)
+    shapes = ", ".join(str(list(t.shape[1:])) for t in example)
+    shape = list(example[0].shape[1:]) if len(example) == 1 else []
+    hint = ""
+    if len(shape) == 3 and shape[-1] <= 4 < shape[0]:
+        hint = "; PyTorch models usually take channels first (N, C, H, W)"
+    raise DataError(
+        f"{data or 'the data'}: samples of shape {shapes} do not fit the module "
+        f"({_first_line(failures[0])[:200]}){hint}"
+    ) from failures[0]
 
 
 def export_onnx(
@@ -241,6 +377,7 @@ def export_onnx(
     out: Path,
     opset: int = 18,
     samples: Mapping[str, NDArray[Any]] | None = None,
+    data: str | None = None,
 ) -> tuple[str, list[str]]:
     """Export ``model`` to ONNX at ``out`` with a dynamic batch axis; return (exporter, notes).
 
@@ -249,7 +386,10 @@ def export_onnx(
     module takes those named inputs instead of one float ``input`` of ``sample_shape``.
 
     ``torch.export`` (``dynamo=True``) first; when it cannot trace the module, the TorchScript
-    exporter, with a note saying why. :class:`ConversionError` when neither can.
+    exporter, with a note saying why. :class:`ConversionError` when neither can. The module
+    first runs once on the example, so data shaped wrong is a :class:`DataError` naming
+    ``data`` (the data file, as the user gave it). What the exporters print goes to
+    ``torch-export.log`` beside ``out``.
     """
     torch = _import_torch()
     if samples:
@@ -258,6 +398,8 @@ def export_onnx(
         example = (torch.zeros((2, *sample_shape), dtype=torch.float32),)
     input_names = list(samples) if samples else [INPUT_NAME]
     names = {"input_names": input_names}
+    check_fits(model, example, data)
+    log = out.parent / "torch-export.log"
     notes: list[str] = []
     if model.form != "torchscript":
         target = model.exported_program if model.exported_program is not None else model.module
@@ -267,7 +409,7 @@ def export_onnx(
             else tuple({0: torch.export.Dim.AUTO} for _ in example)
         )
         try:
-            with _quiet():
+            with _quiet(log):
                 torch.onnx.export(
                     target, example, str(out), dynamo=True, dynamic_shapes=batch,
                     opset_version=opset, external_data=False, **names,
@@ -283,7 +425,7 @@ def export_onnx(
                 "exported with the TorchScript exporter instead"
             )
     try:
-        with _quiet():
+        with _quiet(log):
             torch.onnx.export(
                 model.module, example, str(out), dynamo=False, opset_version=opset,
                 dynamic_axes={n: {0: "batch"} for n in input_names}, **names,

@@ -44,10 +44,7 @@ onnx-* targets, which take every PyTorch module ``torch.onnx.export`` takes.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,21 +73,10 @@ def _quiet(log: Path | None = None) -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    saved = None
     try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch_source._quiet())
-            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-            if log is not None:
-                sys.stderr.flush()
-                sink = stack.enter_context(open(log, "ab"))
-                saved = os.dup(2)
-                os.dup2(sink.fileno(), 2)
+        with torch_source._quiet(log):
             yield
     finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
@@ -154,15 +140,9 @@ def float_tflite(ctx: BuildContext) -> Path:
     except ConversionError:
         raise
     except Exception as exc:  # torch.export, lowering and MLIR errors of every kind
-        hint = (
-            " (litert-torch traces with torch.export, which cannot read TorchScript: give the "
-            "module as package.module:factory --state-dict, or a torch.export .pt2 file)"
-            if model.form == "torchscript"
-            else ""
-        )
         raise ConversionError(
             f"litert-torch could not convert the {model.form} module ({_TRIED}): "
-            f"{_first_line(exc)}{hint}; there is no ONNX → TFLite route in edgedl, use an "
+            f"{_first_line(exc)}; there is no ONNX → TFLite route in edgedl, use an "
             "onnx-* target"
         ) from exc
     return out
@@ -208,6 +188,9 @@ def _recipe(mode: str) -> Any:
 
 def build(ctx: BuildContext, mode: str) -> BuildResult:
     """Build the tflite target ``mode`` (fp32, fp16, dynamic, int8) from a PyTorch source."""
+    model = ctx.source.torch_module
+    if model is not None and model.form == "torchscript":
+        raise UsageError(torch_source.TORCHSCRIPT_TFLITE)
     if mode == "int8" and ctx.io_dtype != "int8":
         raise UsageError(
             f"tflite-int8 from a PyTorch source has int8 input and output (ai-edge-quantizer "
