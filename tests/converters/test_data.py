@@ -368,9 +368,7 @@ def test_png_folder_for_an_nchw_onnx_model(tmp_path, sample_shape):
     options = ConvertOptions(calibration=tmp_path / "imgs", validation=tmp_path / "imgs")
     work = tmp_path / "work"
     work.mkdir()
-    source, calibration, validation, _ = load_inputs(
-        model, options, get_target("onnx-int8"), work
-    )
+    source, calibration, validation, _ = load_inputs(model, options, get_target("onnx-int8"), work)
     assert source.inputs[0].sample_shape[-3:] == tuple(sample_shape)
     for ds in (calibration, validation):
         assert ds is not None
