@@ -39,6 +39,8 @@ class Dataset:
     class_names: list[str] | None = None
     # Every input by name, in its own dtype, for a model with several or integer inputs.
     inputs: dict[str, NDArray[Any]] | None = None
+    # Set on a subset drawn by :func:`calibration_subset`: how many samples the data held.
+    drawn_from: int | None = None
 
     def feeds(self, name: str, start: int = 0, stop: int | None = None) -> dict[str, NDArray[Any]]:
         """Samples ``start:stop`` of every input by name (``{name: x}`` for a single input)."""
@@ -59,14 +61,46 @@ class Dataset:
 
     def head(self, n: int) -> Dataset:
         """The first ``n`` samples."""
+        return self.take(np.arange(min(n, len(self))))
+
+    def take(self, indices: Sequence[int] | NDArray[np.integer[Any]]) -> Dataset:
+        """The samples at ``indices``, in that order (labels, names and inputs with them)."""
+        idx = np.asarray(indices, dtype=np.int64)
         return Dataset(
-            x=self.x[:n],
-            y=None if self.y is None else self.y[:n],
+            x=self.x[idx],
+            y=None if self.y is None else self.y[idx],
             source=self.source,
-            sample_names=None if self.sample_names is None else self.sample_names[:n],
+            sample_names=None if self.sample_names is None else [self.sample_names[i] for i in idx],
             class_names=self.class_names,
-            inputs=None if self.inputs is None else {k: v[:n] for k, v in self.inputs.items()},
+            inputs=None if self.inputs is None else {k: v[idx] for k, v in self.inputs.items()},
+            drawn_from=self.drawn_from,
         )
+
+    @property
+    def samples_in_data(self) -> int:
+        """How many samples the data file held (more than ``len`` for a drawn subset)."""
+        return self.drawn_from if self.drawn_from is not None else len(self)
+
+
+CALIBRATION_SEED = 0  # fixed, so a conversion picks the same calibration samples every time
+
+
+def calibration_subset(ds: Dataset, n: int, seed: int = CALIBRATION_SEED) -> Dataset:
+    """The calibration samples a conversion uses: all of ``ds`` when it holds at most ``n``,
+    else ``n`` drawn at random (seeded: reproducible) and kept in file order.
+
+    A random draw rather than the file's first ``n``: files are often sorted by class or
+    start with warm-up or blank samples, and the head would then set every range. The
+    subset's ``drawn_from`` records how many samples the data held.
+    """
+    if n < 1:
+        raise ValueError(f"calibration samples must be at least 1, not {n}")
+    if len(ds) <= n:
+        return ds
+    picked = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
+    subset = ds.take(picked)
+    subset.drawn_from = len(ds)
+    return subset
 
 
 def load_named_inputs(path: str | Path, specs: Sequence[Any], role: str = "calibration") -> Dataset:
