@@ -178,8 +178,9 @@ def test_blank_head_of_the_file_is_judged_on_the_samples_used(split: Any) -> Non
     assert finding.numbers["constant"] == blank
     assert finding.numbers["samples"] == 300
     assert finding.numbers["samples_in_data"] == len(train)
-    assert f"{blank} of 300 calibration samples (used of {len(train)} in the data" in (
-        finding.message
+    assert (
+        f"{blank} of 300 calibration samples (drawn at random from the {len(train)} in the data"
+        in (finding.message)
     )
     # 20 of 1347 blank, calibrated on 20: the head would be all blank, the draw is not.
     x = train.copy()

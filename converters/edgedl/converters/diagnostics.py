@@ -78,7 +78,7 @@ def _drawn(cal: Dataset) -> str:
     """How a drawn subset came about, for a message (empty for the whole data)."""
     if cal.drawn_from is None:
         return ""
-    return f" (used of {cal.drawn_from} in the data, drawn at random; see --calibration-samples)"
+    return f" (drawn at random from the {cal.drawn_from} in the data; see --calibration-samples)"
 
 
 def _drawn_numbers(cal: Dataset) -> dict[str, Any]:
