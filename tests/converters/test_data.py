@@ -283,6 +283,105 @@ def test_mixed_images_and_wav(tmp_path):
         load_dataset(tmp_path, (8, 8, 1))
 
 
+def _write_flat_pngs(root: Path, images: np.ndarray) -> list[np.ndarray]:
+    """Save ``images`` (uint8, H x W or H x W x 3) as ``root/<i>.png``, in name order."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(root / f"{i}.png")
+    return list(images)
+
+
+def _onnx_model(path: Path, sample_shape: list[int]) -> Path:
+    """A tiny ONNX model (Identity) whose input takes ``[batch, *sample_shape]``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *sample_shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", *sample_shape])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sample_shape", "want"),
+    [((1, 8, 8), (1, 8, 8)), ((3, 8, 8), (3, 8, 8)), ((3, 16, 12), (3, 16, 12))],
+)
+def test_png_folder_for_a_channels_first_input(tmp_path, sample_shape, want):
+    images, _ = _digit_images(per_class=1, classes=3)
+    written = _write_flat_pngs(tmp_path / "imgs", images)
+    ds = load_dataset(tmp_path / "imgs", sample_shape, role="validation")
+    assert ds.x.shape == (3, *want)
+    if want[1:] == (8, 8):
+        for i, img in enumerate(written):
+            for c in range(want[0]):
+                np.testing.assert_allclose(ds.x[i, c], img / 255.0, atol=1 / 255)
+
+
+def test_png_folder_rgb_channels_first_keeps_the_colours(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2, 8, 6, 3), dtype=np.uint8)
+    written = _write_flat_pngs(tmp_path / "rgb", images)
+    nchw = load_dataset(tmp_path / "rgb", (3, 8, 6), role="validation")
+    nhwc = load_dataset(tmp_path / "rgb", (8, 6, 3), role="validation")
+    assert nchw.x.shape == (2, 3, 8, 6)
+    assert nhwc.x.shape == (2, 8, 6, 3)
+    for i, img in enumerate(written):
+        np.testing.assert_allclose(nchw.x[i], img.transpose(2, 0, 1) / 255.0, atol=1e-6)
+        np.testing.assert_allclose(nhwc.x[i], img / 255.0, atol=1e-6)
+
+
+def test_png_folder_ambiguous_shape_stays_channels_last(tmp_path):
+    images, _ = _digit_images(per_class=1, classes=2)
+    _write_flat_pngs(tmp_path / "imgs", images)
+    ds = load_dataset(tmp_path / "imgs", (3, 8, 3), role="validation")
+    assert ds.x.shape == (2, 3, 8, 3)  # [H, W, C] = [3, 8, 3]: resized, channels last
+
+
+def test_png_folder_errors_name_the_folder(tmp_path):
+    images, _ = _digit_images(per_class=1, classes=2)
+    folder = tmp_path / "my-images"
+    _write_flat_pngs(folder, images)
+    for shape in [(8, 8, 8), (64,), (3, -1, -1), (-1, -1, 1)]:
+        with pytest.raises(DataError) as info:
+            load_dataset(folder, shape, role="validation")
+        assert str(folder) in str(info.value), shape
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(DataError, match="cannot read image") as info:
+        load_dataset(folder, (1, 8, 8))
+    assert str(folder / "broken.png") in str(info.value)
+
+
+@pytest.mark.parametrize("sample_shape", [[1, 8, 8], [3, 8, 8]])
+def test_png_folder_for_an_nchw_onnx_model(tmp_path, sample_shape):
+    """``edgedl convert model.onnx --validation imgs/``: the images come in the model's layout."""
+    from edgedl.converters.convert import ConvertOptions, load_inputs
+    from edgedl.converters.targets import get_target
+
+    images, _ = _digit_images(per_class=1, classes=4)
+    written = _write_flat_pngs(tmp_path / "imgs", images)
+    model = _onnx_model(tmp_path / "nchw.onnx", sample_shape)
+    options = ConvertOptions(calibration=tmp_path / "imgs", validation=tmp_path / "imgs")
+    work = tmp_path / "work"
+    work.mkdir()
+    source, calibration, validation, _ = load_inputs(model, options, get_target("onnx-int8"), work)
+    assert source.inputs[0].sample_shape[-3:] == tuple(sample_shape)
+    for ds in (calibration, validation):
+        assert ds is not None
+        assert ds.x.shape == (4, *sample_shape)
+        for i, img in enumerate(written):
+            for c in range(sample_shape[0]):
+                np.testing.assert_allclose(ds.x[i, c], img / 255.0, atol=1 / 255)
+    # The source model runs on them as loaded.
+    assert validation is not None
+    out = source.predict(validation.feeds(source.inputs[0].name))
+    np.testing.assert_allclose(next(iter(out.values())), validation.x)
+
+
 # --- WAV folders ------------------------------------------------------------------------
 
 

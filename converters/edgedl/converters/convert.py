@@ -32,7 +32,9 @@ from edgedl.profile import Profile, batch_statistics
 
 from .artifact import describe
 from .data import (
+    CALIBRATION_SEED,
     Dataset,
+    calibration_subset,
     load_dataset,
     load_named_inputs,
     stored_named_samples,
@@ -243,8 +245,10 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
         source, calibration, validation, warnings = load_inputs(
             model_path, options, target, workdir
         )
+        # Diagnose the samples calibration uses; validation data the user gave, not the
+        # calibration file standing in for it.
         diagnostics = (
-            _diagnose(calibration, validation)
+            _diagnose(calibration, validation if options.validation is not None else None)
             if target.needs_calibration and not named_inputs(source)
             else None
         )
@@ -296,7 +300,9 @@ def convert(model: str | Path, options: ConvertOptions) -> ConvertResult:
             threads=threads,
             providers=device.execution_providers if device else None,
         )
-        report = _base_report(manifest, target, source, device, threads, built.calibration)
+        report = _base_report(
+            manifest, target, source, device, threads, _used_samples(built.calibration, calibration)
+        )
         report["calibration_diagnostics"] = diagnostics
         if built.path is not None:
             report["path"] = built.path
@@ -386,22 +392,53 @@ def load_inputs(
     model: Path, options: ConvertOptions, target: Target, workdir: Path
 ) -> tuple[SourceModel, Dataset | None, Dataset | None, list[str]]:
     """The source model (exported into ``workdir`` as needed) and its calibration and
-    validation data, as ``convert`` reads them; plus the warnings reading them raised."""
+    validation data, as ``convert`` reads them; plus the warnings reading them raised.
+
+    The calibration data is the samples calibration uses: at most
+    ``options.calibration_samples``, drawn at random (seeded) from a larger file
+    (:func:`~edgedl.converters.data.calibration_subset`); validation data is never cut, also
+    when the calibration file stands in for it."""
+    if options.calibration_samples < 1:
+        raise UsageError(
+            f"--calibration-samples must be at least 1, not {options.calibration_samples}"
+        )
     kind = detect_kind(model)
     shape = _torch_sample_shape(kind, options)
     data = options.calibration or options.validation
     role = "calibration" if options.calibration else "validation"
     source = load_source(model, workdir, options.state_dict, shape, f"{role} data {data}")
     calibration, validation, warnings = _load_data(source, options, target)
+    if calibration is not None:
+        calibration = calibration_subset(calibration, options.calibration_samples)
     return source, calibration, validation, warnings
 
 
+def _used_samples(
+    info: dict[str, Any] | None, calibration: Dataset | None
+) -> dict[str, Any] | None:
+    """The report's ``calibration`` with which samples were used: ``samples_in_data`` (how
+    many the file held) and ``sample_selection`` ("all", or a seeded random draw)."""
+    if info is None or calibration is None:
+        return info
+    drawn = calibration.drawn_from is not None
+    return {
+        **info,
+        "samples_in_data": calibration.samples_in_data,
+        "sample_selection": (
+            f"random (seed {CALIBRATION_SEED}, in file order)" if drawn else "all"
+        ),
+    }
+
+
 def _diagnose(calibration: Dataset | None, validation: Dataset | None) -> dict[str, Any] | None:
-    """The calibration data's value summary and what :func:`diagnose` found wrong with it."""
+    """The calibration data's value summary and what :func:`diagnose` found wrong with it,
+    both on the samples calibration uses."""
     if calibration is None:
         return None
     separate = validation is not None and validation is not calibration
     return {
+        "samples": len(calibration),
+        "samples_in_data": calibration.samples_in_data,
         "calibration": value_summary(calibration.x),
         "validation": value_summary(validation.x) if separate and validation else None,
         "findings": [f.to_dict() for f in diagnose(calibration, validation)],

@@ -39,6 +39,8 @@ class Dataset:
     class_names: list[str] | None = None
     # Every input by name, in its own dtype, for a model with several or integer inputs.
     inputs: dict[str, NDArray[Any]] | None = None
+    # Set on a subset drawn by :func:`calibration_subset`: how many samples the data held.
+    drawn_from: int | None = None
 
     def feeds(self, name: str, start: int = 0, stop: int | None = None) -> dict[str, NDArray[Any]]:
         """Samples ``start:stop`` of every input by name (``{name: x}`` for a single input)."""
@@ -59,14 +61,46 @@ class Dataset:
 
     def head(self, n: int) -> Dataset:
         """The first ``n`` samples."""
+        return self.take(np.arange(min(n, len(self))))
+
+    def take(self, indices: Sequence[int] | NDArray[np.integer[Any]]) -> Dataset:
+        """The samples at ``indices``, in that order (labels, names and inputs with them)."""
+        idx = np.asarray(indices, dtype=np.int64)
         return Dataset(
-            x=self.x[:n],
-            y=None if self.y is None else self.y[:n],
+            x=self.x[idx],
+            y=None if self.y is None else self.y[idx],
             source=self.source,
-            sample_names=None if self.sample_names is None else self.sample_names[:n],
+            sample_names=None if self.sample_names is None else [self.sample_names[i] for i in idx],
             class_names=self.class_names,
-            inputs=None if self.inputs is None else {k: v[:n] for k, v in self.inputs.items()},
+            inputs=None if self.inputs is None else {k: v[idx] for k, v in self.inputs.items()},
+            drawn_from=self.drawn_from,
         )
+
+    @property
+    def samples_in_data(self) -> int:
+        """How many samples the data file held (more than ``len`` for a drawn subset)."""
+        return self.drawn_from if self.drawn_from is not None else len(self)
+
+
+CALIBRATION_SEED = 0  # fixed, so a conversion picks the same calibration samples every time
+
+
+def calibration_subset(ds: Dataset, n: int, seed: int = CALIBRATION_SEED) -> Dataset:
+    """The calibration samples a conversion uses: all of ``ds`` when it holds at most ``n``,
+    else ``n`` drawn at random (seeded: reproducible) and kept in file order.
+
+    A random draw rather than the file's first ``n``: files are often sorted by class or
+    start with warm-up or blank samples, and the head would then set every range. The
+    subset's ``drawn_from`` records how many samples the data held.
+    """
+    if n < 1:
+        raise ValueError(f"calibration samples must be at least 1, not {n}")
+    if len(ds) <= n:
+        return ds
+    picked = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
+    subset = ds.take(picked)
+    subset.drawn_from = len(ds)
+    return subset
 
 
 def load_named_inputs(path: str | Path, specs: Sequence[Any], role: str = "calibration") -> Dataset:
@@ -262,8 +296,11 @@ def _load_folder(p: Path, sample_shape: Sequence[int], role: str) -> Dataset:
     # Class sub-folders (folder/cat/1.png) give labels, as in Keras' image_dataset_from_directory.
     parents = sorted({f.parent.relative_to(p).as_posix() for f in chosen})
     labelled = all(par != "." and "/" not in par for par in parents) and len(parents) > 1
-    loader = _load_image if images else _load_wav
-    samples = [loader(f, sample_shape, role) for f in chosen]
+    if images:
+        layout = _image_layout(sample_shape, p, role)
+        samples = [_load_image(f, layout, role) for f in chosen]
+    else:
+        samples = [_load_wav(f, sample_shape, role) for f in chosen]
     x = np.stack(samples).astype(np.float32)
     y = None
     class_names = None
@@ -280,27 +317,61 @@ def _load_folder(p: Path, sample_shape: Sequence[int], role: str) -> Dataset:
     )
 
 
-def _load_image(f: Path, sample_shape: Sequence[int], role: str) -> NDArray[np.float32]:
+@dataclass(frozen=True)
+class _ImageLayout:
+    """How a model input takes an image: its size, channel count and channel axis."""
+
+    height: int
+    width: int
+    channels: int
+    channels_first: bool
+
+
+def _image_layout(sample_shape: Sequence[int], folder: Path, role: str) -> _ImageLayout:
+    """The layout images must take for an input of per-sample shape ``sample_shape``.
+
+    ``[H, W, C]`` (Keras, TFLite) with C 1 or 3 is channels-last; ``[C, H, W]`` (PyTorch, most
+    ONNX) with C 1 or 3 and a last dimension that is not 1 or 3 is channels-first; an
+    ambiguous shape such as ``[3, H, 3]`` stays channels-last.
+    """
+    shape = [int(d) for d in sample_shape]
+    if len(shape) != 3:
+        raise DataError(
+            f"{role} data {folder}: images need a model input of shape [batch, height, width, "
+            f"channels] or [batch, channels, height, width], this model takes {shape} per sample"
+        )
+    if shape[2] in (1, 3):
+        layout = _ImageLayout(shape[0], shape[1], shape[2], channels_first=False)
+    elif shape[0] in (1, 3):
+        layout = _ImageLayout(shape[1], shape[2], shape[0], channels_first=True)
+    else:
+        raise DataError(
+            f"{role} data {folder}: images give 1 (grey) or 3 (RGB) channels, this model takes "
+            f"{shape} per sample (neither its first nor its last dimension is 1 or 3); pass the "
+            "data as a .npy or .npz file instead"
+        )
+    if layout.height < 1 or layout.width < 1:
+        axes = "channels, height, width" if layout.channels_first else "height, width, channels"
+        raise DataError(
+            f"{role} data {folder}: images need a model input with a fixed height and width "
+            f"([batch, {axes}]), this model takes {['?' if d == -1 else d for d in shape]} "
+            "per sample"
+        )
+    return layout
+
+
+def _load_image(f: Path, layout: _ImageLayout, role: str) -> NDArray[np.float32]:
     from PIL import Image, UnidentifiedImageError
 
-    if len(sample_shape) != 3 or sample_shape[0] == -1 or sample_shape[1] == -1:
-        raise DataError(
-            f"{role} data: images need a model input of shape [batch, height, width, channels], "
-            f"this model takes {list(sample_shape)} per sample"
-        )
-    h, w, c = sample_shape
-    if c not in (1, 3):
-        raise DataError(
-            f"{role} data: images give 1 (grey) or 3 (RGB) channels, this model takes {c}; "
-            "pass the data as a .npy or .npz file instead"
-        )
+    h, w, c = layout.height, layout.width, layout.channels
     try:
         with Image.open(f) as img:
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{role} sample {f.name}: cannot read image ({_first_line(exc)})") from exc
-    return arr.reshape(h, w, c)
+        raise DataError(f"{role} sample {f}: cannot read image ({_first_line(exc)})") from exc
+    arr = arr.reshape(h, w, c)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)) if layout.channels_first else arr
 
 
 def _load_wav(f: Path, sample_shape: Sequence[int], role: str) -> NDArray[np.float32]:

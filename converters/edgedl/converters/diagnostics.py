@@ -5,6 +5,10 @@ from what the model sees (0–255 against 0–1, another normalisation), too sma
 samples, or random noise (tensorflow#58206) ruins int8 accuracy without any error. Each check
 here gives a :class:`Finding` with its numbers; ``convert`` puts them in the report and shows
 them as warnings. NaN and Inf are refused earlier, by the data loader, naming the sample.
+
+``convert`` diagnoses the samples calibration uses (at most ``--calibration-samples``, drawn at
+random from a larger file), so every count is relative to those; a subset's messages say how
+many the file held.
 """
 
 from __future__ import annotations
@@ -70,15 +74,26 @@ def diagnose(calibration: Dataset, validation: Dataset | None) -> list[Finding]:
     return findings
 
 
+def _drawn(cal: Dataset) -> str:
+    """How a drawn subset came about, for a message (empty for the whole data)."""
+    if cal.drawn_from is None:
+        return ""
+    return f" (drawn at random from the {cal.drawn_from} in the data; see --calibration-samples)"
+
+
+def _drawn_numbers(cal: Dataset) -> dict[str, Any]:
+    return {} if cal.drawn_from is None else {"samples_in_data": cal.drawn_from}
+
+
 def _too_few(cal: Dataset) -> list[Finding]:
     if len(cal) >= MIN_SAMPLES:
         return []
     return [
         Finding(
             "too_few_samples",
-            f"only {len(cal)} calibration samples (fewer than {MIN_SAMPLES}): "
+            f"only {len(cal)} calibration samples{_drawn(cal)} (fewer than {MIN_SAMPLES}): "
             "quantization ranges may not be representative",
-            {"samples": len(cal), "minimum": MIN_SAMPLES},
+            {"samples": len(cal), "minimum": MIN_SAMPLES, **_drawn_numbers(cal)},
         )
     ]
 
@@ -88,16 +103,23 @@ def _constant(cal: Dataset) -> list[Finding]:
     constant = np.ptp(flat, axis=1) == 0
     n = int(constant.sum())
     distinct = len(np.unique(flat, axis=0))
-    if n <= CONSTANT_SHARE * len(cal) and distinct > 1:
+    # One sample is always "all the same": too_few_samples says what is wrong with it.
+    if n <= CONSTANT_SHARE * len(cal) and (distinct > 1 or len(cal) == 1):
         return []
     values = sorted({_round(v) for v in flat[constant, 0]})[:5]
     return [
         Finding(
             "constant_samples",
-            f"{n} of {len(cal)} calibration samples are constant (values "
+            f"{n} of {len(cal)} calibration samples{_drawn(cal)} are constant (values "
             f"{', '.join(map(str, values)) or '-'}) and {distinct} are distinct: blank or "
             "repeated samples pull the ranges towards a few values",
-            {"constant": n, "samples": len(cal), "distinct": distinct, "values": values},
+            {
+                "constant": n,
+                "samples": len(cal),
+                "distinct": distinct,
+                "values": values,
+                **_drawn_numbers(cal),
+            },
         )
     ]
 
