@@ -73,7 +73,8 @@ _DATA_HELP = ".npy (inputs), .npz (x, optional y labels), or a folder of images 
     type=click.IntRange(min=1),
     default=500,
     show_default=True,
-    help="Use at most this many calibration samples.",
+    help="Use at most this many calibration samples (a seeded random draw from a larger "
+    "file, kept in file order).",
 )
 @click.option(
     "--threads", type=click.IntRange(min=0), help="Runtime threads for validation latency."
