@@ -46,6 +46,9 @@ def test_each_pytorch_form_converts_and_keeps_accuracy(
     assert np.mean(predicted == test["y"]) * 100 == pytest.approx(report["artifact_accuracy"])
     (spec,) = bundle.manifest.inputs
     assert spec.shape[1:] == [1, 8, 8]  # PyTorch's NCHW layout, taken from the data
+    # The .pt2 was traced at one sample and keeps that batch; the report says so.
+    fixed = [w for w in report["warnings"] if "exported with a fixed batch" in w]
+    assert bool(fixed) == (form == "exported") == (spec.shape[0] == 1), (fixed, spec.shape)
 
 
 def test_int8_is_smaller_than_fp16(torch_bundles: Any) -> None:

@@ -279,6 +279,14 @@ def _load_torch(
     exported = _load_onnx(onnx_path)
     names = [s.name for s in exported.outputs]
     batch = exported.inputs[0].shape[0] if exported.inputs[0].shape else -1
+    if batch > 0:
+        notes.append(
+            f"{Path(spec).name} was exported with a fixed batch of {batch}, so the model takes "
+            f"{batch} sample{'s' if batch > 1 else ''} per run (the agent then runs a batch of "
+            "requests in pieces of that size); for a batch axis, export it with dynamic_shapes "
+            "giving dimension 0 a torch.export.Dim, e.g. {'x': {0: torch.export.Dim('batch')}} "
+            "keyed by forward's argument name"
+        )
 
     def run_named(feeds: Mapping[str, NDArray[Any]]) -> Arrays:
         assert samples is not None
