@@ -53,7 +53,7 @@ class Step:
             "requests": total,
             "ok": ok,
             "errors": {str(k): v for k, v in sorted(self.errors.items())},
-            "elapsed_s": round(self.elapsed, 4),
+            "elapsed_s": round(self.elapsed, 6),
             "throughput_rps": ok / self.elapsed if self.elapsed else 0.0,
             "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)),
