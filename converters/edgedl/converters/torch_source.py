@@ -204,7 +204,7 @@ def archive_kind(path: Path) -> str | None:
 
 def is_torchscript(path: Path) -> bool:
     """Whether ``path`` is a TorchScript file (by its archive layout, whatever its name)."""
-    return path.is_file() and zipfile.is_zipfile(path) and archive_kind(path) == "torchscript"
+    return path.is_file() and archive_kind(path) == "torchscript"
 
 
 _ARCHIVE_NAMES = {"torchscript": "a TorchScript model", "torch.export": "a torch.export archive"}
@@ -283,7 +283,7 @@ def _random_weights_note(torch: Any, factory: Any, module: Any, spec: str) -> st
 def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
     if not path.is_file():
         raise ModelError(f"state dict not found: {path}")
-    layout = archive_kind(path) if zipfile.is_zipfile(path) else None
+    layout = archive_kind(path)
     if layout in _ARCHIVE_NAMES:
         raise ModelError(
             f"{path.name} is {_ARCHIVE_NAMES[layout]}, not a state dict: give it as MODEL "
@@ -314,11 +314,15 @@ def _load_state_dict(torch: Any, module: Any, path: Path, spec: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet(log: Path | None = None) -> Iterator[None]:
+def _quiet(log: Path | None = None, also: Sequence[str] = ()) -> Iterator[None]:
     """Keep the exporters' progress lines and warnings off the user's terminal. With ``log``,
     everything written to file descriptor 2 meanwhile (torch's own log lines, its C++ logs,
-    the graphs ``torch.export`` prints when it cannot trace) goes to that file instead."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    the graphs ``torch.export`` prints when it cannot trace) goes to that file instead.
+    ``also`` names more loggers to hold at ERROR meanwhile."""
+    names = (
+        "torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
+        *also,
+    )  # fmt: skip
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

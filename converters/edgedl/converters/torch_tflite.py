@@ -44,8 +44,6 @@ onnx-* targets, which take every PyTorch module ``torch.onnx.export`` takes.
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +62,11 @@ PATH = "litert-torch"
 _TRIED = "PyTorch → torch.export → litert-torch → TFLite"
 
 
-@contextlib.contextmanager
-def _quiet(log: Path | None = None) -> Iterator[None]:
-    """:func:`.torch_source._quiet`, and litert-torch's and the quantizer's progress bars
-    (on stderr) and logs too: their errors are raised, and reported in one line. With ``log``,
-    the native converter's own log lines (written to file descriptor 2) go to that file."""
-    loggers = [logging.getLogger(n) for n in ("absl", "torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with torch_source._quiet(log):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+def _quiet(log: Path | None = None) -> contextlib.AbstractContextManager[None]:
+    """:func:`.torch_source._quiet`, holding litert-torch's and the quantizer's loggers too:
+    their errors are raised, and reported in one line. With ``log``, the native converter's
+    own log lines (written to file descriptor 2) go to that file."""
+    return torch_source._quiet(log, also=("absl", "torchao", "torch.utils._pytree"))
 
 
 def _named(module: Any, input_names: list[str], output_names: list[str]) -> Any:
